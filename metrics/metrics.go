@@ -1,0 +1,67 @@
+// Package metrics owns the Prometheus collectors shared by the store and the
+// HTTP layer, registered on one registry that the metrics listener serves.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Registry is what the metrics listener serves.
+var Registry = prometheus.NewRegistry()
+
+var (
+	// ArtifactServeDuration observes artifact downloads by status code class.
+	ArtifactServeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "source_controller_artifact_serve_duration_seconds",
+		Help:    "Time to serve an artifact download.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	}, []string{"kind", "code"})
+	// HTTPRequests counts requests per listener, method and status code.
+	HTTPRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "source_controller_http_requests_total",
+		Help: "HTTP requests handled.",
+	}, []string{"listener", "method", "code"})
+	// HTTPRequestErrors counts requests answered with a 5xx or aborted mid-body.
+	HTTPRequestErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "source_controller_http_request_errors_total",
+		Help: "HTTP requests that failed on the server side.",
+	}, []string{"listener", "method"})
+	// StorageOperations counts storage operations by outcome.
+	StorageOperations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "source_controller_storage_operations_total",
+		Help: "Storage operations by kind and outcome.",
+	}, []string{"operation", "outcome"})
+	// StorageOperationDuration observes storage operation latency.
+	StorageOperationDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "source_controller_storage_operation_duration_seconds",
+		Help:    "Storage operation latency.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	}, []string{"operation"})
+	// StorageBackend is 1 for the blob backend in use.
+	StorageBackend = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "source_controller_storage_backend",
+		Help: "The artifact blob backend in use (value 1).",
+	}, []string{"backend"})
+)
+
+func init() {
+	Registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		ArtifactServeDuration, HTTPRequests, HTTPRequestErrors,
+		StorageOperations, StorageOperationDuration, StorageBackend,
+	)
+}
+
+// ObserveStorage records one storage operation that started at start.
+func ObserveStorage(op string, start time.Time, err error) {
+	outcome := "success"
+	if err != nil {
+		outcome = "error"
+	}
+	StorageOperations.WithLabelValues(op, outcome).Inc()
+	StorageOperationDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}

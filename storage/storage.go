@@ -1,0 +1,122 @@
+// Package storage holds the contract between the reconcilers, the HTTP
+// layer and the replicated store: the Artifact record, the Storage
+// interface, and the pure garbage-collection policy the leader evaluates
+// before proposing deletions.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"time"
+)
+
+// MaxChunkSize is the largest blob chunk carried by one Raft log entry,
+// the size hashicorp/raft suggests for a single entry.
+const MaxChunkSize = 512 * 1024
+
+var (
+	// ErrNotFound is returned when no committed artifact has the path.
+	ErrNotFound = errors.New("artifact not found")
+	// ErrNotLeader is returned by writes on a replica that is not the Raft leader.
+	ErrNotLeader = errors.New("not the raft leader")
+	// ErrTooLarge is returned when content exceeds the configured maximum artifact size.
+	ErrTooLarge = errors.New("artifact exceeds the maximum size")
+	// ErrDigestMismatch is returned when stored or uploaded bytes do not hash to the expected digest.
+	ErrDigestMismatch = errors.New("artifact digest mismatch")
+	// ErrCorrupt is returned when stored bytes fail their checksum on read.
+	ErrCorrupt = errors.New("stored artifact data is corrupt")
+	// ErrInvalidPath is returned for paths that are not <kind>/<namespace>/<name>/<file>.
+	ErrInvalidPath = errors.New("invalid artifact path")
+)
+
+// Artifact describes one stored artifact. Its Path is Flux's
+// <kind>/<namespace>/<name>/<file> layout; Kind is the lower-case kind.
+type Artifact struct {
+	Kind           string            `json:"kind"`
+	Namespace      string            `json:"namespace"`
+	Name           string            `json:"name"`
+	File           string            `json:"file"`
+	Revision       string            `json:"revision,omitempty"`
+	Digest         string            `json:"digest,omitempty"`
+	Size           int64             `json:"size"`
+	LastUpdateTime time.Time         `json:"lastUpdateTime"`
+	Metadata       map[string]string `json:"metadata,omitempty"`
+}
+
+// Path returns the artifact's storage path, which is also its URL path.
+func (a Artifact) Path() string {
+	return a.Kind + "/" + a.Namespace + "/" + a.Name + "/" + a.File
+}
+
+// Object returns the path prefix shared by every artifact of one source object.
+func (a Artifact) Object() string {
+	return a.Kind + "/" + a.Namespace + "/" + a.Name + "/"
+}
+
+// URL returns the artifact's HTTP address on the given advertised host:port.
+func (a Artifact) URL(advAddr string) string {
+	return "http://" + advAddr + "/" + a.Path()
+}
+
+// ParsePath splits a storage path into an Artifact's identity fields and
+// rejects anything that could name a file outside the store: empty or dot
+// segments, backslashes, NUL bytes, and the wrong number of segments.
+func ParsePath(p string) (Artifact, error) {
+	p = strings.TrimPrefix(p, "/")
+	parts := strings.Split(p, "/")
+	if len(parts) != 4 {
+		return Artifact{}, fmt.Errorf("%w: %q: want <kind>/<namespace>/<name>/<file>", ErrInvalidPath, p)
+	}
+	for _, s := range parts {
+		if s == "" || s == "." || s == ".." || strings.ContainsAny(s, "\\\x00") || len(s) > 253 {
+			return Artifact{}, fmt.Errorf("%w: %q: bad segment %q", ErrInvalidPath, p, s)
+		}
+	}
+	if path.Clean("/"+p) != "/"+p {
+		return Artifact{}, fmt.Errorf("%w: %q is not clean", ErrInvalidPath, p)
+	}
+	return Artifact{Kind: parts[0], Namespace: parts[1], Name: parts[2], File: parts[3]}, nil
+}
+
+// Filter selects artifacts in List. Empty fields match everything.
+type Filter struct {
+	Kind      string
+	Namespace string
+	Name      string
+}
+
+// Match reports whether the artifact passes the filter.
+func (f Filter) Match(a Artifact) bool {
+	return (f.Kind == "" || f.Kind == a.Kind) &&
+		(f.Namespace == "" || f.Namespace == a.Namespace) &&
+		(f.Name == "" || f.Name == a.Name)
+}
+
+// GCPolicy is Flux's artifact retention: per source object, artifacts older
+// than TTL are removed and at most Records are kept, never the current one.
+type GCPolicy struct {
+	// Current names the artifact to keep for its object. When nil, every
+	// object's newest artifact (by LastUpdateTime, then path) is current.
+	Current *Artifact
+	// TTL is how long a non-current artifact is retained; zero keeps none.
+	TTL time.Duration
+	// Records is how many artifacts per object are kept at most, current included.
+	Records int
+}
+
+// Storage is what reconcilers and the internal API store artifacts through.
+// Writes are replicated and return once a quorum committed them; reads are
+// served from the local replica.
+type Storage interface {
+	// Store streams content into the store and fills a.Digest and a.Size.
+	Store(ctx context.Context, a *Artifact, content io.Reader) error
+	Retrieve(ctx context.Context, a Artifact) (io.ReadCloser, error)
+	Exists(ctx context.Context, a Artifact) (bool, error)
+	Delete(ctx context.Context, a Artifact) error
+	List(ctx context.Context, f Filter) ([]Artifact, error)
+	GarbageCollect(ctx context.Context, p GCPolicy) error
+}
