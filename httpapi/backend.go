@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"io"
 
 	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/storage"
@@ -15,8 +14,8 @@ type Backend interface {
 	storage.Storage
 	// Lookup returns the locally applied artifact at path, or storage.ErrNotFound.
 	Lookup(path string) (storage.Artifact, error)
-	// Open returns the artifact's content from the local store.
-	Open(a storage.Artifact) (Blob, error)
+	// OpenBlob returns the artifact's content from the local store.
+	OpenBlob(a storage.Artifact) (storage.Blob, error)
 	// WaitFor blocks until the artifact at path is applied locally, or this
 	// replica has applied everything it knows to be committed and still lacks
 	// it (storage.ErrNotFound), or ctx ends.
@@ -25,15 +24,8 @@ type Backend interface {
 	Status() raftstore.Status
 	// Ready returns nil when this replica should receive traffic.
 	Ready() error
-}
-
-// Blob is an artifact's content in the local store. Reads verify each
-// chunk's checksum before returning its bytes and fail with
-// storage.ErrCorrupt otherwise, so corrupt bytes are never served.
-type Blob interface {
-	io.ReadSeeker
-	io.Closer
-	// WriteTo writes the whole content chunk by chunk.
-	io.WriterTo
-	Size() int64
+	// RegisterPeer records a replica's addresses through the log (leader
+	// only; storage.ErrNotLeader elsewhere). PUT /v1/nodes/<id> calls it
+	// with the JSON body of a raftstore.Peer.
+	RegisterPeer(ctx context.Context, p raftstore.Peer) error
 }

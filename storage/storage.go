@@ -120,3 +120,14 @@ type Storage interface {
 	List(ctx context.Context, f Filter) ([]Artifact, error)
 	GarbageCollect(ctx context.Context, p GCPolicy) error
 }
+
+// Blob is an artifact's content in a replica's local store. Reads verify
+// each chunk's checksum before returning its bytes and fail with ErrCorrupt
+// otherwise, so corrupt bytes are never served.
+type Blob interface {
+	io.ReadSeeker
+	io.Closer
+	// WriteTo writes the whole content chunk by chunk.
+	io.WriterTo
+	Size() int64
+}

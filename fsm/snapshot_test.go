@@ -1,0 +1,182 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"github.com/sourceraft/sourceraft/storage"
+)
+
+type memSink struct {
+	bytes.Buffer
+	closed, cancelled bool
+}
+
+func (s *memSink) ID() string    { return "test" }
+func (s *memSink) Close() error  { s.closed = true; return nil }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+
+func snapshotOf(t *testing.T, f *FSM) *memSink {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	if !sink.closed || sink.cancelled {
+		t.Fatalf("sink closed %v, cancelled %v", sink.closed, sink.cancelled)
+	}
+	return &sink
+}
+
+func TestSnapshotRestore(t *testing.T) {
+	src := newFSM(t)
+	fd := &feeder{f: src}
+	big := pattern(4, storage.MaxChunkSize+7)
+	small := pattern(5, 100)
+	fd.ok(t, storeCmds(t, "u1", pathA, big)...)
+	fd.ok(t, storeCmds(t, "u2", pathB, small)...)
+	fd.ok(t, chunkCmds("pending", small, 10)[:3]...)
+	fd.ok(t, EncodeSetNode(Node{ID: "a", RaftAddr: "a:1"}))
+
+	// The snapshot is the state when it was taken, not when persisted.
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	atSnap, indexAtSnap := contentHash(t, src), src.AppliedIndex()
+	later := [][]byte{EncodeDeleteArtifacts([]string{pathA}), EncodeSetNode(Node{ID: "b"})}
+	fd.ok(t, later...)
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+
+	// Restore replaces whatever the destination had, and a blob opened
+	// before the restore whose content is gone errors instead of panicking.
+	dst := newFSM(t)
+	gone := pattern(6, 50)
+	(&feeder{f: dst}).ok(t, storeCmds(t, "other", "ocirepository/x/y/z.tar.gz", gone)...)
+	stale, err := dst.OpenBlob(digestOf(gone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stale.Close()
+	changed := dst.Changed()
+	if err := dst.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed not signalled by Restore")
+	}
+	if got := contentHash(t, dst); got != atSnap {
+		t.Fatal("restored content differs from the snapshot")
+	}
+	if dst.AppliedIndex() != indexAtSnap {
+		t.Fatalf("applied index %d after restore, want %d", dst.AppliedIndex(), indexAtSnap)
+	}
+	wantArtifact(t, dst, pathA, big)
+	wantArtifact(t, dst, pathB, small)
+	wantMissing(t, dst, "ocirepository/x/y/z.tar.gz")
+	wantUploads(t, dst, Upload{ID: "pending", StartedAt: testTime.UnixNano(), Chunks: 3, Bytes: 30})
+	if _, err := stale.Read(make([]byte, 10)); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("read of a blob gone by restore: %v", err)
+	}
+
+	// The restored replica carries on from the snapshot's index.
+	fd2 := &feeder{f: dst, index: indexAtSnap}
+	fd2.ok(t, later...)
+	if contentHash(t, dst) != contentHash(t, src) {
+		t.Fatal("replica restored and fed the later logs differs from the source")
+	}
+}
+
+func TestRestoreRejectsGarbage(t *testing.T) {
+	f := newFSM(t)
+	fd := &feeder{f: f}
+	fd.ok(t, storeCmds(t, "u1", pathA, pattern(1, 10))...)
+	before := contentHash(t, f)
+	for _, in := range []string{"", "not a bbolt file at all", strings.Repeat("\x00", 1<<16)} {
+		if err := f.Restore(io.NopCloser(strings.NewReader(in))); err == nil {
+			t.Fatalf("restore of %d garbage bytes succeeded", len(in))
+		}
+	}
+	if contentHash(t, f) != before || f.AppliedIndex() != fd.index {
+		t.Fatal("a failed restore changed the state")
+	}
+	fd.ok(t, EncodeSetNode(Node{ID: "still-writable"}))
+}
+
+func TestOpenRemovesInterruptedRestores(t *testing.T) {
+	f := newFSM(t)
+	stale := f.path + ".restore-123"
+	if err := os.WriteFile(stale, []byte("half a snapshot"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	openAt(t, f.path)
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale restore file: %v", err)
+	}
+}
+
+func TestRestartDoesNotApplyTwice(t *testing.T) {
+	f := newFSM(t)
+	fd := &feeder{f: f}
+	var logs []*raft.Log
+	for _, c := range append(storeCmds(t, "u1", pathA, pattern(1, 3000), 1000), storeCmds(t, "u2", pathB, pattern(2, 10))...) {
+		logs = append(logs, fd.log(c))
+	}
+	for _, l := range logs {
+		if res := f.Apply(l); res != nil {
+			t.Fatal(res)
+		}
+	}
+	want := contentHash(t, f)
+	path := f.path
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	f = openAt(t, path)
+	if f.AppliedIndex() != fd.index {
+		t.Fatalf("applied index %d after reopen, want %d", f.AppliedIndex(), fd.index)
+	}
+	for _, l := range logs {
+		if res := f.Apply(l); res != nil {
+			t.Fatalf("re-applying log %d: %v", l.Index, res)
+		}
+	}
+	for _, res := range f.ApplyBatch(logs) {
+		if res != nil {
+			t.Fatalf("re-applying a batch: %v", res)
+		}
+	}
+	if contentHash(t, f) != want {
+		t.Fatal("re-fed logs changed the state")
+	}
+
+	// A batch straddling the stored index applies only the new part.
+	fd.f = f
+	next := fd.log(EncodeDeleteArtifacts([]string{pathB}))
+	res := f.ApplyBatch(append(logs[len(logs)-2:], next))
+	if res[0] != nil || res[1] != nil || res[2] != nil || f.AppliedIndex() != next.Index {
+		t.Fatalf("results %v, applied index %d", res, f.AppliedIndex())
+	}
+	wantMissing(t, f, pathB)
+	wantArtifact(t, f, pathA, pattern(1, 3000))
+}

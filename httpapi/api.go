@@ -1,0 +1,223 @@
+package httpapi
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/sourceraft/sourceraft/raftstore"
+	"github.com/sourceraft/sourceraft/storage"
+)
+
+type apiServer struct {
+	cfg Config
+	// want is the hash of the expected Authorization header, so the
+	// comparison takes the same time whatever the length of a guess.
+	want [sha256.Size]byte
+}
+
+// NewAPIServer serves the bearer-token internal API: GET /v1/cluster,
+// PUT/DELETE /v1/artifacts/<kind>/<namespace>/<name>/<file> and
+// PUT /v1/nodes/<id>. Writes that reach a follower are forwarded to the leader.
+func NewAPIServer(cfg Config) *echo.Echo {
+	s := &apiServer{cfg: cfg.withDefaults()}
+	s.want = sha256.Sum256([]byte("Bearer " + cfg.APIToken))
+	e := newEcho(jsonErrorHandler)
+	e.Use(countRequests("api"), s.authenticate)
+	e.GET("/v1/cluster", s.cluster)
+	e.PUT("/v1/artifacts/*", s.put)
+	e.DELETE("/v1/artifacts/*", s.delete)
+	e.PUT("/v1/nodes/:id", s.registerPeer)
+	return e
+}
+
+func (s *apiServer) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		got := sha256.Sum256([]byte(c.Request().Header.Get("Authorization")))
+		if s.cfg.APIToken == "" || subtle.ConstantTimeCompare(got[:], s.want[:]) != 1 {
+			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="sourceraft"`)
+			return echo.NewHTTPError(http.StatusUnauthorized, "missing or invalid bearer token")
+		}
+		return next(c)
+	}
+}
+
+func (s *apiServer) cluster(c echo.Context) error {
+	return c.JSON(http.StatusOK, s.cfg.Backend.Status())
+}
+
+type putResult struct {
+	Path     string `json:"path"`
+	Digest   string `json:"digest"`
+	Size     int64  `json:"size"`
+	Revision string `json:"revision"`
+	URL      string `json:"url"`
+}
+
+func (s *apiServer) put(c echo.Context) error {
+	r := c.Request()
+	p, a, err := apiArtifactPath(r)
+	if err != nil {
+		return err
+	}
+	limit := s.cfg.MaxArtifactSize
+	if limit > 0 && r.ContentLength > limit {
+		return fmt.Errorf("%w: %d bytes, limit %d", storage.ErrTooLarge, r.ContentLength, limit)
+	}
+	body := &limitedBody{r: r.Body, max: limit}
+	if s.otherLeads() {
+		return s.forwardToLeader(c, "/v1/artifacts/"+p, body, r.ContentLength)
+	}
+	a.Revision = r.Header.Get("X-Artifact-Revision")
+	// A preset digest makes Store refuse, without committing, content that
+	// does not hash to it.
+	a.Digest = r.Header.Get("X-Artifact-Digest")
+	err = s.cfg.Backend.Store(r.Context(), &a, body)
+	switch {
+	case body.exceeded.Load():
+		return fmt.Errorf("%w: limit %d bytes", storage.ErrTooLarge, limit)
+	case errors.Is(err, storage.ErrNotLeader) && body.n.Load() == 0:
+		return s.forwardToLeader(c, "/v1/artifacts/"+p, body, r.ContentLength)
+	case errors.Is(err, storage.ErrNotLeader):
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "leadership lost during upload, retry")
+	case err != nil:
+		return err
+	}
+	return c.JSON(http.StatusCreated, putResult{
+		Path:     a.Path(),
+		Digest:   a.Digest,
+		Size:     a.Size,
+		Revision: a.Revision,
+		URL:      s.artifactURL(a),
+	})
+}
+
+func (s *apiServer) delete(c echo.Context) error {
+	r := c.Request()
+	p, a, err := apiArtifactPath(r)
+	if err != nil {
+		return err
+	}
+	if s.otherLeads() {
+		return s.forwardToLeader(c, "/v1/artifacts/"+p, nil, 0)
+	}
+	err = s.cfg.Backend.Delete(r.Context(), a)
+	if errors.Is(err, storage.ErrNotLeader) {
+		return s.forwardToLeader(c, "/v1/artifacts/"+p, nil, 0)
+	}
+	if err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// maxPeerBody bounds a node registration, a few short addresses.
+const maxPeerBody = 64 << 10
+
+// registerPeer records a replica's addresses: followers cannot write the
+// log themselves, so they call this on the leader.
+func (s *apiServer) registerPeer(c echo.Context) error {
+	r := c.Request()
+	id, err := url.PathUnescape(c.Param("id"))
+	if err != nil || id == "" {
+		return echo.NewHTTPError(http.StatusBadRequest, "invalid node id")
+	}
+	raw, err := io.ReadAll(io.LimitReader(r.Body, maxPeerBody+1))
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "reading body: "+err.Error())
+	}
+	if len(raw) > maxPeerBody {
+		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, "node registration too large")
+	}
+	var p raftstore.Peer
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "invalid peer JSON: "+err.Error())
+	}
+	if p.ID == "" {
+		p.ID = id
+	}
+	if p.ID != id {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("body id %q differs from path id %q", p.ID, id))
+	}
+	apiPath := "/v1/nodes/" + id
+	if s.otherLeads() {
+		return s.forwardToLeader(c, apiPath, bytes.NewReader(raw), int64(len(raw)))
+	}
+	err = s.cfg.Backend.RegisterPeer(r.Context(), p)
+	if errors.Is(err, storage.ErrNotLeader) {
+		return s.forwardToLeader(c, apiPath, bytes.NewReader(raw), int64(len(raw)))
+	}
+	if err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// otherLeads reports whether another replica is known to lead. Checking
+// before Store keeps the body unread, so it can still be forwarded.
+func (s *apiServer) otherLeads() bool {
+	st := s.cfg.Backend.Status()
+	return st.LeaderID != "" && st.LeaderID != st.NodeID
+}
+
+// artifactURL is where consumers fetch the artifact: the configured
+// advertised address, else this replica's registered one, else a
+// path-relative URL.
+func (s *apiServer) artifactURL(a storage.Artifact) string {
+	if s.cfg.StorageAdvAddr != "" {
+		return a.URL(s.cfg.StorageAdvAddr)
+	}
+	st := s.cfg.Backend.Status()
+	for _, p := range st.Peers {
+		if p.ID == st.NodeID && p.StorageAddr != "" {
+			return a.URL(p.StorageAddr)
+		}
+	}
+	return "/" + a.Path()
+}
+
+func apiArtifactPath(r *http.Request) (string, storage.Artifact, error) {
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/v1/artifacts/")
+	if !ok {
+		return "", storage.Artifact{}, storage.ErrInvalidPath
+	}
+	return artifactPath(rest)
+}
+
+// limitedBody fails with storage.ErrTooLarge once more than max bytes
+// arrive, for bodies without a Content-Length. Its counters are atomic
+// because a forwarded body is read by the transport's goroutine.
+type limitedBody struct {
+	r        io.Reader
+	max      int64 // <= 0: unlimited
+	n        atomic.Int64
+	exceeded atomic.Bool
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.exceeded.Load() {
+		return 0, storage.ErrTooLarge
+	}
+	if b.max > 0 {
+		if rem := b.max + 1 - b.n.Load(); int64(len(p)) > rem {
+			p = p[:rem]
+		}
+	}
+	n, err := b.r.Read(p)
+	total := b.n.Add(int64(n))
+	if b.max > 0 && total > b.max {
+		b.exceeded.Store(true)
+		return n - int(total-b.max), storage.ErrTooLarge
+	}
+	return n, err
+}

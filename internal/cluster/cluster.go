@@ -1,0 +1,383 @@
+// Package cluster runs real source-controller processes on loopback: the
+// local cluster of `make run`, the end-to-end tests and the benchmarks.
+// Each replica gets its own data directory, ports and mTLS certificate.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sourceraft/sourceraft/internal/pki"
+	"github.com/sourceraft/sourceraft/raftstore"
+)
+
+// Options shape a cluster.
+type Options struct {
+	// Binary is the source-controller executable.
+	Binary string
+	// Dir holds one directory per replica, the certificates and the token.
+	Dir      string
+	Replicas int
+	// Args are extra flags for every replica.
+	Args []string
+	// Wrap, when set, rewrites a replica's command line, e.g. to run it in
+	// its own mount namespace with a small disk.
+	Wrap func(r *Replica, argv []string) []string
+	// Stdout receives every replica's log lines prefixed with its id; nil
+	// writes them only to <dir>/<id>/log.
+	Stdout io.Writer
+}
+
+// Replica is one source-controller process.
+type Replica struct {
+	ID                                                      string
+	Dir                                                     string
+	RaftAddr, APIAddr, StorageAddr, HealthAddr, MetricsAddr string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	exit chan struct{}
+}
+
+// Cluster is a set of replicas sharing a CA and an API token.
+type Cluster struct {
+	opts     Options
+	Token    string
+	Replicas []*Replica
+	client   *http.Client
+}
+
+// New prepares directories, ports and certificates; Start runs the processes.
+func New(opts Options) (*Cluster, error) {
+	if opts.Replicas < 1 {
+		return nil, errors.New("cluster needs at least one replica")
+	}
+	ca, err := pki.NewCA("sourceraft-test-ca")
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: opts, Token: "test-token-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+		client: &http.Client{Timeout: 60 * time.Second}}
+	if err := os.WriteFile(filepath.Join(opts.Dir, "token"), []byte(c.Token), 0o600); err != nil {
+		return nil, fmt.Errorf("write token: %w", err)
+	}
+	for i := 0; i < opts.Replicas; i++ {
+		r := &Replica{ID: fmt.Sprintf("replica-%d", i), Dir: filepath.Join(opts.Dir, fmt.Sprintf("replica-%d", i))}
+		if err := os.MkdirAll(filepath.Join(r.Dir, "data"), 0o750); err != nil {
+			return nil, err
+		}
+		ports, err := freePorts(5)
+		if err != nil {
+			return nil, err
+		}
+		r.RaftAddr, r.APIAddr, r.StorageAddr, r.HealthAddr, r.MetricsAddr = ports[0], ports[1], ports[2], ports[3], ports[4]
+		pair, err := ca.IssueLoopback(r.ID)
+		if err != nil {
+			return nil, err
+		}
+		if _, _, _, err := ca.WriteFiles(r.Dir, "raft", pair); err != nil {
+			return nil, err
+		}
+		c.Replicas = append(c.Replicas, r)
+	}
+	return c, nil
+}
+
+// Peers is the --peers value naming every replica.
+func (c *Cluster) Peers() string {
+	var parts []string
+	for _, r := range c.Replicas {
+		parts = append(parts, r.ID+"="+r.RaftAddr)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (c *Cluster) argv(r *Replica) []string {
+	argv := []string{c.opts.Binary,
+		"--node-id=" + r.ID,
+		"--raft-addr=" + r.RaftAddr,
+		"--raft-advertise-addr=" + r.RaftAddr,
+		"--peers=" + c.Peers(),
+		"--storage-path=" + filepath.Join(r.Dir, "data"),
+		"--storage-addr=" + r.StorageAddr,
+		"--storage-adv-addr=" + r.StorageAddr,
+		"--api-addr=" + r.APIAddr,
+		"--health-addr=" + r.HealthAddr,
+		"--metrics-addr=" + r.MetricsAddr,
+		"--api-token-file=" + filepath.Join(c.opts.Dir, "token"),
+		"--raft-tls-cert=" + filepath.Join(r.Dir, "raft.crt"),
+		"--raft-tls-key=" + filepath.Join(r.Dir, "raft.key"),
+		"--raft-tls-ca=" + filepath.Join(r.Dir, "ca.crt"),
+	}
+	argv = append(argv, c.opts.Args...)
+	if c.opts.Wrap != nil {
+		argv = c.opts.Wrap(r, argv)
+	}
+	return argv
+}
+
+// Start runs every replica that is not running.
+func (c *Cluster) Start() error {
+	for i := range c.Replicas {
+		if err := c.StartReplica(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartReplica runs replica i on its existing data directory.
+func (c *Cluster) StartReplica(i int) error {
+	r := c.Replicas[i]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd != nil {
+		return nil
+	}
+	logf, err := os.OpenFile(filepath.Join(r.Dir, "log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return err
+	}
+	argv := c.argv(r)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	var out io.Writer = logf
+	if c.opts.Stdout != nil {
+		out = io.MultiWriter(logf, &prefixWriter{prefix: r.ID + " ", w: c.opts.Stdout})
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", r.ID, err)
+	}
+	exit := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		close(exit)
+	}()
+	r.cmd, r.exit = cmd, exit
+	return nil
+}
+
+// Kill sends SIGKILL to replica i and waits for it to exit.
+func (c *Cluster) Kill(i int) { c.signal(i, syscall.SIGKILL) }
+
+// Stop sends SIGTERM to replica i and waits for it to exit.
+func (c *Cluster) Stop(i int) { c.signal(i, syscall.SIGTERM) }
+
+// Running reports whether replica i has a live process.
+func (c *Cluster) Running(i int) bool {
+	r := c.Replicas[i]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return false
+	}
+	select {
+	case <-r.exit:
+		return false
+	default:
+		return true
+	}
+}
+
+func (c *Cluster) signal(i int, sig syscall.Signal) {
+	r := c.Replicas[i]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return
+	}
+	// The whole process group: a Wrap may have put the binary under a shell.
+	_ = syscall.Kill(-r.cmd.Process.Pid, sig)
+	select {
+	case <-r.exit:
+	case <-time.After(20 * time.Second):
+		_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+		<-r.exit
+	}
+	r.cmd = nil
+}
+
+// Close stops every replica.
+func (c *Cluster) Close() {
+	for i := range c.Replicas {
+		c.Stop(i)
+	}
+}
+
+// Status fetches GET /v1/cluster from replica i.
+func (c *Cluster) Status(ctx context.Context, i int) (raftstore.Status, error) {
+	var s raftstore.Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.Replicas[i].APIAddr+"/v1/cluster", nil)
+	if err != nil {
+		return s, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("%s: /v1/cluster: %s", c.Replicas[i].ID, resp.Status)
+	}
+	return s, json.NewDecoder(resp.Body).Decode(&s)
+}
+
+// WaitLeader waits until a running replica reports itself leader with
+// every running replica's address registered, and returns its index.
+func (c *Cluster) WaitLeader(ctx context.Context) (int, error) {
+	for {
+		running := 0
+		for i := range c.Replicas {
+			if !c.Running(i) {
+				continue
+			}
+			running++
+			s, err := c.Status(ctx, i)
+			if err == nil && s.State == "Leader" && c.registered(s) {
+				return i, nil
+			}
+		}
+		if running == 0 {
+			return -1, errors.New("wait for leader: no replica is running")
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("wait for leader: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) registered(s raftstore.Status) bool {
+	for i, r := range c.Replicas {
+		if !c.Running(i) {
+			continue
+		}
+		found := false
+		for _, p := range s.Peers {
+			if p.ID == r.ID && p.APIAddr != "" && p.StorageAddr != "" {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// WaitApplied waits until replica i has applied at least index.
+func (c *Cluster) WaitApplied(ctx context.Context, i int, index uint64) error {
+	for {
+		s, err := c.Status(ctx, i)
+		if err == nil && s.AppliedIndex >= index {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: wait for applied index %d: %w", c.Replicas[i].ID, index, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// PutResult is the internal API's answer to a stored artifact.
+type PutResult struct {
+	Path     string `json:"path"`
+	Digest   string `json:"digest"`
+	Size     int64  `json:"size"`
+	Revision string `json:"revision"`
+	URL      string `json:"url"`
+}
+
+// Put stores body at path through replica i's internal API.
+func (c *Cluster) Put(ctx context.Context, i int, path string, body io.Reader, size int64) (PutResult, error) {
+	var res PutResult
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+c.Replicas[i].APIAddr+"/v1/artifacts/"+path, body)
+	if err != nil {
+		return res, err
+	}
+	req.ContentLength = size
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return res, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return res, &HTTPError{Code: resp.StatusCode, Body: strings.TrimSpace(string(msg))}
+	}
+	return res, json.NewDecoder(resp.Body).Decode(&res)
+}
+
+// ArtifactURL is the URL of path on replica i's artifact server.
+func (c *Cluster) ArtifactURL(i int, path string) string {
+	return "http://" + c.Replicas[i].StorageAddr + "/" + path
+}
+
+// HTTPError is a non-success answer from a replica.
+type HTTPError struct {
+	Code int
+	Body string
+}
+
+func (e *HTTPError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Code, e.Body) }
+
+func freePorts(n int) ([]string, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var addrs []string
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
+}
+
+type prefixWriter struct {
+	mu     sync.Mutex
+	prefix string
+	w      io.Writer
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf = append(p.buf, b...)
+	for {
+		i := strings.IndexByte(string(p.buf), '\n')
+		if i < 0 {
+			break
+		}
+		fmt.Fprintf(p.w, "%s%s\n", p.prefix, p.buf[:i])
+		p.buf = p.buf[i+1:]
+	}
+	return len(b), nil
+}

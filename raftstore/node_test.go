@@ -1,0 +1,451 @@
+package raftstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"net"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/sourceraft/sourceraft/internal/pki"
+	"github.com/sourceraft/sourceraft/storage"
+)
+
+// testCluster is real raft nodes over TCP on loopback with mutual TLS.
+type testCluster struct {
+	t     *testing.T
+	ca    *pki.CA
+	nodes []*Node
+	cfgs  []Config
+}
+
+func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
+	t.Helper()
+	ca, err := pki.NewCA("test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &testCluster{t: t, ca: ca}
+	var peers []Peer
+	for i := 0; i < n; i++ {
+		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i), RaftAddr: freeAddr(t)})
+	}
+	for i := 0; i < n; i++ {
+		pair, err := ca.IssueLoopback(peers[i].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tlsCfg, err := ca.TLSConfig(pair)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := Config{
+			NodeID: peers[i].ID, Dir: t.TempDir(), RaftBind: peers[i].RaftAddr, Peers: peers,
+			TLS: NewTLSFilesFromConfig(tlsCfg), NoSync: true,
+			HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
+		}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		tc.cfgs = append(tc.cfgs, cfg)
+		tc.nodes = append(tc.nodes, nil)
+		tc.start(i)
+	}
+	t.Cleanup(func() {
+		for _, nd := range tc.nodes {
+			if nd != nil {
+				nd.Close()
+			}
+		}
+	})
+	return tc
+}
+
+func (tc *testCluster) start(i int) {
+	tc.t.Helper()
+	nd := New(tc.cfgs[i])
+	if err := nd.Open(); err != nil {
+		tc.t.Fatalf("open %s: %v", tc.cfgs[i].NodeID, err)
+	}
+	tc.nodes[i] = nd
+}
+
+func (tc *testCluster) stop(i int) {
+	tc.t.Helper()
+	if err := tc.nodes[i].Close(); err != nil {
+		tc.t.Fatalf("close %s: %v", tc.cfgs[i].NodeID, err)
+	}
+	tc.nodes[i] = nil
+}
+
+func (tc *testCluster) leader() (int, *Node) {
+	tc.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		for i, nd := range tc.nodes {
+			if nd != nil && nd.IsLeader() {
+				return i, nd
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tc.t.Fatal("no leader elected")
+	return -1, nil
+}
+
+// converge waits until every running node applied the leader's last index
+// and checks their stores are byte-for-byte equal.
+func (tc *testCluster) converge() {
+	tc.t.Helper()
+	_, l := tc.leader()
+	target := l.raft.LastIndex()
+	var want string
+	for _, nd := range tc.nodes {
+		if nd == nil {
+			continue
+		}
+		if err := nd.WaitForAppliedIndex(target, 15*time.Second); err != nil {
+			tc.t.Fatalf("%s: %v", nd.cfg.NodeID, err)
+		}
+		h, err := nd.fsm.ContentHash()
+		if err != nil {
+			tc.t.Fatal(err)
+		}
+		if want == "" {
+			want = h
+		} else if h != want {
+			tc.t.Fatalf("%s content hash %s, want %s", nd.cfg.NodeID, h, want)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func randomBytes(seed int64, n int) []byte {
+	b := make([]byte, n)
+	rand.New(rand.NewSource(seed)).Read(b)
+	return b
+}
+
+func art(name, file string) storage.Artifact {
+	return storage.Artifact{Kind: "gitrepository", Namespace: "default", Name: name, File: file}
+}
+
+func readAll(t *testing.T, nd *Node, a storage.Artifact) []byte {
+	t.Helper()
+	rc, err := nd.Retrieve(context.Background(), a)
+	if err != nil {
+		t.Fatalf("%s: retrieve %s: %v", nd.cfg.NodeID, a.Path(), err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("%s: read %s: %v", nd.cfg.NodeID, a.Path(), err)
+	}
+	return b
+}
+
+func TestStoreReplicatesToEveryNode(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	_, l := tc.leader()
+	content := randomBytes(1, 3*storage.MaxChunkSize+123)
+	a := art("app", "a.tar.gz")
+	a.Revision = "main@sha1:abc"
+	if err := l.Store(context.Background(), &a, bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+	if a.Size != int64(len(content)) || a.Digest == "" {
+		t.Fatalf("stored artifact %+v", a)
+	}
+	tc.converge()
+	for _, nd := range tc.nodes {
+		if got := readAll(t, nd, a); !bytes.Equal(got, content) {
+			t.Fatalf("%s returned %d bytes that differ from the %d stored", nd.cfg.NodeID, len(got), len(content))
+		}
+		got, err := nd.Lookup(a.Path())
+		if err != nil || got.Digest != a.Digest || got.Revision != a.Revision {
+			t.Fatalf("%s: lookup %+v, %v", nd.cfg.NodeID, got, err)
+		}
+	}
+}
+
+func TestWritesOnFollowerAreRefused(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	li, _ := tc.leader()
+	f := tc.nodes[(li+1)%3]
+	a := art("app", "a.tar.gz")
+	if err := f.Store(context.Background(), &a, bytes.NewReader([]byte("x"))); !errors.Is(err, storage.ErrNotLeader) {
+		t.Fatalf("store on follower: %v, want ErrNotLeader", err)
+	}
+	if err := f.GarbageCollect(context.Background(), storage.GCPolicy{}); !errors.Is(err, storage.ErrNotLeader) {
+		t.Fatalf("gc on follower: %v, want ErrNotLeader", err)
+	}
+}
+
+func TestRejectedStoresLeaveNothing(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.MaxArtifactSize = 2 * storage.MaxChunkSize })
+	_, l := tc.leader()
+	ctx := context.Background()
+
+	big := art("big", "big.tar.gz")
+	err := l.Store(ctx, &big, bytes.NewReader(randomBytes(2, 2*storage.MaxChunkSize+1)))
+	if !errors.Is(err, storage.ErrTooLarge) {
+		t.Fatalf("oversized store: %v, want ErrTooLarge", err)
+	}
+	wrong := art("wrong", "w.tar.gz")
+	wrong.Digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	if err := l.Store(ctx, &wrong, bytes.NewReader([]byte("content"))); !errors.Is(err, storage.ErrDigestMismatch) {
+		t.Fatalf("mismatched digest: %v, want ErrDigestMismatch", err)
+	}
+	tc.converge()
+	for _, nd := range tc.nodes {
+		st, err := nd.fsm.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Artifacts != 0 || st.Uploads != 0 || st.Blobs != 0 {
+			t.Fatalf("%s kept state after rejected stores: %+v", nd.cfg.NodeID, st)
+		}
+	}
+}
+
+// blockingReader yields n bytes and then blocks until released.
+type blockingReader struct {
+	r       io.Reader
+	release chan struct{}
+}
+
+func (b *blockingReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		<-b.release
+		return 0, errors.New("upload interrupted")
+	}
+	return n, err
+}
+
+func TestUploadOfLostLeaderIsAborted(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	li, l := tc.leader()
+	br := &blockingReader{r: bytes.NewReader(randomBytes(3, 2*storage.MaxChunkSize)), release: make(chan struct{})}
+	errc := make(chan error, 1)
+	go func() {
+		a := art("app", "a.tar.gz")
+		errc <- l.Store(context.Background(), &a, br)
+	}()
+	// Wait until the chunks are applied on a follower, then lose the leader.
+	f := tc.nodes[(li+1)%3]
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ups, _ := f.fsm.Uploads()
+		if len(ups) == 1 && ups[0].Chunks == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("upload never reached the follower: %+v", ups)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tc.stop(li)
+	close(br.release)
+	if err := <-errc; err == nil {
+		t.Fatal("store on a closed leader succeeded")
+	}
+	tc.leader()
+	deadline = time.Now().Add(15 * time.Second)
+	for _, nd := range tc.nodes {
+		for nd != nil {
+			ups, err := nd.fsm.Uploads()
+			if err == nil && len(ups) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still holds the dead upload: %+v", nd.cfg.NodeID, ups)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func TestGarbageCollectRemovesOnEveryNode(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	_, l := tc.leader()
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	var arts []storage.Artifact
+	for i := 0; i < 4; i++ {
+		a := art("app", fmt.Sprintf("rev%d.tar.gz", i))
+		a.LastUpdateTime = now.Add(time.Duration(i-4) * time.Minute)
+		if err := l.Store(ctx, &a, bytes.NewReader(randomBytes(int64(i), 1000))); err != nil {
+			t.Fatal(err)
+		}
+		arts = append(arts, a)
+	}
+	other := art("other", "only.tar.gz")
+	other.LastUpdateTime = now.Add(-time.Hour)
+	if err := l.Store(ctx, &other, bytes.NewReader([]byte("only"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.GarbageCollect(ctx, storage.GCPolicy{TTL: 150 * time.Second, Records: 2}); err != nil {
+		t.Fatal(err)
+	}
+	tc.converge()
+	for _, nd := range tc.nodes {
+		list, err := nd.List(ctx, storage.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, a := range list {
+			got = append(got, a.File)
+		}
+		// rev3 is current, rev2 is within TTL and records; the only artifact
+		// of "other" is current however old it is.
+		want := []string{"rev2.tar.gz", "rev3.tar.gz", "only.tar.gz"}
+		if fmt.Sprint(sortedCopy(got)) != fmt.Sprint(sortedCopy(want)) {
+			t.Fatalf("%s kept %v, want %v", nd.cfg.NodeID, got, want)
+		}
+		if _, err := nd.Retrieve(ctx, arts[0]); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("%s: collected artifact still retrievable: %v", nd.cfg.NodeID, err)
+		}
+	}
+}
+
+func TestRestartedFollowerCatchesUpFromSnapshot(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.SnapshotBytes = 2 * storage.MaxChunkSize
+		c.TrailingLogs = 4
+	})
+	li, l := tc.leader()
+	ctx := context.Background()
+	fi := (li + 1) % 3
+	tc.stop(fi)
+	want := map[string][]byte{}
+	for i := 0; i < 6; i++ {
+		a := art(fmt.Sprintf("app%d", i), "a.tar.gz")
+		content := randomBytes(int64(10+i), storage.MaxChunkSize+i)
+		if err := l.Store(ctx, &a, bytes.NewReader(content)); err != nil {
+			t.Fatal(err)
+		}
+		want[a.Path()] = content
+	}
+	// Let the byte-triggered snapshot run and compact the log past the
+	// follower's position.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		metas, _ := l.snapshots.List()
+		first, _ := l.logStore.FirstIndex()
+		if len(metas) > 0 && first > 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leader never snapshotted and compacted (snapshots %d, first index %d)", len(metas), first)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tc.start(fi)
+	tc.converge()
+	for p, content := range want {
+		a, _ := storage.ParsePath(p)
+		if got := readAll(t, tc.nodes[fi], a); !bytes.Equal(got, content) {
+			t.Fatalf("restarted follower serves wrong bytes for %s", p)
+		}
+	}
+	// A restart on its own data re-applies nothing: same index, same hash.
+	before, _ := tc.nodes[fi].fsm.ContentHash()
+	tc.stop(fi)
+	tc.start(fi)
+	tc.converge()
+	after, _ := tc.nodes[fi].fsm.ContentHash()
+	if before != after {
+		t.Fatalf("content hash changed across restart: %s -> %s", before, after)
+	}
+}
+
+func TestTransportRefusesPeersWithoutClusterCertificate(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	tc.leader()
+	target := tc.cfgs[0].RaftBind
+
+	rogueCA, err := pki.NewCA("rogue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := rogueCA.IssueLoopback("rogue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue, err := rogueCA.TLSConfig(pair)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Trust the cluster's server certificate, present a foreign client one:
+	// the handshake must fail on the server's check.
+	rogue.RootCAs.AddCert(tc.ca.Cert)
+	conn, err := tls.Dial("tcp", target, rogue)
+	if err == nil {
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+	}
+	if err == nil {
+		t.Fatal("a peer with a foreign certificate completed a session")
+	}
+	// No client certificate at all.
+	noCert := &tls.Config{RootCAs: rogue.RootCAs, ServerName: "127.0.0.1"}
+	conn, err = tls.Dial("tcp", target, noCert)
+	if err == nil {
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+	}
+	if err == nil {
+		t.Fatal("a peer without a certificate completed a session")
+	}
+	// A node configured with the foreign CA cannot join: its dials fail.
+	sl, err := newStreamLayer("127.0.0.1:0", "127.0.0.1:1", rogue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.Close()
+	if c, err := sl.Dial(raft.ServerAddress("127.0.0.1:"+portOf(target)), time.Second); err == nil {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("rogue stream layer got data from the cluster")
+		}
+		c.Close()
+	}
+}
+
+func TestOpenRefusesPlaintextWithoutInsecureFlag(t *testing.T) {
+	nd := New(Config{NodeID: "a", Dir: t.TempDir(), RaftBind: freeAddr(t)})
+	if err := nd.Open(); !errors.Is(err, ErrNoTLS) {
+		t.Fatalf("open without TLS: %v, want ErrNoTLS", err)
+	}
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+func sortedCopy(s []string) []string {
+	c := append([]string(nil), s...)
+	sort.Strings(c)
+	return c
+}

@@ -1,0 +1,107 @@
+package raftstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/sourceraft/sourceraft/fsm"
+)
+
+// registerInterval is how often a replica checks that the log holds its
+// current API and artifact addresses.
+const registerInterval = 2 * time.Second
+
+// RegisterPeer records a replica's addresses through the log; the internal
+// API calls it on the leader for followers.
+func (n *Node) RegisterPeer(ctx context.Context, p Peer) error {
+	r, err := n.leaderRaft()
+	if err != nil {
+		return err
+	}
+	if p.ID == "" {
+		return fmt.Errorf("register peer: empty id")
+	}
+	return n.propose(ctx, r, fsm.EncodeSetNode(fsm.Node{ID: p.ID, RaftAddr: p.RaftAddr, APIAddr: p.APIAddr, StorageAddr: p.StorageAddr}))
+}
+
+func (n *Node) self() Peer {
+	return Peer{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAdvertise, APIAddr: n.cfg.APIAddr, StorageAddr: n.cfg.StorageAddr}
+}
+
+func (n *Node) registered() bool {
+	nodes, err := n.fsm.Nodes()
+	if err != nil {
+		return false
+	}
+	want := n.self()
+	for _, nd := range nodes {
+		if nd.ID == want.ID {
+			return nd.RaftAddr == want.RaftAddr && nd.APIAddr == want.APIAddr && nd.StorageAddr == want.StorageAddr
+		}
+	}
+	return false
+}
+
+func (n *Node) registerSelf(ctx context.Context) {
+	if n.registered() {
+		return
+	}
+	if err := n.RegisterPeer(ctx, n.self()); err != nil {
+		n.log.Warn("register self", "error", err)
+	}
+}
+
+// registerLoop makes a follower's addresses known: followers cannot write
+// to the log, so they ask the leader's internal API to do it.
+func (n *Node) registerLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(registerInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-t.C:
+		}
+		if n.cfg.APIAddr == "" || n.IsLeader() || n.registered() {
+			continue
+		}
+		leader, ok := n.Status().Leader()
+		if !ok || leader.APIAddr == "" {
+			continue
+		}
+		if err := n.registerWith(leader.APIAddr); err != nil {
+			n.log.Debug("register with leader", "leader", leader.ID, "error", err)
+		}
+	}
+}
+
+func (n *Node) registerWith(apiAddr string) error {
+	body, err := json.Marshal(n.self())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	u := "http://" + apiAddr + "/v1/nodes/" + url.PathEscape(n.cfg.NodeID)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+n.cfg.APIToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := n.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("register: leader answered %s", resp.Status)
+	}
+	return nil
+}

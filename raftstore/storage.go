@@ -1,0 +1,302 @@
+package raftstore
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/sourceraft/sourceraft/fsm"
+	"github.com/sourceraft/sourceraft/metrics"
+	"github.com/sourceraft/sourceraft/storage"
+)
+
+// applyWindow is how many chunk proposals are in flight at once: enough to
+// let raft batch them into pipelined AppendEntries, few enough that the
+// leader holds at most a few MiB of a blob at any time.
+const applyWindow = 4
+
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, storage.MaxChunkSize); return &b }}
+
+// Store streams content through the log in chunks under a fresh upload id,
+// then commits the artifact in one command. It returns once the commit is
+// applied on this (leader) node, which implies a quorum has it. When
+// a.Digest is set, content hashing to anything else is rejected before
+// the commit. On success a.Digest and a.Size describe the stored bytes.
+func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader) (err error) {
+	defer metrics.ObserveStorage("store", time.Now(), err)
+	if _, err := storage.ParsePath(a.Path()); err != nil {
+		return err
+	}
+	r, err := n.leaderRaft()
+	if err != nil {
+		return err
+	}
+	id, err := newUploadID()
+	if err != nil {
+		return err
+	}
+	n.uploads.add(id)
+	defer n.uploads.remove(id)
+
+	chunks, size, sum, err := n.proposeChunks(ctx, r, id, content)
+	if err == nil {
+		digest := "sha256:" + hex.EncodeToString(sum.Sum(nil))
+		if a.Digest != "" && a.Digest != digest {
+			err = fmt.Errorf("%w: expected %s, content is %s", storage.ErrDigestMismatch, a.Digest, digest)
+		} else {
+			stored := *a
+			stored.Digest, stored.Size = digest, size
+			if stored.LastUpdateTime.IsZero() {
+				stored.LastUpdateTime = time.Now().UTC().Truncate(time.Second)
+			}
+			if err = n.propose(ctx, r, fsm.EncodeCommit(fsm.Commit{UploadID: id, Chunks: chunks, Artifact: stored})); err == nil {
+				*a = stored
+				return nil
+			}
+		}
+	}
+	// Best effort: a later leader expires the upload anyway.
+	if abortErr := n.propose(context.WithoutCancel(ctx), r, fsm.EncodeAbortUploads([]string{id})); abortErr != nil {
+		n.log.Warn("abort upload", "upload", id, "error", abortErr)
+	}
+	return fmt.Errorf("store %s: %w", a.Path(), err)
+}
+
+// proposeChunks reads content chunk by chunk, proposing each with a bounded
+// number in flight, and returns the chunk count, size and running digest.
+func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, content io.Reader) (uint32, int64, hash.Hash, error) {
+	sum := sha256.New()
+	bufp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bufp)
+	buf := *bufp
+	started := time.Now().UnixNano()
+	var (
+		size     int64
+		seq      uint32
+		inflight []raft.ApplyFuture
+	)
+	wait := func(f raft.ApplyFuture) error {
+		if err := f.Error(); err != nil {
+			return mapRaftErr(err)
+		}
+		if rerr, ok := f.Response().(error); ok && rerr != nil {
+			return rerr
+		}
+		return nil
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return 0, 0, nil, err
+		}
+		k, rerr := io.ReadFull(content, buf)
+		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+			return 0, 0, nil, fmt.Errorf("read content: %w", rerr)
+		}
+		size += int64(k)
+		if n.cfg.MaxArtifactSize > 0 && size > n.cfg.MaxArtifactSize {
+			return 0, 0, nil, fmt.Errorf("%w (%d bytes)", storage.ErrTooLarge, n.cfg.MaxArtifactSize)
+		}
+		// An empty artifact still gets one (empty) chunk so the upload exists.
+		if k > 0 || seq == 0 {
+			sum.Write(buf[:k])
+			cmd := fsm.EncodeChunk(fsm.Chunk{UploadID: id, Seq: seq, StartedAt: started, Data: buf[:k]})
+			inflight = append(inflight, r.Apply(cmd, n.cfg.ApplyTimeout))
+			seq++
+			if len(inflight) == applyWindow {
+				if err := wait(inflight[0]); err != nil {
+					return 0, 0, nil, err
+				}
+				inflight = inflight[1:]
+			}
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	for _, f := range inflight {
+		if err := wait(f); err != nil {
+			return 0, 0, nil, err
+		}
+	}
+	return seq, size, sum, nil
+}
+
+// Retrieve opens the artifact's content in the local store.
+func (n *Node) Retrieve(_ context.Context, a storage.Artifact) (io.ReadCloser, error) {
+	stored, err := n.Lookup(a.Path())
+	if err != nil {
+		return nil, err
+	}
+	return n.fsm.OpenBlob(stored.Digest)
+}
+
+// Exists reports whether the artifact is committed and applied locally.
+func (n *Node) Exists(_ context.Context, a storage.Artifact) (bool, error) {
+	_, err := n.fsm.Artifact(a.Path())
+	if errors.Is(err, storage.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Delete removes the artifact on every replica.
+func (n *Node) Delete(ctx context.Context, a storage.Artifact) (err error) {
+	defer metrics.ObserveStorage("delete", time.Now(), err)
+	r, err := n.leaderRaft()
+	if err != nil {
+		return err
+	}
+	if _, err := n.fsm.Artifact(a.Path()); err != nil {
+		return fmt.Errorf("delete %s: %w", a.Path(), err)
+	}
+	return n.propose(ctx, r, fsm.EncodeDeleteArtifacts([]string{a.Path()}))
+}
+
+// List returns the locally applied artifacts matching f.
+func (n *Node) List(_ context.Context, f storage.Filter) ([]storage.Artifact, error) {
+	return n.fsm.List(f)
+}
+
+// GarbageCollect chooses the victims of p on the leader, with the leader's
+// clock, and deletes them in one replicated command so every replica
+// removes the same set.
+func (n *Node) GarbageCollect(ctx context.Context, p storage.GCPolicy) (err error) {
+	defer metrics.ObserveStorage("gc", time.Now(), err)
+	r, err := n.leaderRaft()
+	if err != nil {
+		return err
+	}
+	var filter storage.Filter
+	if p.Current != nil {
+		filter = storage.Filter{Kind: p.Current.Kind, Namespace: p.Current.Namespace, Name: p.Current.Name}
+	}
+	all, err := n.fsm.List(filter)
+	if err != nil {
+		return fmt.Errorf("gc: list artifacts: %w", err)
+	}
+	victims := storage.SelectGarbage(all, p, time.Now())
+	if len(victims) == 0 {
+		return nil
+	}
+	paths := make([]string, len(victims))
+	for i, v := range victims {
+		paths[i] = v.Path()
+	}
+	if err := n.propose(ctx, r, fsm.EncodeDeleteArtifacts(paths)); err != nil {
+		return fmt.Errorf("gc: delete %d artifacts: %w", len(paths), err)
+	}
+	return nil
+}
+
+// Lookup returns the locally applied artifact at path.
+func (n *Node) Lookup(path string) (storage.Artifact, error) {
+	if _, err := storage.ParsePath(path); err != nil {
+		return storage.Artifact{}, err
+	}
+	return n.fsm.Artifact(path)
+}
+
+// WaitFor blocks until the artifact at path is applied locally, or this
+// replica has applied everything it knows to be committed and still lacks
+// it, or ctx ends.
+func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, error) {
+	r := n.raftOrNil()
+	if r == nil {
+		return storage.Artifact{}, ErrNotOpen
+	}
+	target := r.CommitIndex()
+	for {
+		ch := n.fsm.Changed()
+		a, err := n.Lookup(path)
+		if !errors.Is(err, storage.ErrNotFound) {
+			return a, err
+		}
+		if n.fsm.AppliedIndex() >= target {
+			return storage.Artifact{}, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return storage.Artifact{}, fmt.Errorf("wait for %s: %w", path, ctx.Err())
+		}
+	}
+}
+
+// propose applies one command and waits for its result.
+func (n *Node) propose(ctx context.Context, r *raft.Raft, cmd []byte) error {
+	timeout := n.cfg.ApplyTimeout
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
+		timeout = time.Until(d)
+	}
+	f := r.Apply(cmd, timeout)
+	if err := f.Error(); err != nil {
+		return mapRaftErr(err)
+	}
+	if rerr, ok := f.Response().(error); ok && rerr != nil {
+		return rerr
+	}
+	return nil
+}
+
+func (n *Node) leaderRaft() (*raft.Raft, error) {
+	r := n.raftOrNil()
+	if r == nil {
+		return nil, ErrNotOpen
+	}
+	if r.State() != raft.Leader {
+		return nil, ErrNotLeader
+	}
+	return r, nil
+}
+
+func mapRaftErr(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("%w: %v", ErrNotOpen, err)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("raft apply: %w: %v", ErrTimeout, err)
+	}
+	return fmt.Errorf("raft apply: %w", err)
+}
+
+func newUploadID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("upload id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// uploadSet is the uploads this node is streaming as leader: after a
+// leadership change every other pending upload can never be committed.
+type uploadSet struct {
+	mu  sync.Mutex
+	ids map[string]struct{}
+}
+
+func newUploadSet() *uploadSet { return &uploadSet{ids: map[string]struct{}{}} }
+
+func (s *uploadSet) add(id string)    { s.mu.Lock(); s.ids[id] = struct{}{}; s.mu.Unlock() }
+func (s *uploadSet) remove(id string) { s.mu.Lock(); delete(s.ids, id); s.mu.Unlock() }
+func (s *uploadSet) has(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.ids[id]
+	return ok
+}
+
+// OpenBlob opens the artifact's content in the local store.
+func (n *Node) OpenBlob(a storage.Artifact) (storage.Blob, error) {
+	return n.fsm.OpenBlob(a.Digest)
+}
