@@ -8,6 +8,8 @@ RACE_PKGS := ./fsm/... ./raftstore/... ./httpapi/...
 
 .PHONY: build run test test-unit test-e2e bench lint fmt
 
+include mk/envtest.mk
+
 build:
 	$(GO) build -o $(BIN)/source-controller ./cmd/source-controller
 	$(GO) build -o $(BIN)/devcluster ./cmd/devcluster
@@ -15,7 +17,7 @@ build:
 run: build
 	$(BIN)/devcluster -binary $(BIN)/source-controller -dir .run -replicas 3
 
-test: build lint test-unit test-e2e
+test: build lint envtest-bins test-unit test-e2e
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)

@@ -175,12 +175,23 @@ func (s *artifactServer) serveContent(c echo.Context, p string, a storage.Artifa
 }
 
 // bodyFailed ends a download whose content could not be read. Before any
-// byte went out the client gets a 500; after, the connection is cut so a
-// consumer sees a failed download and never a short or wrong artifact.
+// byte went out a peer's intact copy is served instead (a 500 if none
+// has one); after, the connection is cut so a consumer sees a failed
+// download and never a short or wrong artifact.
 func (s *artifactServer) bodyFailed(c echo.Context, p string, sent int64, err error) {
 	corrupt := errors.Is(err, storage.ErrCorrupt)
 	if !c.Response().Committed {
 		s.cfg.Logger.Error("artifact unreadable", "path", p, "error", err)
+		countError("artifacts", c.Request().Method)
+		if corrupt && c.Request().Header.Get(forwardedHeader) == "" {
+			h := c.Response().Header()
+			for _, k := range peerResponseHeaders {
+				h.Del(k)
+			}
+			if s.relayFromPeers(c, p) == peersServed {
+				return
+			}
+		}
 		writePlain(c, http.StatusInternalServerError, err.Error())
 		return
 	}

@@ -45,6 +45,28 @@ func peerOrder(st raftstore.Status) []raftstore.Peer {
 // leader, or all of them; if some could not be reached and none had it,
 // the client gets 503 and retries instead of a 404 it would trust.
 func (s *artifactServer) fromPeers(c echo.Context, p string) {
+	switch s.relayFromPeers(c, p) {
+	case peersServed:
+	case peersMissing:
+		writePlain(c, http.StatusNotFound, storage.ErrNotFound.Error())
+	case peersUnsure:
+		c.Response().Header().Set("Retry-After", "1")
+		writePlain(c, http.StatusServiceUnavailable, "artifact not applied here and some peers are unreachable")
+	}
+}
+
+type peersOutcome int
+
+const (
+	peersServed peersOutcome = iota
+	peersMissing
+	peersUnsure
+)
+
+// relayFromPeers asks the peers in order and relays the first answer that
+// proves the artifact exists; otherwise it writes nothing and says whether
+// the peers agree the artifact is missing.
+func (s *artifactServer) relayFromPeers(c echo.Context, p string) peersOutcome {
 	r := c.Request()
 	st := s.cfg.Backend.Status()
 	allAnswered, leaderSaysMissing := true, false
@@ -53,7 +75,7 @@ func (s *artifactServer) fromPeers(c echo.Context, p string) {
 		if err != nil {
 			if r.Context().Err() != nil {
 				writePlain(c, http.StatusServiceUnavailable, "request canceled")
-				return
+				return peersServed
 			}
 			s.cfg.Logger.Debug("asking peer for artifact failed", "peer", peer.ID, "path", p, "error", err)
 			allAnswered = false
@@ -64,7 +86,7 @@ func (s *artifactServer) fromPeers(c echo.Context, p string) {
 			http.StatusPreconditionFailed, http.StatusRequestedRangeNotSatisfiable:
 			defer done()
 			s.relay(c, p, peer, resp)
-			return
+			return peersServed
 		case http.StatusNotFound:
 			leaderSaysMissing = leaderSaysMissing || peer.Leader
 		default:
@@ -74,11 +96,9 @@ func (s *artifactServer) fromPeers(c echo.Context, p string) {
 		done()
 	}
 	if allAnswered || leaderSaysMissing {
-		writePlain(c, http.StatusNotFound, storage.ErrNotFound.Error())
-		return
+		return peersMissing
 	}
-	c.Response().Header().Set("Retry-After", "1")
-	writePlain(c, http.StatusServiceUnavailable, "artifact not applied here and some peers are unreachable")
+	return peersUnsure
 }
 
 // askPeer bounds only the wait for response headers, which covers the

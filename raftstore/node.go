@@ -124,6 +124,10 @@ func (n *Node) Open() (err error) {
 	}
 	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog.Named("net"),
+		// One RPC in flight disables pipelined replication: after a
+		// follower fails to store entries (disk full), the pipeline can
+		// stop sending it appends for good (hashicorp/raft#612).
+		MaxRPCsInFlight: 1,
 	})
 	closers = append(closers, closerFunc(n.transport.Close))
 

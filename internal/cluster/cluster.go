@@ -195,6 +195,23 @@ func (c *Cluster) Running(i int) bool {
 	}
 }
 
+// PID is the process id of replica i, or 0 when it is not running. Under
+// a Wrap it is the wrapper's pid, which may not be the binary's.
+func (c *Cluster) PID(i int) int {
+	r := c.Replicas[i]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil || r.cmd.Process == nil {
+		return 0
+	}
+	select {
+	case <-r.exit:
+		return 0
+	default:
+		return r.cmd.Process.Pid
+	}
+}
+
 func (c *Cluster) signal(i int, sig syscall.Signal) {
 	r := c.Replicas[i]
 	r.mu.Lock()

@@ -43,19 +43,37 @@ func TestMain(m *testing.M) {
 }
 
 // startCluster runs n replicas and waits for a leader with every replica
-// registered. Replica logs are printed when the test fails.
+// registered.
 func startCluster(t *testing.T, n int, args []string, wrap func(*cluster.Replica, []string) []string) (*cluster.Cluster, int) {
 	t.Helper()
-	dir := t.TempDir()
+	c := newCluster(t, cluster.Options{Replicas: n, Args: args, Wrap: wrap})
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, leader
+}
+
+// newCluster prepares a cluster of the binary under test whose replica
+// logs are printed if the test fails. E2E_KEEP_DIR keeps the replicas'
+// data and logs for a post-mortem.
+func newCluster(t *testing.T, opts cluster.Options) *cluster.Cluster {
+	t.Helper()
+	opts.Binary = binary
+	opts.Dir = t.TempDir()
 	if keep := os.Getenv("E2E_KEEP_DIR"); keep != "" {
-		// Kept for post-mortems of replica data and logs.
 		var err error
-		if dir, err = os.MkdirTemp(keep, t.Name()+"-"); err != nil {
+		if opts.Dir, err = os.MkdirTemp(keep, t.Name()+"-"); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("cluster directory %s", dir)
+		t.Logf("cluster directory %s", opts.Dir)
 	}
-	c, err := cluster.New(cluster.Options{Binary: binary, Dir: dir, Replicas: n, Args: args, Wrap: wrap})
+	c, err := cluster.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,16 +86,7 @@ func startCluster(t *testing.T, n int, args []string, wrap func(*cluster.Replica
 			}
 		}
 	})
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	leader, err := c.WaitLeader(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, leader
+	return c
 }
 
 func tail(b []byte, n int) []byte {
