@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"sort"
 	"sync"
 
@@ -36,6 +37,9 @@ type Blob struct {
 	start  int64
 	starts []int64 // chunk offsets, built on the first non-sequential read
 	closed bool
+
+	file    *os.File // the database file, for sending chunks with sendfile
+	fileGen uint64   // the FSM generation file was opened in
 }
 
 // OpenBlob returns a reader over the blob with digest, or storage.ErrNotFound.
@@ -101,10 +105,15 @@ func (b *Blob) Seek(off int64, whence int) (int64, error) {
 	return off, nil
 }
 
-// WriteTo writes the rest of the blob with one Write per verified chunk.
+// WriteTo writes the rest of the blob with one Write per verified chunk,
+// or, to a writer that can read from a file (an HTTP response over TCP),
+// straight from the database file.
 func (b *Blob) WriteTo(w io.Writer) (int64, error) {
 	if b.closed {
 		return 0, b.errClosed()
+	}
+	if rf, ok := w.(io.ReaderFrom); ok {
+		return b.sendTo(rf)
 	}
 	var total int64
 	for b.off < b.size {
@@ -132,6 +141,10 @@ func (b *Blob) Close() error {
 	}
 	b.closed = true
 	b.cur, b.loaded = nil, false
+	if b.file != nil {
+		b.file.Close()
+		b.file = nil
+	}
 	if b.buf != nil {
 		chunkBuffers.Put(b.buf)
 		b.buf = nil
@@ -170,8 +183,14 @@ func (b *Blob) locate(off int64) error {
 			return err
 		}
 	}
-	i := sort.Search(int(b.chunks), func(i int) bool { return b.starts[i+1] > off })
-	return b.load(uint32(i), b.starts[i])
+	i := b.chunkAt(off)
+	return b.load(i, b.starts[i])
+}
+
+// chunkAt returns the chunk holding off, which is below size; the index
+// must be built.
+func (b *Blob) chunkAt(off int64) uint32 {
+	return uint32(sort.Search(int(b.chunks), func(i int) bool { return b.starts[i+1] > off }))
 }
 
 // load copies chunk seq into the buffer and verifies it.
@@ -189,7 +208,7 @@ func (b *Blob) load(seq uint32, start int64) error {
 		if chunks == nil {
 			return fmt.Errorf("blob %s is gone: %w", b.digest, storage.ErrNotFound)
 		}
-		v := chunks.Get(seqKey(seq))
+		v := getChunk(chunks, seq)
 		if len(v) < 4 || len(v)-4 > len(*b.buf) {
 			return b.corrupt(seq, fmt.Sprintf("stored as %d bytes", len(v)))
 		}
@@ -223,8 +242,9 @@ func (b *Blob) index() error {
 			return fmt.Errorf("blob %s is gone: %w", b.digest, storage.ErrNotFound)
 		}
 		c := chunks.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
 			seq := uint32(len(starts))
+			v := getChunk(chunks, seq)
 			if string(k) != string(seqKey(seq)) || len(v) < 4 {
 				return b.corrupt(seq, "missing")
 			}

@@ -118,9 +118,9 @@ func damage(t *testing.T, path, id string, seq uint32, fn func(v []byte) []byte)
 	}
 	defer db.Close()
 	err = db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketChunks).Bucket([]byte(id))
-		v := append([]byte(nil), b.Get(seqKey(seq))...)
-		return b.Put(seqKey(seq), fn(v))
+		b := tx.Bucket(bucketChunks).Bucket([]byte(id)).Bucket(seqKey(seq))
+		v := append([]byte(nil), b.Get(keyChunk)...)
+		return b.Put(keyChunk, fn(v))
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -131,7 +131,7 @@ func applyChunk(tx *bolt.Tx, c chunkCmd) error {
 		must(fmt.Errorf("upload %q has no chunks bucket: %w", c.UploadID, storage.ErrCorrupt))
 	}
 	b.FillPercent = 1.0 // keys only ever append
-	must(b.Put(seqKey(c.Seq), c.value))
+	must(putChunk(b, c.Seq, c.value))
 	up.Chunks++
 	up.Bytes += int64(len(c.Data))
 	must(uploads.Put(id, up.encode()))

@@ -237,7 +237,11 @@ func checkInvariants(t *testing.T, f *FSM) {
 			if !ok {
 				return fmt.Errorf("orphan chunk bucket %s", k)
 			}
-			if n := chunks.Bucket(k).Stats().KeyN; n != int(want) {
+			n := 0
+			if err := chunks.Bucket(k).ForEach(func(_, _ []byte) error { n++; return nil }); err != nil {
+				return err
+			}
+			if n != int(want) {
 				return fmt.Errorf("chunk bucket %s has %d chunks, want %d", k, n, want)
 			}
 			delete(owners, string(k))

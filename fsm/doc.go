@@ -12,7 +12,7 @@
 //	           "layout"  → big-endian uint64, this layout's version (1)
 //	artifacts  path → the commit command's artifact JSON, stored verbatim
 //	blobs      digest → size(8) chunks(4) refs(4) upload-id, a committed blob
-//	chunks     upload-id → nested bucket: seq(4, big-endian) → crc32c(4) data
+//	chunks     upload-id → bucket: seq(4, big-endian) → bucket: "c" → crc32c(4) data
 //	uploads    upload-id → startedAt(8) chunks(4) bytes(8), uncommitted uploads
 //	nodes      node id → the set-node command's JSON, stored verbatim
 //

@@ -20,11 +20,12 @@ var (
 
 	keyApplied = []byte("applied")
 	keyLayout  = []byte("layout")
+	keyChunk   = []byte("c")
 )
 
 // layoutVersion changes when a release stores records differently; Open
 // refuses a file it does not understand rather than misreading it.
-const layoutVersion = 1
+const layoutVersion = 2
 
 // maxIDLen bounds upload ids, node ids and digests, which become bbolt keys:
 // a key bbolt would refuse must be rejected as a business error before any
@@ -33,6 +34,30 @@ const maxIDLen = 255
 
 func seqKey(seq uint32) []byte {
 	return binary.BigEndian.AppendUint32(nil, seq)
+}
+
+// Each chunk is the only value of a bucket of its own inside its upload's
+// bucket. bbolt keeps at least two values per leaf and rewrites a whole
+// leaf when it changes, so appending chunk n+1 next to chunk n would copy
+// chunk n again (and page it back in through the mmap); a bucket per chunk
+// is written once and never touched by later appends.
+
+// putChunk stores value as chunk seq of an upload.
+func putChunk(upload *bolt.Bucket, seq uint32, value []byte) error {
+	b, err := upload.CreateBucket(seqKey(seq))
+	if err != nil {
+		return err
+	}
+	return b.Put(keyChunk, value)
+}
+
+// getChunk returns chunk seq of an upload, nil if it is missing.
+func getChunk(upload *bolt.Bucket, seq uint32) []byte {
+	b := upload.Bucket(seqKey(seq))
+	if b == nil {
+		return nil
+	}
+	return b.Get(keyChunk)
 }
 
 func uint64Value(v uint64) []byte {

@@ -37,7 +37,8 @@ type Config struct {
 
 	// MaxArtifactSize bounds one stored artifact; zero means no bound.
 	MaxArtifactSize int64
-	// SnapshotBytes is how many log bytes trigger a snapshot.
+	// SnapshotBytes is how many log bytes trigger a snapshot at least;
+	// larger stores snapshot after half their size.
 	SnapshotBytes int64
 	// TrailingLogs is how many entries stay in the log after a snapshot.
 	TrailingLogs uint64
@@ -77,7 +78,7 @@ func (c *Config) setDefaults() {
 		c.RaftAdvertise = c.RaftBind
 	}
 	if c.SnapshotBytes == 0 {
-		c.SnapshotBytes = 128 << 20
+		c.SnapshotBytes = 64 << 20
 	}
 	if c.TrailingLogs == 0 {
 		// Mostly chunk entries: about 32 MiB of log kept for lagging followers.

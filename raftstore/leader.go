@@ -115,8 +115,12 @@ func (n *Node) sweepUploads(ctx context.Context, orphans bool) {
 	n.log.Info("aborted uploads without commit", "count", len(dead))
 }
 
-// snapshotLoop snapshots once the log has grown by SnapshotBytes since the
-// last snapshot, so disk use is bounded by bytes rather than entry counts.
+// snapshotLoop snapshots once the log has grown by SnapshotBytes, or by
+// half the stored blob bytes if that is more, since the last snapshot. Disk use
+// is then bounded by bytes rather than entry counts (store + one snapshot
+// + at most half a store of log: 2.5 times the live data), while the cost
+// of copying the store into a snapshot stays proportional to what was
+// written.
 func (n *Node) snapshotLoop() {
 	defer n.wg.Done()
 	t := time.NewTicker(time.Second)
@@ -126,7 +130,11 @@ func (n *Node) snapshotLoop() {
 		case <-n.done:
 			return
 		case <-t.C:
-			if n.logBytes.sinceSnapshot.Load() < n.cfg.SnapshotBytes {
+			threshold := n.cfg.SnapshotBytes
+			if st, err := n.fsm.Stats(); err == nil && st.BlobBytes/2 > threshold {
+				threshold = st.BlobBytes / 2
+			}
+			if n.logBytes.sinceSnapshot.Load() < threshold {
 				continue
 			}
 			err := n.raft.Snapshot().Error()

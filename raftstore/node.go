@@ -29,6 +29,11 @@ var (
 	ErrTimeout = errors.New("timed out")
 )
 
+const (
+	maxAppendEntries = 16
+	logCacheEntries  = 16
+)
+
 // Node is one replica: a Raft member whose FSM is the local artifact store.
 type Node struct {
 	cfg Config
@@ -110,7 +115,14 @@ func (n *Node) Open() (err error) {
 		return fmt.Errorf("open raft log store: %w", err)
 	}
 	closers = append(closers, n.logStore)
-	n.logBytes = &countingLogStore{LogStore: n.logStore}
+	// Replication reads the newest entries right after writing them: a
+	// small cache serves those from memory instead of paging them back in
+	// through raft.db's mmap, bounded at logCacheEntries × 512 KiB.
+	cached, err := raft.NewLogCache(logCacheEntries, n.logStore)
+	if err != nil {
+		return fmt.Errorf("raft log cache: %w", err)
+	}
+	n.logBytes = &countingLogStore{LogStore: cached}
 
 	var tc *tls.Config
 	if n.cfg.TLS != nil {
@@ -166,9 +178,11 @@ func (n *Node) raftConfig(hlog hclog.Logger) *raft.Config {
 	// entry-count trigger is only a backstop.
 	rc.SnapshotThreshold = 1 << 20
 	rc.SnapshotInterval = 30 * time.Second
-	// Entries are up to 512 KiB: 8 per AppendEntries bounds an RPC at 4 MiB
-	// on both ends, which keeps peak memory independent of blob size.
-	rc.MaxAppendEntries = 8
+	// Entries are up to 512 KiB: 16 per AppendEntries bounds an RPC at
+	// 8 MiB on both ends, which keeps peak memory independent of blob size
+	// while batching enough entries per raft.db transaction that bbolt
+	// rarely rewrites a leaf of earlier entries.
+	rc.MaxAppendEntries = maxAppendEntries
 	rc.NotifyCh = n.notify
 	return rc
 }

@@ -20,9 +20,9 @@ import (
 )
 
 // applyWindow is how many chunk proposals are in flight at once: enough to
-// let raft batch them into pipelined AppendEntries, few enough that the
-// leader holds at most a few MiB of a blob at any time.
-const applyWindow = 4
+// let raft batch them into one log write and one AppendEntries, few enough
+// that the leader holds at most 4 MiB of a blob at any time.
+const applyWindow = 8
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, storage.MaxChunkSize); return &b }}
 

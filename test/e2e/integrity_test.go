@@ -40,16 +40,21 @@ func corruptChunk(t *testing.T, r *cluster.Replica, seq int) {
 			return fmt.Errorf("no upload bucket")
 		}
 		c := upload.Cursor()
-		k, v := c.First()
+		k, _ := c.First()
 		for i := 0; i < seq && k != nil; i++ {
-			k, v = c.Next()
+			k, _ = c.Next()
 		}
-		if k == nil || len(v) < 200 {
+		chunk := upload.Bucket(k)
+		if k == nil || chunk == nil {
 			return fmt.Errorf("chunk %d not found", seq)
+		}
+		ck, v := chunk.Cursor().First()
+		if len(v) < 200 {
+			return fmt.Errorf("chunk %d holds %d bytes", seq, len(v))
 		}
 		bad := append([]byte(nil), v...)
 		bad[150] ^= 0xff
-		return upload.Put(k, bad)
+		return chunk.Put(ck, bad)
 	})
 	if err != nil {
 		t.Fatalf("corrupt %s: %v", r.ID, err)
