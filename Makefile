@@ -21,7 +21,7 @@ test: build lint envtest-bins test-unit test-e2e
 
 test-unit:
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /fsm -e /raftstore -e /httpapi -e /test/)
+	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /fsm -e /raftstore -e /httpapi -e /test/e2e -e /test/bench)
 
 test-e2e: build
 	SOURCERAFT_BIN=$(BIN)/source-controller $(GO) test -count=1 -timeout 20m -v ./test/e2e/... 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}

@@ -5,7 +5,9 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -58,7 +60,10 @@ func run(bin, dir string, replicas int) error {
 	}
 	fmt.Printf("cluster of %d replicas up; leader %s\n", replicas, c.Replicas[leader].ID)
 
-	sample := bytes.Repeat([]byte("sourceraft sample artifact\n"), 4096)
+	sample, err := sampleArchive()
+	if err != nil {
+		return err
+	}
 	// Stored through a follower, which forwards to the leader.
 	via := (leader + 1) % replicas
 	res, err := c.Put(wctx, via, "gitrepository/default/sample/sample.tar.gz", bytes.NewReader(sample), int64(len(sample)))
@@ -78,6 +83,33 @@ func run(bin, dir string, replicas int) error {
 	fmt.Println("running; Ctrl-C stops the cluster")
 	<-ctx.Done()
 	return nil
+}
+
+// sampleArchive is a small tar.gz like the ones Flux sources produce.
+func sampleArchive() ([]byte, error) {
+	files := map[string]string{
+		"kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- configmap.yaml\n",
+		"configmap.yaml":     "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sourceraft-sample\ndata:\n  greeting: served by every replica\n",
+	}
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	for _, name := range []string{"configmap.yaml", "kustomization.yaml"} {
+		body := files[name]
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write([]byte(body)); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	if err := gz.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 func fetchDigest(ctx context.Context, url string) (string, error) {

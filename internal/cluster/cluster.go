@@ -69,7 +69,7 @@ func New(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{opts: opts, Token: "test-token-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+	c := &Cluster{opts: opts, Token: "token-" + strconv.FormatInt(time.Now().UnixNano(), 36),
 		client: &http.Client{Timeout: 60 * time.Second}}
 	if err := os.WriteFile(filepath.Join(opts.Dir, "token"), []byte(c.Token), 0o600); err != nil {
 		return nil, fmt.Errorf("write token: %w", err)
