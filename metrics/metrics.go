@@ -40,6 +40,14 @@ var (
 		Help:    "Storage operation latency.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 	}, []string{"operation"})
+	// ReconcileDuration observes source reconciliations per object, as
+	// Flux's controllers do (the name and labels are theirs, so Flux
+	// dashboards and alerts work unchanged).
+	ReconcileDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "gotk_reconcile_duration_seconds",
+		Help:    "The duration in seconds of a GitOps Toolkit resource reconciliation.",
+		Buckets: prometheus.ExponentialBucketsRange(10e-3, 1800, 10),
+	}, []string{"kind", "name", "namespace"})
 	// StorageBackend is 1 for the blob backend in use.
 	StorageBackend = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "source_controller_storage_backend",
@@ -53,6 +61,7 @@ func init() {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		ArtifactServeDuration, HTTPRequests, HTTPRequestErrors,
 		StorageOperations, StorageOperationDuration, StorageBackend,
+		ReconcileDuration,
 	)
 }
 

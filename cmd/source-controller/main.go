@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -15,9 +14,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
+
 	"github.com/sourceraft/sourceraft/httpapi"
 	"github.com/sourceraft/sourceraft/metrics"
 	"github.com/sourceraft/sourceraft/raftstore"
+	"github.com/sourceraft/sourceraft/reconcilers"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -31,6 +35,14 @@ type options struct {
 	retentionRecords                                    int
 	maxArtifactSize, snapshotBytes                      int64
 	logLevel                                            string
+
+	// Reconciler flags, Flux's where Flux has one.
+	eventsAddr         string
+	concurrent         int
+	requeueDependency  time.Duration
+	sourceMaxSize      int64
+	sourceMaxEntries   int
+	reconcileGraceTime time.Duration
 }
 
 func main() {
@@ -59,8 +71,16 @@ func main() {
 	flag.IntVar(&o.retentionRecords, "artifact-retention-records", 2, "How many artifacts per source are kept, the current one included.")
 	flag.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "How often the leader collects garbage across all sources (0 disables).")
 	flag.Int64Var(&o.maxArtifactSize, "max-artifact-size", 1<<30, "Largest artifact accepted, in bytes.")
-	flag.Int64Var(&o.snapshotBytes, "raft-snapshot-bytes", 128<<20, "Log bytes that trigger a Raft snapshot.")
+	flag.Int64Var(&o.snapshotBytes, "raft-snapshot-bytes", 64<<20, "Log bytes that trigger a Raft snapshot (at least; larger stores snapshot after half their size).")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error.")
+	// --kubeconfig is registered by controller-runtime (its client config
+	// package); without it the in-cluster config or $KUBECONFIG is used.
+	flag.StringVar(&o.eventsAddr, "events-addr", "", "The address of the events receiver (notification-controller); empty records Kubernetes events only.")
+	flag.IntVar(&o.concurrent, "concurrent", 2, "The number of concurrent reconciles per kind.")
+	flag.DurationVar(&o.requeueDependency, "requeue-dependency", 30*time.Second, "The interval at which failing dependencies are reevaluated.")
+	flag.Int64Var(&o.sourceMaxSize, "source-max-size", 1<<30, "Largest uncompressed source (sum of file sizes) archived into an artifact, in bytes; 0 is unbounded.")
+	flag.IntVar(&o.sourceMaxEntries, "source-max-entries", 100000, "Most files and directories archived into one artifact; 0 is unbounded.")
+	flag.DurationVar(&o.reconcileGraceTime, "reconcile-shutdown-timeout", 10*time.Second, "How long reconciles in flight may finish after leadership is lost.")
 	flag.Parse()
 
 	log := newLogger(o.logLevel)
@@ -72,9 +92,6 @@ func main() {
 }
 
 func run(o options, log *slog.Logger) error {
-	if o.reconcile {
-		return errors.New("--reconcile is not available in this build yet")
-	}
 	peers, err := raftstore.ParsePeers(o.peers)
 	if err != nil {
 		return fmt.Errorf("--peers: %w", err)
@@ -101,6 +118,16 @@ func run(o options, log *slog.Logger) error {
 		cfg.TLS = &raftstore.TLSFiles{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, ServerName: o.tlsServerName}
 	}
 	node := raftstore.New(cfg)
+	if o.reconcile {
+		runner, err := newRunner(o, node, orDefault(o.storageAdvAddr, cfg.StorageAddr), cfg.Retention, log)
+		if err != nil {
+			return err
+		}
+		// Registered before Open so no leadership change is missed; stopped
+		// before the node closes (defers run in reverse).
+		node.OnLeadership(runner.OnLeadership)
+		defer runner.Stop()
+	}
 	if err := node.Open(); err != nil {
 		return err
 	}
@@ -119,6 +146,32 @@ func run(o options, log *slog.Logger) error {
 	defer stop()
 	log.Info("source-controller started", "node", o.nodeID, "raft", raftAdv, "peers", o.peers)
 	return srv.Run(ctx)
+}
+
+// newRunner builds the reconcilers' leadership runner from the flags.
+func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention storage.GCPolicy, log *slog.Logger) (*reconcilers.LeaderRunner, error) {
+	restCfg, err := ctrlconfig.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("--reconcile: kubernetes config: %w", err)
+	}
+	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
+	return reconcilers.NewLeaderRunner(reconcilers.Options{
+		RestConfig:              restCfg,
+		Storage:                 node,
+		StorageAdvAddr:          storageAdvAddr,
+		Retention:               retention,
+		EventsAddr:              o.eventsAddr,
+		Concurrent:              o.concurrent,
+		RequeueDependency:       o.requeueDependency,
+		ArchiveMaxSize:          o.sourceMaxSize,
+		ArchiveMaxEntries:       o.sourceMaxEntries,
+		GracefulShutdownTimeout: o.reconcileGraceTime,
+		// Reconcile only once every entry earlier leaders committed is applied here.
+		CatchUp: func(ctx context.Context) error {
+			return node.WaitForAppliedIndex(node.Status().LastIndex, time.Minute)
+		},
+		Logger: log,
+	})
 }
 
 func newLogger(level string) *slog.Logger {

@@ -1,0 +1,120 @@
+package reconcilers
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sourceraft/sourceraft/archive"
+	"github.com/sourceraft/sourceraft/storage"
+)
+
+// artifactStore is how reconcilers reach the replicated store: Storage and
+// nothing else, plus the address artifact URLs name and the retention
+// policy applied after each new artifact.
+type artifactStore struct {
+	storage.Storage
+	// advAddr is the host:port written into artifact URLs.
+	advAddr string
+	// retention is the TTL and record count kept per object; Current is
+	// set per collection.
+	retention storage.GCPolicy
+}
+
+// newArtifactFor is the storage record of a new artifact of obj; kind is
+// the Kubernetes kind, stored lower-case as Flux does.
+func newArtifactFor(kind string, obj client.Object, revision, file string) storage.Artifact {
+	return storage.Artifact{
+		Kind: strings.ToLower(kind), Namespace: obj.GetNamespace(), Name: obj.GetName(),
+		File: file, Revision: revision,
+	}
+}
+
+// toStatus is the status form of a committed artifact.
+func (s *artifactStore) toStatus(a storage.Artifact) *meta.Artifact {
+	size := a.Size
+	return &meta.Artifact{
+		Path: a.Path(), URL: a.URL(s.advAddr), Revision: a.Revision, Digest: a.Digest,
+		LastUpdateTime: metav1.NewTime(a.LastUpdateTime), Size: &size, Metadata: a.Metadata,
+	}
+}
+
+// fromStatus is the storage identity of an artifact named in a status.
+func fromStatus(m *meta.Artifact) (storage.Artifact, error) {
+	a, err := storage.ParsePath(m.Path)
+	if err != nil {
+		return storage.Artifact{}, err
+	}
+	a.Revision, a.Digest, a.LastUpdateTime = m.Revision, m.Digest, m.LastUpdateTime.Time
+	if m.Size != nil {
+		a.Size = *m.Size
+	}
+	return a, nil
+}
+
+// errStoreEnded is what the archive writer sees when Store stopped reading.
+var errStoreEnded = errors.New("store stopped reading the archive")
+
+// errArchive marks failures of building the archive, as opposed to storing it.
+var errArchive = errors.New("archive")
+
+// storeDir archives dir and streams the archive into the store, which
+// fills a.Digest and a.Size once the artifact is committed. The archive is
+// never held in memory. An archive that cannot be built (a limit exceeded,
+// an unreadable file) fails with an error matching errArchive before
+// anything is proposed to the store.
+func (s *artifactStore) storeDir(ctx context.Context, a *storage.Artifact, dir string, opts archive.Options) error {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := archive.Write(dir, pw, opts)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	// Limits are checked before the first byte is written: wait for it so
+	// a rejected source never starts an upload.
+	br := bufio.NewReaderSize(pr, 64<<10)
+	if _, err := br.Peek(1); err != nil && err != io.EOF {
+		pr.CloseWithError(err)
+		<-done
+		return fmt.Errorf("%w: %w", errArchive, err)
+	}
+	serr := s.Store(ctx, a, br)
+	// Unblock the writer if Store stopped reading early.
+	pr.CloseWithError(errStoreEnded)
+	if aerr := <-done; aerr != nil && !errors.Is(aerr, errStoreEnded) {
+		return fmt.Errorf("%w: %w", errArchive, aerr)
+	}
+	return serr
+}
+
+// collectGarbage applies the retention policy to the object of current,
+// keeping current.
+func (s *artifactStore) collectGarbage(ctx context.Context, current storage.Artifact) error {
+	p := s.retention
+	p.Current = &current
+	return s.GarbageCollect(ctx, p)
+}
+
+// deleteAll removes every artifact of the object, as on its deletion.
+func (s *artifactStore) deleteAll(ctx context.Context, kind string, obj client.Object) (int, error) {
+	arts, err := s.List(ctx, storage.Filter{Kind: strings.ToLower(kind), Namespace: obj.GetNamespace(), Name: obj.GetName()})
+	if err != nil {
+		return 0, err
+	}
+	deleted := 0
+	for _, a := range arts {
+		if err := s.Delete(ctx, a); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return deleted, err
+		}
+		deleted++
+	}
+	return deleted, nil
+}

@@ -1,0 +1,23 @@
+// Package reconcilers reconciles the Flux source kinds into artifacts in
+// the replicated store. Only the Raft leader reconciles: LeaderRunner
+// starts a controller-runtime manager when this replica gains leadership
+// and stops it when it loses it, and every Kubernetes write goes through a
+// gate that closes the moment leadership is lost.
+//
+// The shape follows Flux's source-controller, one file per job:
+//
+//	conditions.go    the conditions each kind owns, feeds into Ready, and treats as negative
+//	errors.go        typed errors carrying their reason and reporting policy
+//	chain.go         sub-reconcilers (storage, source, include, artifact) run in order
+//	summarize.go     the one place Ready, Stalled and Reconciling are settled and status is patched
+//	events.go        Kubernetes events (and notification-controller forwarding)
+//	artifact.go      artifacts through storage.Storage only: store, status form, GC, delete
+//	metrics.go       gotk_reconcile_duration_seconds
+//	leaderclient.go  the leadership write gate
+//	runner.go        LeaderRunner and the manager it builds
+//	gitrepository.go GitRepository, with git_checkout.go, git_auth.go and git_include.go
+//
+// Artifacts are built by package archive and streamed into Storage.Store,
+// which returns once a quorum committed them; only then does the status
+// name the artifact, so any replica can serve the URL it holds.
+package reconcilers

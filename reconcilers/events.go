@@ -1,0 +1,101 @@
+package reconcilers
+
+import (
+	"context"
+	"errors"
+
+	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	kuberecorder "k8s.io/client-go/tools/record"
+	ctrl "sigs.k8s.io/controller-runtime"
+)
+
+// Event reasons beyond the condition reasons of the Flux API.
+const (
+	// NewArtifactReason is the reason of the event for a newly stored artifact.
+	NewArtifactReason = "NewArtifact"
+	// GarbageCollectionFailedReason is the reason of a failed collection of
+	// superseded artifacts.
+	GarbageCollectionFailedReason = "GarbageCollectionFailed"
+	// GarbageCollectionSucceededReason is the reason of the collection of a
+	// deleted object's artifacts.
+	GarbageCollectionSucceededReason = "GarbageCollectionSucceeded"
+)
+
+// notifier records Kubernetes events, which the Flux events recorder also
+// forwards to the notification-controller when --events-addr is set.
+type notifier struct {
+	kuberecorder.EventRecorder
+	controllerName string
+}
+
+// artifactAnnotations are the event metadata Flux consumers read: the
+// artifact's revision and digest under the source API group.
+func artifactAnnotations(a *meta.Artifact) map[string]string {
+	if a == nil {
+		return nil
+	}
+	return map[string]string{
+		sourcev1.GroupVersion.Group + "/" + eventv1.MetaRevisionKey: a.Revision,
+		sourcev1.GroupVersion.Group + "/" + eventv1.MetaDigestKey:   a.Digest,
+	}
+}
+
+// reportError logs err and records the event its policy asks for.
+func (n *notifier) reportError(ctx context.Context, obj sourceObject, err error) {
+	if err == nil {
+		return
+	}
+	log := ctrl.LoggerFrom(ctx)
+	var e *Error
+	if !errors.As(err, &e) {
+		// An untyped error is a bug in a sub-reconciler's error handling;
+		// report it like a generic failure.
+		e = NewGeneric(err, meta.FailedReason)
+	}
+	if e.Event == "" {
+		log.Info(e.Error(), "reason", e.Reason)
+		return
+	}
+	if e.Event == corev1.EventTypeWarning {
+		log.Error(e.Err, "reconcile failed", "reason", e.Reason, "stalled", e.Stall)
+	}
+	n.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), e.Event, e.Reason, "%s", e.Error())
+}
+
+// notifySuccess records the events of a reconcile that ended without error:
+// NewArtifact when the artifact digest changed, Succeeded when it recovered
+// from a failure recorded in failConds, nothing otherwise.
+func (n *notifier) notifySuccess(ctx context.Context, oldObj, newObj sourceObject, failConds []string, message string) {
+	art := newObj.GetArtifact()
+	if art == nil {
+		return
+	}
+	annotations := artifactAnnotations(art)
+	switch {
+	case !oldObj.GetArtifact().HasDigest(art.Digest):
+		n.AnnotatedEventf(newObj, annotations, corev1.EventTypeNormal, NewArtifactReason, "%s", message)
+		ctrl.LoggerFrom(ctx).Info(message, "revision", art.Revision, "digest", art.Digest)
+	case failureRecovery(oldObj, newObj, failConds):
+		n.AnnotatedEventf(newObj, annotations, corev1.EventTypeNormal, meta.SucceededReason, "%s", message)
+		ctrl.LoggerFrom(ctx).Info(message)
+	}
+}
+
+// failureRecovery reports whether oldObj had one of the failure conditions
+// True and newObj has none of them.
+func failureRecovery(oldObj, newObj sourceObject, failConds []string) bool {
+	failed := false
+	for _, c := range failConds {
+		if conditions.IsTrue(oldObj, c) {
+			failed = true
+		}
+		if conditions.IsTrue(newObj, c) {
+			return false
+		}
+	}
+	return failed
+}

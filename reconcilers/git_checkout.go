@@ -1,0 +1,253 @@
+package reconcilers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/Masterminds/semver/v3"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+)
+
+// defaultBranch is checked out when spec.ref names nothing, as in Flux.
+const defaultBranch = "master"
+
+// gitCommit is the commit a checkout ended on.
+type gitCommit struct {
+	// Hash is the full SHA-1 of the commit.
+	Hash string
+	// Reference is what the revision names before the hash: the branch,
+	// the tag, or the full reference name; empty for a bare commit.
+	Reference string
+	// Message is the commit message.
+	Message string
+}
+
+// Revision is the commit's revision as Flux writes it:
+// <branch>@sha1:<sha>, <tag>@sha1:<sha>, <ref name>@sha1:<sha>, or
+// sha1:<sha> for a commit checked out without a branch.
+func (c *gitCommit) Revision() string {
+	if c.Reference == "" {
+		return "sha1:" + c.Hash
+	}
+	return c.Reference + "@sha1:" + c.Hash
+}
+
+// ShortMessage is the first line of the message, at most 50 characters.
+func (c *gitCommit) ShortMessage() string {
+	line, _, _ := strings.Cut(strings.TrimSpace(c.Message), "\n")
+	if r := []rune(line); len(r) > 50 {
+		return string(r[:47]) + "..."
+	}
+	return line
+}
+
+// checkoutOptions says what to check out from where.
+type checkoutOptions struct {
+	URL  string
+	Auth *gitAuth
+	// Ref is spec.ref; nil checks out defaultBranch.
+	Ref               *sourcev1.GitRepositoryRef
+	RecurseSubmodules bool
+	// SparseCheckout lists the directories to check out; empty is all.
+	SparseCheckout []string
+}
+
+// errInvalidRef marks a spec.ref no fetch can satisfy (a bad semver range,
+// a malformed commit): the object stalls until it changes.
+var errInvalidRef = errors.New("invalid reference")
+
+// checkout fetches the one reference spec.ref selects into dir (shallowly,
+// except for a commit, which may lie anywhere in its branch's history)
+// and checks its commit out.
+func checkout(ctx context.Context, dir string, o checkoutOptions) (*gitCommit, error) {
+	ref := o.Ref
+	if ref == nil {
+		ref = &sourcev1.GitRepositoryRef{}
+	}
+	repo, err := git.PlainInit(dir, false)
+	if err != nil {
+		return nil, fmt.Errorf("init repository: %w", err)
+	}
+	remote, err := repo.CreateRemote(&config.RemoteConfig{Name: git.DefaultRemoteName, URLs: []string{o.URL}})
+	if err != nil {
+		return nil, fmt.Errorf("create remote: %w", err)
+	}
+
+	var (
+		refspec string
+		local   plumbing.ReferenceName
+		depth   = 1
+		name    string
+	)
+	// Precedence as in Flux: commit, name, semver, tag, branch.
+	switch {
+	case ref.Commit != "":
+		if len(ref.Commit) != 40 || !plumbing.IsHash(ref.Commit) {
+			return nil, fmt.Errorf("%w: commit %q is not a full 40-character SHA-1", errInvalidRef, ref.Commit)
+		}
+		depth = 0
+		if ref.Branch != "" {
+			name = ref.Branch
+			refspec = fmt.Sprintf("+refs/heads/%s:refs/remotes/origin/%s", ref.Branch, ref.Branch)
+		} else {
+			refspec = "+refs/heads/*:refs/remotes/origin/*"
+		}
+	case ref.Name != "":
+		if !strings.HasPrefix(ref.Name, "refs/") || plumbing.ReferenceName(ref.Name).Validate() != nil {
+			return nil, fmt.Errorf("%w: name %q is not a valid reference name such as refs/heads/main", errInvalidRef, ref.Name)
+		}
+		name, local = ref.Name, plumbing.ReferenceName(ref.Name)
+		refspec = fmt.Sprintf("+%s:%s", ref.Name, ref.Name)
+	case ref.SemVer != "":
+		tag, err := latestTag(ctx, remote, o.Auth, ref.SemVer)
+		if err != nil {
+			return nil, err
+		}
+		name, local = tag, plumbing.NewTagReferenceName(tag)
+		refspec = fmt.Sprintf("+%s:%s", local, local)
+	case ref.Tag != "":
+		name, local = ref.Tag, plumbing.NewTagReferenceName(ref.Tag)
+		refspec = fmt.Sprintf("+%s:%s", local, local)
+	default:
+		branch := ref.Branch
+		if branch == "" {
+			branch = defaultBranch
+		}
+		name, local = branch, plumbing.NewBranchReferenceName(branch)
+		refspec = fmt.Sprintf("+%s:%s", local, local)
+	}
+
+	err = remote.FetchContext(ctx, &git.FetchOptions{
+		RemoteName: git.DefaultRemoteName,
+		RefSpecs:   []config.RefSpec{config.RefSpec(refspec)},
+		Depth:      depth,
+		Auth:       o.Auth.method,
+		CABundle:   o.Auth.caBundle,
+		Tags:       git.NoTags,
+	})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return nil, fmt.Errorf("fetch %s: %w", refspecSource(refspec), err)
+	}
+
+	var commit *object.Commit
+	if ref.Commit != "" {
+		commit, err = repo.CommitObject(plumbing.NewHash(ref.Commit))
+		if err != nil {
+			where := "any branch"
+			if ref.Branch != "" {
+				where = "branch '" + ref.Branch + "'"
+			}
+			return nil, fmt.Errorf("commit '%s' not found in %s: %w", ref.Commit, where, err)
+		}
+	} else {
+		commit, err = resolveCommit(repo, local)
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	w, err := repo.Worktree()
+	if err != nil {
+		return nil, err
+	}
+	co := &git.CheckoutOptions{Hash: commit.Hash, Force: true}
+	for _, d := range o.SparseCheckout {
+		co.SparseCheckoutDirectories = append(co.SparseCheckoutDirectories, strings.Trim(strings.TrimPrefix(d, "./"), "/"))
+	}
+	if err := w.Checkout(co); err != nil {
+		return nil, fmt.Errorf("checkout %s: %w", commit.Hash, err)
+	}
+	for _, d := range co.SparseCheckoutDirectories {
+		if fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(d))); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("sparse checkout directory '%s' does not exist in commit %s", d, commit.Hash)
+		}
+	}
+	if o.RecurseSubmodules {
+		subs, err := w.Submodules()
+		if err != nil {
+			return nil, fmt.Errorf("list submodules: %w", err)
+		}
+		err = subs.UpdateContext(ctx, &git.SubmoduleUpdateOptions{
+			Init: true, RecurseSubmodules: git.DefaultSubmoduleRecursionDepth, Auth: o.Auth.method,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("update submodules: %w", err)
+		}
+	}
+	return &gitCommit{Hash: commit.Hash.String(), Reference: name, Message: commit.Message}, nil
+}
+
+// resolveCommit peels the fetched reference, through an annotated tag if
+// need be, to its commit.
+func resolveCommit(repo *git.Repository, name plumbing.ReferenceName) (*object.Commit, error) {
+	r, err := repo.Reference(name, true)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", name, err)
+	}
+	if tag, err := repo.TagObject(r.Hash()); err == nil {
+		c, err := tag.Commit()
+		if err != nil {
+			return nil, fmt.Errorf("tag %s does not point to a commit: %w", name.Short(), err)
+		}
+		return c, nil
+	}
+	c, err := repo.CommitObject(r.Hash())
+	if err != nil {
+		return nil, fmt.Errorf("%s does not point to a commit: %w", name, err)
+	}
+	return c, nil
+}
+
+// latestTag lists the remote's tags and returns the highest version that
+// satisfies the semver range.
+func latestTag(ctx context.Context, remote *git.Remote, auth *gitAuth, rng string) (string, error) {
+	constraint, err := semver.NewConstraint(rng)
+	if err != nil {
+		return "", fmt.Errorf("%w: semver range '%s': %v", errInvalidRef, rng, err)
+	}
+	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: auth.method, CABundle: auth.caBundle})
+	if err != nil {
+		return "", fmt.Errorf("list remote tags: %w", err)
+	}
+	var (
+		best    *semver.Version
+		bestTag string
+	)
+	for _, r := range refs {
+		if !r.Name().IsTag() {
+			continue
+		}
+		tag := r.Name().Short()
+		v, err := semver.NewVersion(tag)
+		if err != nil || !constraint.Check(v) {
+			continue
+		}
+		if best == nil || v.GreaterThan(best) || (v.Equal(best) && tag > bestTag) {
+			best, bestTag = v, tag
+		}
+	}
+	if best == nil {
+		return "", fmt.Errorf("no tag matches semver range '%s'", rng)
+	}
+	return bestTag, nil
+}
+
+// refspecSource is the remote side of a refspec, for messages.
+func refspecSource(refspec string) string {
+	src, _, _ := strings.Cut(strings.TrimPrefix(refspec, "+"), ":")
+	return src
+}
+
+// isEmptyRemote reports whether err says the remote has no commits.
+func isEmptyRemote(err error) bool {
+	return errors.Is(err, transport.ErrEmptyRemoteRepository)
+}

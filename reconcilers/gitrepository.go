@@ -1,0 +1,492 @@
+package reconcilers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"reflect"
+	"strings"
+	"time"
+
+	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	"github.com/fluxcd/pkg/runtime/patch"
+	"github.com/fluxcd/pkg/runtime/predicates"
+	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	"github.com/sourceraft/sourceraft/archive"
+	"github.com/sourceraft/sourceraft/storage"
+)
+
+// Reasons of GitRepository conditions and events beyond the Flux API's.
+const (
+	// StoreFailedReason: the artifact could not be committed to the store.
+	StoreFailedReason = "StoreOperationFailed"
+	// ArchiveLimitReason: the source is over the archive size or entry limit.
+	ArchiveLimitReason = "ArchiveLimitExceeded"
+	// EmptyGitRepositoryReason: the remote has no commits.
+	EmptyGitRepositoryReason = "EmptyGitRepository"
+	// UnsupportedFieldReason: the spec uses a field this build cannot honour.
+	UnsupportedFieldReason = "UnsupportedField"
+)
+
+// defaultGitTimeout bounds Git operations when spec.timeout is unset (the
+// CRD defaults it to the same value).
+const defaultGitTimeout = 60 * time.Second
+
+// GitRepositoryReconciler reconciles source.toolkit.fluxcd.io/v1
+// GitRepository objects into tar.gz artifacts in the replicated store.
+type GitRepositoryReconciler struct {
+	// Client writes only while this replica leads (see leaderclient.go).
+	client.Client
+	*notifier
+	store *artifactStore
+
+	ControllerName    string
+	RequeueDependency time.Duration
+	ArchiveMaxSize    int64
+	ArchiveMaxEntries int
+}
+
+// gitState is what the sub-reconcilers of one reconcile share.
+type gitState struct {
+	// dir is the temporary checkout directory.
+	dir string
+	// commit is the checked out commit, set by reconcileSource.
+	commit *gitCommit
+	// includes are the included artifacts, set by reconcileSource.
+	includes artifactSet
+}
+
+type gitStep = step[*sourcev1.GitRepository, gitState]
+
+// SetupWithManager registers the reconciler, triggered by spec changes
+// and by the reconcile.fluxcd.io/requestedAt annotation.
+func (r *GitRepositoryReconciler) SetupWithManager(mgr ctrl.Manager, concurrent int) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&sourcev1.GitRepository{}, builder.WithPredicates(
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicates.ReconcileRequestedPredicate{}),
+		)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrent}).
+		Complete(r)
+}
+
+// Reconcile handles fetch, deletion, the finalizer and suspension, then
+// runs the sub-reconcilers; summarizeAndPatch ends every path.
+func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	start := time.Now()
+	obj := &sourcev1.GitRepository{}
+	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	sp := patch.NewSerialPatcher(obj, r.Client)
+
+	var res Result
+	defer func() {
+		result, retErr = r.summarizeAndPatch(ctx, obj, sp, gitRepositoryConditions, res, retErr)
+		recordDuration(sourcev1.GitRepositoryKind, obj, start)
+	}()
+
+	if !obj.DeletionTimestamp.IsZero() {
+		res, retErr = r.reconcileDelete(ctx, obj)
+		return
+	}
+	// Add the finalizer before anything is stored, so no artifact can
+	// outlive its object.
+	if !controllerutil.ContainsFinalizer(obj, sourcev1.SourceFinalizer) {
+		controllerutil.AddFinalizer(obj, sourcev1.SourceFinalizer)
+		res = ResultRequeue
+		return
+	}
+	if obj.Spec.Suspend {
+		ctrl.LoggerFrom(ctx).Info("reconciliation is suspended for this object")
+		return
+	}
+	res, retErr = r.reconcile(ctx, sp, obj)
+	return
+}
+
+// reconcile marks the object as progressing, runs the sub-reconcilers in a
+// fresh checkout directory and records the events of the outcome.
+func (r *GitRepositoryReconciler) reconcile(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository) (Result, error) {
+	oldObj := obj.DeepCopy()
+	rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason, "reconciliation in progress")
+
+	requestedAt, _ := meta.ReconcileAnnotationValue(obj.GetAnnotations())
+	switch {
+	case obj.Generation != obj.Status.ObservedGeneration:
+		rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason,
+			"processing object: new generation %d -> %d", obj.Status.ObservedGeneration, obj.Generation)
+		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
+			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+		}
+	case requestedAt != obj.Status.GetLastHandledReconcileRequest():
+		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
+			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+		}
+	}
+
+	dir, err := os.MkdirTemp("", "gitrepository-"+obj.Namespace+"-"+obj.Name+"-")
+	if err != nil {
+		e := NewGeneric(fmt.Errorf("failed to create temporary working directory: %w", err), sourcev1.DirCreationFailedReason)
+		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	defer func() {
+		if err := os.RemoveAll(dir); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "failed to remove temporary working directory")
+		}
+	}()
+
+	st := &gitState{dir: dir}
+	res, err := runSteps(ctx, sp, obj, st, []gitStep{
+		r.reconcileStorage,
+		r.reconcileSource,
+		r.reconcileInclude,
+		r.reconcileArtifact,
+	})
+	if err == nil && res == ResultSuccess && st.commit != nil {
+		r.notifySuccess(ctx, oldObj, obj, gitRepositoryFailConditions,
+			fmt.Sprintf("stored artifact for commit '%s'", st.commit.ShortMessage()))
+	}
+	return res, err
+}
+
+func (r *GitRepositoryReconciler) patchOptions() []patch.Option {
+	return []patch.Option{
+		patch.WithOwnedConditions{Conditions: gitRepositoryConditions.Owned},
+		patch.WithFieldOwner(r.ControllerName),
+	}
+}
+
+// reconcileStorage checks that the artifact in the status is still in the
+// store, dropping it from the status when it is not, and keeps its URL on
+// the current advertised address.
+//
+// Sets Reconciling and Ready=Unknown when there is no artifact; removes
+// ArtifactInStorage then.
+func (r *GitRepositoryReconciler) reconcileStorage(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository, _ *gitState) (Result, error) {
+	var missing bool
+	if cur := obj.GetArtifact(); cur != nil {
+		a, err := fromStatus(cur)
+		if err == nil {
+			var ok bool
+			ok, err = r.store.Exists(ctx, a)
+			missing = err == nil && !ok
+		}
+		if err != nil {
+			e := NewGeneric(fmt.Errorf("failed to check the artifact in storage: %w", err), sourcev1.StatOperationFailedReason)
+			conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
+			return ResultEmpty, e
+		}
+		if missing {
+			obj.Status.Artifact = nil
+		} else {
+			cur.URL = a.URL(r.store.advAddr)
+		}
+	}
+	if obj.GetArtifact() == nil {
+		msg := "building artifact"
+		if missing {
+			msg += ": disappeared from storage"
+		}
+		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "%s", msg)
+		conditions.Delete(obj, sourcev1.ArtifactInStorageCondition)
+		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
+			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+		}
+	}
+	return ResultSuccess, nil
+}
+
+// reconcileSource resolves the includes and the credentials, then checks
+// out spec.ref into the checkout directory.
+//
+// Sets FetchFailed (invalid URL or reference: also Stalled; missing
+// secret, Git failure) and IncludeUnavailable (an include without an
+// artifact, retried after --requeue-dependency); removes both on success.
+// Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
+// or the content configuration differs from the stored artifact's.
+func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository, st *gitState) (Result, error) {
+	u, err := parseGitURL(obj.Spec.URL)
+	if err != nil {
+		e := NewStalling(err, sourcev1.URLInvalidReason)
+		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	if err := unsupportedGitSpec(obj); err != nil {
+		e := NewStalling(err, UnsupportedFieldReason)
+		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+
+	var data map[string][]byte
+	if ref := obj.Spec.SecretRef; ref != nil {
+		secret := &corev1.Secret{}
+		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
+			e := NewGeneric(fmt.Errorf("failed to get secret '%s/%s': %w", obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason)
+			conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+			return ResultEmpty, e
+		}
+		data = secret.Data
+		if data == nil {
+			data = map[string][]byte{}
+		}
+	}
+	auth, err := gitAuthFromSecret(u, data)
+	if err != nil {
+		e := NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason)
+		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+
+	includes, err := r.fetchIncludes(ctx, obj)
+	if err != nil {
+		var e *Error
+		errors.As(err, &e)
+		conditions.MarkTrue(obj, sourcev1.IncludeUnavailableCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	conditions.Delete(obj, sourcev1.IncludeUnavailableCondition)
+	st.includes = includes
+
+	timeout := defaultGitTimeout
+	if obj.Spec.Timeout != nil && obj.Spec.Timeout.Duration > 0 {
+		timeout = obj.Spec.Timeout.Duration
+	}
+	gitCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	commit, err := checkout(gitCtx, st.dir, checkoutOptions{
+		URL: obj.Spec.URL, Auth: auth, Ref: obj.Spec.Reference,
+		RecurseSubmodules: obj.Spec.RecurseSubmodules, SparseCheckout: obj.Spec.SparseCheckout,
+	})
+	if err != nil {
+		var e *Error
+		switch {
+		case errors.Is(err, errInvalidRef):
+			e = NewStalling(err, sourcev1.GitOperationFailedReason)
+		case isEmptyRemote(err):
+			e = NewGeneric(errors.New("git repository is empty"), EmptyGitRepositoryReason)
+		default:
+			e = NewGeneric(fmt.Errorf("failed to checkout and determine revision: %w", err), sourcev1.GitOperationFailedReason)
+		}
+		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	st.commit = commit
+	conditions.Delete(obj, sourcev1.FetchFailedCondition)
+	ctrl.LoggerFrom(ctx).V(1).Info("git repository checked out", "url", obj.Spec.URL, "revision", commit.Revision())
+
+	cur := obj.GetArtifact()
+	var why string
+	switch {
+	case !cur.HasRevision(commit.Revision()):
+		why = fmt.Sprintf("new upstream revision '%s'", commit.Revision())
+	case gitContentConfigChanged(obj, includes):
+		why = "content configuration differs from the last stored artifact"
+	default:
+		return ResultSuccess, nil
+	}
+	if cur != nil {
+		conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewRevision", "%s", why)
+	}
+	rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", why)
+	if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
+		return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+	}
+	return ResultSuccess, nil
+}
+
+// reconcileInclude copies the included artifacts into the checkout.
+//
+// Sets IncludeUnavailable when an include cannot be copied (waiting when
+// its artifact left the store); removes it on success.
+func (r *GitRepositoryReconciler) reconcileInclude(ctx context.Context, _ *patch.SerialPatcher, obj *sourcev1.GitRepository, st *gitState) (Result, error) {
+	for i, incl := range obj.Spec.Include {
+		if err := r.copyInclude(ctx, st.includes[i], incl, st.dir); err != nil {
+			err = fmt.Errorf("failed to copy '%s' include from '%s' to '%s': %w", incl.GitRepositoryRef.Name, incl.GetFromPath(), incl.GetToPath(), err)
+			var e *Error
+			if errors.Is(err, storage.ErrNotFound) {
+				e = NewWaiting(err, "NoArtifact", r.RequeueDependency)
+			} else {
+				e = NewGeneric(err, "CopyFailure")
+			}
+			conditions.MarkTrue(obj, sourcev1.IncludeUnavailableCondition, e.Reason, "%s", e)
+			return ResultEmpty, e
+		}
+	}
+	conditions.Delete(obj, sourcev1.IncludeUnavailableCondition)
+	return ResultSuccess, nil
+}
+
+// reconcileArtifact archives the checkout into a new artifact unless the
+// stored one already has this revision and content configuration, then
+// records it in the status and collects superseded artifacts.
+//
+// Sets BuildFailed (ignore rules or archive limits) and
+// StorageOperationFailed (the store refused the artifact); removes both
+// and ArtifactOutdated on success, and sets ArtifactInStorage=True when
+// the status names an artifact of the checked-out revision.
+func (r *GitRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patch.SerialPatcher, obj *sourcev1.GitRepository, st *gitState) (Result, error) {
+	revision := st.commit.Revision()
+	defer func() {
+		if obj.GetArtifact().HasRevision(revision) && !gitContentConfigChanged(obj, st.includes) {
+			conditions.Delete(obj, sourcev1.ArtifactOutdatedCondition)
+			conditions.MarkTrue(obj, sourcev1.ArtifactInStorageCondition, meta.SucceededReason,
+				"stored artifact for revision '%s'", revision)
+		}
+	}()
+	if obj.GetArtifact().HasRevision(revision) && !gitContentConfigChanged(obj, st.includes) {
+		r.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.GitOperationSucceedReason,
+			"no changes since last reconciliation: observed revision '%s'", revision)
+		return ResultSuccess, nil
+	}
+
+	filter, err := archive.IgnoreFilter(st.dir, obj.Spec.Ignore)
+	if err != nil {
+		e := NewGeneric(fmt.Errorf("failed to load source ignore patterns from repository: %w", err), "SourceIgnoreError")
+		conditions.MarkTrue(obj, sourcev1.BuildFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	filter = withoutGitDir(filter)
+
+	art := newArtifactFor(sourcev1.GitRepositoryKind, obj, revision, st.commit.Hash+".tar.gz")
+	err = r.store.storeDir(ctx, &art, st.dir, archive.Options{Filter: filter, MaxSize: r.ArchiveMaxSize, MaxEntries: r.ArchiveMaxEntries})
+	var limit *archive.LimitError
+	switch {
+	case errors.As(err, &limit):
+		e := NewGeneric(fmt.Errorf("source of revision '%s' is too large to archive: %w", revision, limit), ArchiveLimitReason)
+		conditions.MarkTrue(obj, sourcev1.BuildFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	case errors.Is(err, errArchive):
+		e := NewGeneric(fmt.Errorf("failed to archive revision '%s': %w", revision, err), sourcev1.ArchiveOperationFailedReason)
+		conditions.MarkTrue(obj, sourcev1.BuildFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	case err != nil:
+		e := NewGeneric(fmt.Errorf("failed to store artifact of revision '%s': %w", revision, err), StoreFailedReason)
+		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	conditions.Delete(obj, sourcev1.BuildFailedCondition)
+	conditions.Delete(obj, sourcev1.StorageOperationFailedCondition)
+
+	// The artifact is committed: only now may the status name it.
+	obj.Status.Artifact = r.store.toStatus(art)
+	obj.Status.IncludedArtifacts = st.includes
+	obj.Status.ObservedIgnore = obj.Spec.Ignore
+	obj.Status.ObservedRecurseSubmodules = obj.Spec.RecurseSubmodules
+	obj.Status.ObservedInclude = obj.Spec.Include
+	obj.Status.ObservedSparseCheckout = obj.Spec.SparseCheckout
+
+	if err := r.store.collectGarbage(ctx, art); err != nil {
+		r.AnnotatedEventf(obj, nil, corev1.EventTypeWarning, GarbageCollectionFailedReason,
+			"garbage collection of superseded artifacts failed: %s", err)
+	}
+	return ResultSuccess, nil
+}
+
+// reconcileDelete removes every artifact of the object from the store,
+// then the finalizer. A failure keeps the finalizer and is retried.
+func (r *GitRepositoryReconciler) reconcileDelete(ctx context.Context, obj *sourcev1.GitRepository) (Result, error) {
+	n, err := r.store.deleteAll(ctx, sourcev1.GitRepositoryKind, obj)
+	if err != nil {
+		return ResultEmpty, NewGeneric(fmt.Errorf("garbage collection for deleted resource failed: %w", err), GarbageCollectionFailedReason)
+	}
+	if n > 0 {
+		r.AnnotatedEventf(obj, nil, eventv1.EventTypeTrace, GarbageCollectionSucceededReason,
+			"garbage collected %d artifacts for deleted resource", n)
+	}
+	obj.Status.Artifact = nil
+	controllerutil.RemoveFinalizer(obj, sourcev1.SourceFinalizer)
+	forgetDuration(sourcev1.GitRepositoryKind, obj)
+	return ResultEmpty, nil
+}
+
+// gitContentConfigChanged reports whether the spec fields that shape the
+// artifact's content differ from those the stored artifact was built with.
+func gitContentConfigChanged(obj *sourcev1.GitRepository, includes artifactSet) bool {
+	switch {
+	case !equalStringPtr(obj.Spec.Ignore, obj.Status.ObservedIgnore),
+		obj.Spec.RecurseSubmodules != obj.Status.ObservedRecurseSubmodules,
+		!equalStrings(obj.Spec.SparseCheckout, obj.Status.ObservedSparseCheckout),
+		!equalIncludes(obj.Spec.Include, obj.Status.ObservedInclude),
+		includes.diff(obj.Status.IncludedArtifacts):
+		return true
+	}
+	return false
+}
+
+func equalStringPtr(a, b *string) bool {
+	return (a == nil && b == nil) || (a != nil && b != nil && *a == *b)
+}
+
+func equalStrings(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || reflect.DeepEqual(a, b))
+}
+
+func equalIncludes(a, b []sourcev1.GitRepositoryInclude) bool {
+	return len(a) == len(b) && (len(a) == 0 || reflect.DeepEqual(a, b))
+}
+
+// unsupportedGitSpec names the spec fields this build cannot honour. They
+// stall the object instead of being ignored: ignoring spec.verify would
+// publish unverified commits, and ignoring a proxy or a cloud provider
+// would fetch by another route or as another identity than asked for.
+func unsupportedGitSpec(obj *sourcev1.GitRepository) error {
+	var fields []string
+	if obj.Spec.Verification != nil {
+		fields = append(fields, "spec.verify")
+	}
+	if p := obj.GetProvider(); p != sourcev1.GitProviderGeneric {
+		fields = append(fields, "spec.provider '"+p+"'")
+	}
+	if obj.Spec.ProxySecretRef != nil {
+		fields = append(fields, "spec.proxySecretRef")
+	}
+	if obj.Spec.ServiceAccountName != "" {
+		fields = append(fields, "spec.serviceAccountName")
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	return fmt.Errorf("not supported by sourceraft yet: %s", strings.Join(fields, ", "))
+}
+
+// parseGitURL accepts the URLs a Git checkout can use: http, https and
+// ssh, with a host.
+func parseGitURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse url '%s': %w", raw, err)
+	}
+	switch u.Scheme {
+	case "http", "https", "ssh":
+	default:
+		return nil, fmt.Errorf("url '%s' has unsupported scheme '%s': want http, https or ssh", raw, u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("url '%s' has no host", raw)
+	}
+	return u, nil
+}
+
+// withoutGitDir also drops the checkout's .git directory, whatever the
+// ignore rules say (a negated pattern must not publish the repository
+// metadata, credentials in its config included).
+func withoutGitDir(f archive.Filter) archive.Filter {
+	return func(p string, isDir bool) bool {
+		return p == ".git" || f(p, isDir)
+	}
+}
