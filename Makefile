@@ -9,21 +9,22 @@ RACE_PKGS := ./fsm/... ./raftstore/... ./httpapi/...
 .PHONY: build run test test-unit test-e2e bench lint fmt
 
 include mk/envtest.mk
+include mk/minio.mk
 
 build:
 	$(GO) build -o $(BIN)/source-controller ./cmd/source-controller
 	$(GO) build -o $(BIN)/devcluster ./cmd/devcluster
 
-run: build
+run: build envtest-bins
 	$(BIN)/devcluster -binary $(BIN)/source-controller -dir .run -replicas 3
 
 test: build lint envtest-bins test-unit test-e2e
 
-test-unit:
+test-unit: $(MINIO_BIN)
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /fsm -e /raftstore -e /httpapi -e /test/e2e -e /test/bench)
 
-test-e2e: build
+test-e2e: build envtest-bins
 	SOURCERAFT_BIN=$(BIN)/source-controller $(GO) test -count=1 -timeout 20m -v ./test/e2e/... 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
 
 bench: build

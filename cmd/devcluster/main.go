@@ -1,13 +1,12 @@
-// Command devcluster runs a replicated sourceraft cluster on this machine:
-// N real source-controller processes on loopback with mTLS between them.
-// It stores a sample artifact through the internal API, prints its URL on
-// every replica, and keeps the cluster up until interrupted.
+// Command devcluster runs the main job of sourceraft on this machine: a
+// local Kubernetes API server (etcd and kube-apiserver from bin/k8s), a
+// smart-HTTP Git server, and N real source-controller replicas on loopback
+// with mTLS between them and --reconcile on. It creates a sample
+// GitRepository, waits until the Raft leader has reconciled it, prints its
+// artifact URL on every replica, and keeps everything up until interrupted.
 package main
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,17 +14,27 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/fluxcd/pkg/apis/meta"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	"github.com/sourceraft/sourceraft/internal/cluster"
+	"github.com/sourceraft/sourceraft/internal/gitserver"
+	"github.com/sourceraft/sourceraft/internal/testenv"
 )
 
 func main() {
 	bin := flag.String("binary", "bin/source-controller", "source-controller executable")
-	dir := flag.String("dir", ".run", "directory for replica data, certificates and logs")
+	dir := flag.String("dir", ".run", "directory for replica data, certificates, the Git repositories, kubeconfig and logs")
 	replicas := flag.Int("replicas", 3, "number of replicas")
 	flag.Parse()
 	if err := run(*bin, *dir, *replicas); err != nil {
@@ -35,13 +44,46 @@ func main() {
 }
 
 func run(bin, dir string, replicas int) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}
-	c, err := cluster.New(cluster.Options{Binary: bin, Dir: dir, Replicas: replicas})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Println("starting a local Kubernetes API server (etcd, kube-apiserver from bin/k8s)")
+	env, err := testenv.StartEnv()
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		return err
+	}
+
+	gs, err := gitserver.Start(filepath.Join(dir, "git"), nil)
+	if err != nil {
+		return err
+	}
+	defer gs.Close()
+	repo, err := gs.NewRepo("sample", filepath.Join(dir, "git-work", "sample"))
+	if err != nil {
+		return err
+	}
+	sha, err := repo.Commit("sample manifests", sampleFiles)
+	if err != nil {
+		return err
+	}
+
+	c, err := cluster.New(cluster.Options{Binary: bin, Dir: dir, Replicas: replicas,
+		Args: []string{"--reconcile", "--kubeconfig=" + kubeconfig}})
 	if err != nil {
 		return err
 	}
@@ -49,67 +91,73 @@ func run(bin, dir string, replicas int) error {
 	if err := c.Start(); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	leader, err := c.WaitLeader(wctx)
 	if err != nil {
 		return fmt.Errorf("%w (replica logs are in %s/replica-*/log)", err, dir)
 	}
-	fmt.Printf("cluster of %d replicas up; leader %s\n", replicas, c.Replicas[leader].ID)
+	fmt.Printf("cluster of %d replicas up; Raft leader %s reconciles\n", replicas, c.Replicas[leader].ID)
 
-	sample, err := sampleArchive()
+	obj := &sourcev1.GitRepository{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "sample"},
+		Spec: sourcev1.GitRepositorySpec{
+			URL:       repo.URL,
+			Interval:  metav1.Duration{Duration: time.Minute},
+			Reference: &sourcev1.GitRepositoryRef{Branch: "master"},
+		},
+	}
+	if err := env.Client.Create(wctx, obj); err != nil {
+		return fmt.Errorf("create GitRepository: %w", err)
+	}
+	art, err := waitReady(wctx, env.Client, obj, "master@sha1:"+sha)
+	if err != nil {
+		return fmt.Errorf("%w (replica logs are in %s/replica-*/log)", err, dir)
+	}
+	fmt.Printf("GitRepository default/sample: revision %s, digest %s\n  status URL %s\n", art.Revision, art.Digest, art.URL)
+	u, err := url.Parse(art.URL)
 	if err != nil {
 		return err
 	}
-	// Stored through a follower, which forwards to the leader.
-	via := (leader + 1) % replicas
-	res, err := c.Put(wctx, via, "gitrepository/default/sample/sample.tar.gz", bytes.NewReader(sample), int64(len(sample)))
-	if err != nil {
-		return fmt.Errorf("store sample artifact via %s: %w", c.Replicas[via].ID, err)
-	}
-	fmt.Printf("stored %s (%d bytes, %s) via %s\n", res.Path, res.Size, res.Digest, c.Replicas[via].ID)
 	for i, r := range c.Replicas {
-		u := c.ArtifactURL(i, res.Path)
-		got, err := fetchDigest(wctx, u)
+		got, err := fetchDigest(wctx, c.ArtifactURL(i, u.Path[1:]))
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.ID, err)
 		}
-		fmt.Printf("  %-10s %s  %s\n", r.ID, u, got)
+		if got != art.Digest {
+			return fmt.Errorf("%s serves digest %s, status says %s", r.ID, got, art.Digest)
+		}
+		fmt.Printf("  %-10s %s  %s\n", r.ID, c.ArtifactURL(i, u.Path[1:]), got)
 	}
+	fmt.Printf("kubectl --kubeconfig %s get gitrepositories -A\n", kubeconfig)
+	fmt.Printf("new commits: git -C %s commit ... && git -C %s push origin master\n", filepath.Join(dir, "git-work", "sample"), filepath.Join(dir, "git-work", "sample"))
 	fmt.Printf("internal API: curl -H 'Authorization: Bearer %s' http://%s/v1/cluster\n", c.Token, c.Replicas[0].APIAddr)
-	fmt.Println("running; Ctrl-C stops the cluster")
+	fmt.Println("running; Ctrl-C stops everything")
 	<-ctx.Done()
 	return nil
 }
 
-// sampleArchive is a small tar.gz like the ones Flux sources produce.
-func sampleArchive() ([]byte, error) {
-	files := map[string]string{
-		"kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- configmap.yaml\n",
-		"configmap.yaml":     "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sourceraft-sample\ndata:\n  greeting: served by every replica\n",
-	}
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	for _, name := range []string{"configmap.yaml", "kustomization.yaml"} {
-		body := files[name]
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+var sampleFiles = map[string]string{
+	"deploy/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- configmap.yaml\n",
+	"deploy/configmap.yaml":     "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sourceraft-sample\ndata:\n  greeting: served by every replica\n",
+}
+
+func waitReady(ctx context.Context, c client.Client, obj *sourcev1.GitRepository, revision string) (*meta.Artifact, error) {
+	for {
+		var o sourcev1.GitRepository
+		if err := c.Get(ctx, client.ObjectKeyFromObject(obj), &o); err != nil {
 			return nil, err
 		}
-		if _, err := tw.Write([]byte(body)); err != nil {
-			return nil, err
+		ready := apimeta.FindStatusCondition(o.Status.Conditions, meta.ReadyCondition)
+		if ready != nil && ready.Status == metav1.ConditionTrue && o.Status.Artifact != nil && o.Status.Artifact.Revision == revision {
+			return o.Status.Artifact, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("GitRepository %s/%s not Ready at %s: %v", o.Namespace, o.Name, revision, o.Status.Conditions)
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	if err := gz.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }
 
 func fetchDigest(ctx context.Context, url string) (string, error) {

@@ -197,3 +197,20 @@ func isRootModule(gomod []byte) bool {
 	}
 	return false
 }
+
+// WriteKubeconfig writes a kubeconfig for a cluster admin of this control
+// plane to path, for processes (the real binary) that talk to it.
+func (e *Env) WriteKubeconfig(path string) error {
+	user, err := e.env.AddUser(envtest.User{Name: "sourceraft", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("testenv: add user: %w", err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return fmt.Errorf("testenv: kubeconfig: %w", err)
+	}
+	if err := os.WriteFile(path, kc, 0o600); err != nil {
+		return fmt.Errorf("testenv: write kubeconfig: %w", err)
+	}
+	return nil
+}
