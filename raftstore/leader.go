@@ -115,34 +115,39 @@ func (n *Node) sweepUploads(ctx context.Context, orphans bool) {
 	n.log.Info("aborted uploads without commit", "count", len(dead))
 }
 
-// snapshotLoop snapshots once the log has grown by SnapshotBytes, or by
+// maybeSnapshot snapshots once the log has grown by SnapshotBytes, or by
 // half the stored blob bytes if that is more, since the last snapshot. Disk use
 // is then bounded by bytes rather than entry counts (store + one snapshot
 // + at most half a store of log: 2.5 times the live data), while the cost
 // of copying the store into a snapshot stays proportional to what was
 // written.
-func (n *Node) snapshotLoop() {
+func (n *Node) maybeSnapshot() {
+	threshold := n.cfg.SnapshotBytes
+	if st, err := n.fsm.Stats(); err == nil && st.BlobBytes/2 > threshold {
+		threshold = st.BlobBytes / 2
+	}
+	if n.logBytes.sinceSnapshot.Load() < threshold {
+		return
+	}
+	err := n.raft.Snapshot().Error()
+	if err != nil && err != raft.ErrNothingNewToSnapshot {
+		n.log.Warn("snapshot", "error", err)
+		return
+	}
+	n.logBytes.sinceSnapshot.Store(0)
+}
+
+// every runs fn each interval until the node closes.
+func (n *Node) every(interval time.Duration, fn func()) {
 	defer n.wg.Done()
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-n.done:
 			return
 		case <-t.C:
-			threshold := n.cfg.SnapshotBytes
-			if st, err := n.fsm.Stats(); err == nil && st.BlobBytes/2 > threshold {
-				threshold = st.BlobBytes / 2
-			}
-			if n.logBytes.sinceSnapshot.Load() < threshold {
-				continue
-			}
-			err := n.raft.Snapshot().Error()
-			if err != nil && err != raft.ErrNothingNewToSnapshot {
-				n.log.Warn("snapshot", "error", err)
-				continue
-			}
-			n.logBytes.sinceSnapshot.Store(0)
+			fn()
 		}
 	}
 }

@@ -157,8 +157,8 @@ func (n *Node) Open() (err error) {
 	n.open.Store(true)
 	n.wg.Add(3)
 	go n.leadershipLoop()
-	go n.snapshotLoop()
-	go n.registerLoop()
+	go n.every(time.Second, n.maybeSnapshot)
+	go n.every(registerInterval, n.registerIfNeeded)
 	return nil
 }
 

@@ -56,28 +56,18 @@ func (n *Node) registerSelf(ctx context.Context) {
 	}
 }
 
-// registerLoop makes a follower's addresses known: followers cannot write
-// to the log, so they ask the leader's internal API to do it.
-func (n *Node) registerLoop() {
-	defer n.wg.Done()
-	t := time.NewTicker(registerInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.done:
-			return
-		case <-t.C:
-		}
-		if n.cfg.APIAddr == "" || n.IsLeader() || n.registered() {
-			continue
-		}
-		leader, ok := n.Status().Leader()
-		if !ok || leader.APIAddr == "" {
-			continue
-		}
-		if err := n.registerWith(leader.APIAddr); err != nil {
-			n.log.Debug("register with leader", "leader", leader.ID, "error", err)
-		}
+// registerIfNeeded makes a follower's addresses known: followers cannot
+// write to the log, so they ask the leader's internal API to do it.
+func (n *Node) registerIfNeeded() {
+	if n.cfg.APIAddr == "" || n.IsLeader() || n.registered() {
+		return
+	}
+	leader, ok := n.Status().Leader()
+	if !ok || leader.APIAddr == "" {
+		return
+	}
+	if err := n.registerWith(leader.APIAddr); err != nil {
+		n.log.Debug("register with leader", "leader", leader.ID, "error", err)
 	}
 }
 
