@@ -56,6 +56,14 @@ type Options struct {
 	// size and its number of files and directories; zero is unbounded.
 	ArchiveMaxSize    int64
 	ArchiveMaxEntries int
+	// OCILayerMaxSize bounds the compressed size of a pulled OCI layer;
+	// zero is ArchiveMaxSize when set, else DefaultOCILayerMaxSize.
+	OCILayerMaxSize int64
+	// HelmIndexMaxSize and HelmChartMaxSize are Flux's
+	// --helm-index-max-size and --helm-chart-max-size; zero is Flux's
+	// default (DefaultHelmIndexMaxSize, DefaultHelmChartMaxSize).
+	HelmIndexMaxSize int64
+	HelmChartMaxSize int64
 	// ControllerName defaults to DefaultControllerName.
 	ControllerName string
 	// CatchUp, when set, runs on gaining leadership before the manager
@@ -244,6 +252,44 @@ func (r *LeaderRunner) runManager(ctx context.Context) error {
 	}
 	if err := git.SetupWithManager(mgr, r.opts.Concurrent); err != nil {
 		return fmt.Errorf("set up %s reconciler: %w", sourcev1.GitRepositoryKind, err)
+	}
+	helmRepo := &HelmRepositoryReconciler{
+		Client: c, notifier: n, store: store,
+		ControllerName: r.opts.ControllerName,
+		IndexMaxSize:   r.opts.HelmIndexMaxSize,
+	}
+	if err := helmRepo.SetupWithManager(mgr, r.opts.Concurrent); err != nil {
+		return fmt.Errorf("set up %s reconciler: %w", sourcev1.HelmRepositoryKind, err)
+	}
+	helmChart := &HelmChartReconciler{
+		Client: c, notifier: n, store: store,
+		ControllerName:    r.opts.ControllerName,
+		RequeueDependency: r.opts.RequeueDependency,
+		ArchiveMaxSize:    r.opts.ArchiveMaxSize,
+		IndexMaxSize:      r.opts.HelmIndexMaxSize,
+		ChartMaxSize:      r.opts.HelmChartMaxSize,
+	}
+	if err := helmChart.SetupWithManager(ctx, mgr, r.opts.Concurrent); err != nil {
+		return fmt.Errorf("set up %s reconciler: %w", sourcev1.HelmChartKind, err)
+	}
+	oci := &OCIRepositoryReconciler{
+		Client: c, notifier: n, store: store,
+		ControllerName:    r.opts.ControllerName,
+		ArchiveMaxSize:    r.opts.ArchiveMaxSize,
+		ArchiveMaxEntries: r.opts.ArchiveMaxEntries,
+		LayerMaxSize:      r.opts.OCILayerMaxSize,
+	}
+	if err := oci.SetupWithManager(mgr, r.opts.Concurrent); err != nil {
+		return fmt.Errorf("set up %s reconciler: %w", sourcev1.OCIRepositoryKind, err)
+	}
+	bucket := &BucketReconciler{
+		Client: c, notifier: n, store: store,
+		ControllerName:    r.opts.ControllerName,
+		ArchiveMaxSize:    r.opts.ArchiveMaxSize,
+		ArchiveMaxEntries: r.opts.ArchiveMaxEntries,
+	}
+	if err := bucket.SetupWithManager(mgr, r.opts.Concurrent); err != nil {
+		return fmt.Errorf("set up %s reconciler: %w", sourcev1.BucketKind, err)
 	}
 	r.starts.Add(1)
 	return mgr.Start(ctx)

@@ -1,0 +1,194 @@
+package reconcilers
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+)
+
+func TestHelmVersionWithMetadata(t *testing.T) {
+	for _, tc := range []struct {
+		version, metadata, want string
+		reason                  string
+	}{
+		{"1.0.0", "", "1.0.0", ""},
+		{"1.0.0", "abc123def456", "1.0.0+abc123def456", ""},
+		{"1.0.0+old", "3", "1.0.0+3", ""},
+		{"1.0.0-rc.1", "abc.2", "1.0.0-rc.1+abc.2", ""},
+		{"not-semver", "1", "", HelmMetadataPatchReason},
+		{"1.0.0", "bad_meta", "", HelmMetadataPatchReason},
+	} {
+		got, err := helmVersionWithMetadata(tc.version, tc.metadata)
+		var be *helmBuildError
+		switch {
+		case tc.reason != "" && (!errors.As(err, &be) || be.Reason != tc.reason):
+			t.Errorf("%s + %s: error %v, want reason %s", tc.version, tc.metadata, err, tc.reason)
+		case tc.reason == "" && (err != nil || got != tc.want):
+			t.Errorf("%s + %s = %q, %v; want %q", tc.version, tc.metadata, got, err, tc.want)
+		}
+	}
+}
+
+func TestHelmShortRevision(t *testing.T) {
+	for in, want := range map[string]string{
+		"main@sha1:0123456789abcdef0123456789abcdef01234567": "0123456789ab",
+		"sha256:fedcba9876543210fedcba9876543210":            "fedcba987654",
+		"short": "short",
+	} {
+		if got := helmShortRevision(in); got != want {
+			t.Errorf("helmShortRevision(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestParseHelmRepoURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://charts.example.com":         "https://charts.example.com/",
+		"https://charts.example.com/stable/": "https://charts.example.com/stable/",
+		"http://127.0.0.1:8080/a/b":          "http://127.0.0.1:8080/a/b/",
+	} {
+		u, err := parseHelmRepoURL(in)
+		if err != nil || u.String() != want {
+			t.Errorf("parseHelmRepoURL(%q) = %v, %v; want %s", in, u, err, want)
+		}
+	}
+	for _, in := range []string{"oci://registry.example.com/charts", "http:///path", "ftp://example.com", "http://[::1"} {
+		if _, err := parseHelmRepoURL(in); err == nil {
+			t.Errorf("parseHelmRepoURL(%q) accepted", in)
+		}
+	}
+}
+
+func TestHelmMergeValues(t *testing.T) {
+	files := map[string]string{
+		"values.yaml": "a: 1\nnested:\n  x: 1\n  z: 1\nlist: [1, 2]\n",
+		"prod.yaml":   "nested:\n  z: 2\nlist: [3]\nb: true\n",
+		"bad.yaml":    "a: [unclosed\n",
+	}
+	read := func(p string) ([]byte, error) {
+		if s, ok := files[p]; ok {
+			return []byte(s), nil
+		}
+		return nil, fs.ErrNotExist
+	}
+	got, used, err := helmMergeValues([]string{"values.yaml", "prod.yaml"}, false, read)
+	want := map[string]any{"a": float64(1), "b": true, "list": []any{float64(3)}, "nested": map[string]any{"x": float64(1), "z": float64(2)}}
+	if err != nil || !reflect.DeepEqual(got, want) || !reflect.DeepEqual(used, []string{"values.yaml", "prod.yaml"}) {
+		t.Fatalf("merge = %v %v %v; want %v", got, used, err, want)
+	}
+	if _, _, err := helmMergeValues([]string{"values.yaml", "absent.yaml"}, false, read); err == nil {
+		t.Fatal("missing file accepted")
+	}
+	_, used, err = helmMergeValues([]string{"absent.yaml", "prod.yaml"}, true, read)
+	if err != nil || !reflect.DeepEqual(used, []string{"prod.yaml"}) {
+		t.Fatalf("ignoreMissing: %v %v", used, err)
+	}
+	if _, _, err := helmMergeValues([]string{"bad.yaml"}, true, read); err == nil {
+		t.Fatal("invalid YAML accepted")
+	}
+}
+
+func TestHelmRootReaderStaysInside(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "v.yaml"), []byte("a: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(filepath.Dir(dir), "outside-values.yaml")
+	if err := os.WriteFile(outside, []byte("secret: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(outside)
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	read := helmRootReader(root)
+	if b, err := read("./v.yaml"); err != nil || string(b) != "a: 1\n" {
+		t.Fatalf("read v.yaml: %q %v", b, err)
+	}
+	if _, err := read("../outside-values.yaml"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("read outside the root: %v", err)
+	}
+}
+
+func helmTestChart(name, version string) *chart.Chart {
+	return &chart.Chart{
+		Metadata:  &chart.Metadata{APIVersion: chart.APIVersionV2, Name: name, Version: version},
+		Templates: []*chart.File{{Name: "templates/cm.yaml", Data: []byte("kind: ConfigMap\n")}},
+		Raw:       []*chart.File{{Name: chartutil.ValuesfileName, Data: []byte("a: 1\n")}},
+		Values:    map[string]any{"a": float64(1)},
+		Files:     []*chart.File{{Name: "README.md", Data: []byte("readme\n")}},
+	}
+}
+
+// TestHelmPackageDeterministic packages the same chart twice into the
+// same bytes, loadable by Helm with its subchart.
+func TestHelmPackageDeterministic(t *testing.T) {
+	build := func() []byte {
+		ch := helmTestChart("parent", "1.0.0+abc")
+		ch.AddDependency(helmTestChart("child", "0.1.0"))
+		if err := helmSetValues(ch, map[string]any{"a": float64(2)}); err != nil {
+			t.Fatal(err)
+		}
+		p, err := helmPackage(ch, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(p) != "parent-1.0.0+abc.tgz" {
+			t.Fatalf("package name %s", filepath.Base(p))
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	a, b := build(), build()
+	if !bytes.Equal(a, b) {
+		t.Fatal("packaging the same chart twice gave different bytes")
+	}
+	ch, err := loader.LoadArchive(bytes.NewReader(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Metadata.Version != "1.0.0+abc" || ch.Values["a"] != float64(2) || len(ch.Dependencies()) != 1 ||
+		ch.Dependencies()[0].Name() != "child" || len(ch.Files) != 1 {
+		t.Fatalf("loaded %s values %v deps %d files %d", ch.Metadata.Version, ch.Values, len(ch.Dependencies()), len(ch.Files))
+	}
+}
+
+func TestHelmAddLocalDependencies(t *testing.T) {
+	src := t.TempDir()
+	if err := chartutil.SaveDir(helmTestChart("lib", "0.2.0"), filepath.Join(src, "charts")); err != nil {
+		t.Fatal(err)
+	}
+	parentDir := filepath.Join(src, "charts", "app")
+	ch := helmTestChart("app", "1.0.0")
+	ch.Metadata.Dependencies = []*chart.Dependency{{Name: "lib", Version: "0.2.0", Repository: "file://../lib"}}
+	if err := helmAddLocalDependencies(ch, parentDir, src); err != nil {
+		t.Fatal(err)
+	}
+	if len(ch.Dependencies()) != 1 || ch.Dependencies()[0].Name() != "lib" {
+		t.Fatalf("dependencies %v", ch.Dependencies())
+	}
+
+	escape := helmTestChart("app", "1.0.0")
+	escape.Metadata.Dependencies = []*chart.Dependency{{Name: "lib", Repository: "file://../../../etc"}}
+	if err := helmAddLocalDependencies(escape, parentDir, src); err == nil {
+		t.Fatal("dependency outside the source accepted")
+	}
+	remote := helmTestChart("app", "1.0.0")
+	remote.Metadata.Dependencies = []*chart.Dependency{{Name: "redis", Repository: "https://charts.example.com"}}
+	if err := helmAddLocalDependencies(remote, parentDir, src); err == nil {
+		t.Fatal("missing remote dependency accepted")
+	}
+}

@@ -1,0 +1,707 @@
+package reconcilers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	"github.com/fluxcd/pkg/runtime/patch"
+	"github.com/fluxcd/pkg/runtime/predicates"
+	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
+	"github.com/fluxcd/pkg/tar"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/repo"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/sourceraft/sourceraft/storage"
+)
+
+// helmChartConditions is the condition set of HelmChart (see
+// conditions.go for how it is used).
+var helmChartConditions = rreconcile.Conditions{
+	Target: meta.ReadyCondition,
+	Owned: []string{
+		sourcev1.StorageOperationFailedCondition,
+		sourcev1.FetchFailedCondition,
+		sourcev1.BuildFailedCondition,
+		sourcev1.ArtifactOutdatedCondition,
+		sourcev1.ArtifactInStorageCondition,
+		sourcev1.SourceVerifiedCondition,
+		meta.ReadyCondition,
+		meta.ReconcilingCondition,
+		meta.StalledCondition,
+	},
+	Summarize: []string{
+		sourcev1.StorageOperationFailedCondition,
+		sourcev1.FetchFailedCondition,
+		sourcev1.BuildFailedCondition,
+		sourcev1.ArtifactOutdatedCondition,
+		sourcev1.ArtifactInStorageCondition,
+		sourcev1.SourceVerifiedCondition,
+		meta.StalledCondition,
+		meta.ReconcilingCondition,
+	},
+	NegativePolarity: []string{
+		sourcev1.StorageOperationFailedCondition,
+		sourcev1.FetchFailedCondition,
+		sourcev1.BuildFailedCondition,
+		sourcev1.ArtifactOutdatedCondition,
+		meta.StalledCondition,
+		meta.ReconcilingCondition,
+	},
+}
+
+// helmChartFailConditions are the conditions whose removal after a
+// failure is a recovery worth an event.
+var helmChartFailConditions = []string{
+	sourcev1.BuildFailedCondition,
+	sourcev1.FetchFailedCondition,
+	sourcev1.StorageOperationFailedCondition,
+}
+
+// helmChartSourceIndexKey indexes HelmCharts by "<kind>/<name>" of their
+// source, to find the charts of a source that changed.
+const helmChartSourceIndexKey = ".spec.sourceRef"
+
+// HelmChartReconciler reconciles source.toolkit.fluxcd.io/v1 HelmChart
+// objects into chart packages in the replicated store: pulled from an
+// HTTP(S) HelmRepository (the version picked from the repository's index
+// artifact in the store), or loaded from a GitRepository or Bucket
+// artifact in the store and packaged with the Helm SDK.
+type HelmChartReconciler struct {
+	// Client writes only while this replica leads (see leaderclient.go).
+	client.Client
+	*notifier
+	store *artifactStore
+
+	ControllerName    string
+	RequeueDependency time.Duration
+	// ArchiveMaxSize bounds the extraction of a GitRepository or Bucket
+	// artifact; zero is package tar's default.
+	ArchiveMaxSize int64
+	// IndexMaxSize bounds a HelmRepository index read from the store and
+	// ChartMaxSize a downloaded chart; zero is Flux's default.
+	IndexMaxSize int64
+	ChartMaxSize int64
+}
+
+// helmChartState is what the sub-reconcilers of one reconcile share.
+type helmChartState struct {
+	// dir is the temporary working directory.
+	dir string
+	// build is the chart build, set by reconcileSource.
+	build *helmBuild
+}
+
+type helmChartStep = step[*sourcev1.HelmChart, helmChartState]
+
+// SetupWithManager registers the reconciler, triggered by spec changes,
+// by the reconcile.fluxcd.io/requestedAt annotation, and by a new
+// artifact revision of the source.
+func (r *HelmChartReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, concurrent int) error {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &sourcev1.HelmChart{}, helmChartSourceIndexKey, func(o client.Object) []string {
+		hc := o.(*sourcev1.HelmChart)
+		return []string{hc.Spec.SourceRef.Kind + "/" + hc.Spec.SourceRef.Name}
+	}); err != nil {
+		return fmt.Errorf("index HelmCharts by source: %w", err)
+	}
+	revisionChanged := builder.WithPredicates(predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		DeleteFunc:  func(event.DeleteEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(sourceObject)
+			n, ok2 := e.ObjectNew.(sourceObject)
+			return ok1 && ok2 && n.GetArtifact() != nil && !o.GetArtifact().HasRevision(n.GetArtifact().Revision)
+		},
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&sourcev1.HelmChart{}, builder.WithPredicates(
+			predicate.Or(predicate.GenerationChangedPredicate{}, predicates.ReconcileRequestedPredicate{}),
+		)).
+		Watches(&sourcev1.HelmRepository{}, handler.EnqueueRequestsFromMapFunc(r.chartsOf(sourcev1.HelmRepositoryKind)), revisionChanged).
+		Watches(&sourcev1.GitRepository{}, handler.EnqueueRequestsFromMapFunc(r.chartsOf(sourcev1.GitRepositoryKind)), revisionChanged).
+		Watches(&sourcev1.Bucket{}, handler.EnqueueRequestsFromMapFunc(r.chartsOf(sourcev1.BucketKind)), revisionChanged).
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrent}).
+		Complete(r)
+}
+
+// chartsOf maps a source of kind to the HelmCharts built from it that
+// have not observed its artifact revision yet.
+func (r *HelmChartReconciler) chartsOf(kind string) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []reconcile.Request {
+		src, ok := o.(sourceObject)
+		if !ok || src.GetArtifact() == nil {
+			return nil
+		}
+		var list sourcev1.HelmChartList
+		if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()),
+			client.MatchingFields{helmChartSourceIndexKey: kind + "/" + o.GetName()}); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "failed to list HelmCharts for a source change", "kind", kind)
+			return nil
+		}
+		var reqs []reconcile.Request
+		for i := range list.Items {
+			if !src.GetArtifact().HasRevision(list.Items[i].Status.ObservedSourceArtifactRevision) {
+				reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+			}
+		}
+		return reqs
+	}
+}
+
+// Reconcile handles fetch, deletion, the finalizer and suspension, then
+// runs the sub-reconcilers; summarizeAndPatch ends every path.
+func (r *HelmChartReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	start := time.Now()
+	obj := &sourcev1.HelmChart{}
+	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	sp := patch.NewSerialPatcher(obj, r.Client)
+
+	var res Result
+	defer func() {
+		result, retErr = r.summarizeAndPatch(ctx, obj, sp, helmChartConditions, res, retErr)
+		recordDuration(sourcev1.HelmChartKind, obj, start)
+	}()
+
+	if !obj.DeletionTimestamp.IsZero() {
+		res, retErr = r.reconcileDelete(ctx, obj)
+		return
+	}
+	if !controllerutil.ContainsFinalizer(obj, sourcev1.SourceFinalizer) {
+		controllerutil.AddFinalizer(obj, sourcev1.SourceFinalizer)
+		res = ResultRequeue
+		return
+	}
+	if obj.Spec.Suspend {
+		ctrl.LoggerFrom(ctx).Info("reconciliation is suspended for this object")
+		return
+	}
+	res, retErr = r.reconcile(ctx, sp, obj)
+	return
+}
+
+// reconcile marks the object as progressing, runs the sub-reconcilers in
+// a fresh working directory and records the events of the outcome.
+func (r *HelmChartReconciler) reconcile(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmChart) (Result, error) {
+	oldObj := obj.DeepCopy()
+	rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason, "reconciliation in progress")
+
+	requestedAt, _ := meta.ReconcileAnnotationValue(obj.GetAnnotations())
+	switch {
+	case obj.Generation != obj.Status.ObservedGeneration:
+		rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason,
+			"processing object: new generation %d -> %d", obj.Status.ObservedGeneration, obj.Generation)
+		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
+			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+		}
+	case requestedAt != obj.Status.GetLastHandledReconcileRequest():
+		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
+			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+		}
+	}
+
+	dir, err := os.MkdirTemp("", "helmchart-"+obj.Namespace+"-"+obj.Name+"-")
+	if err != nil {
+		e := NewGeneric(fmt.Errorf("failed to create temporary working directory: %w", err), sourcev1.DirCreationFailedReason)
+		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	defer func() {
+		if err := os.RemoveAll(dir); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "failed to remove temporary working directory")
+		}
+	}()
+
+	st := &helmChartState{dir: dir}
+	res, err := runSteps(ctx, sp, obj, st, []helmChartStep{
+		r.reconcileStorage,
+		r.reconcileSource,
+		r.reconcileArtifact,
+	})
+	if err == nil && res == ResultSuccess && st.build.complete() {
+		r.notifyBuild(ctx, oldObj, obj, st.build)
+	}
+	return res, err
+}
+
+// notifyBuild is notifySuccess with the build's reason, as Flux reports
+// chart builds (ChartPullSucceeded or ChartPackageSucceeded).
+func (r *HelmChartReconciler) notifyBuild(ctx context.Context, oldObj, obj *sourcev1.HelmChart, b *helmBuild) {
+	art := obj.GetArtifact()
+	if art == nil {
+		return
+	}
+	if !oldObj.GetArtifact().HasDigest(art.Digest) || failureRecovery(oldObj, obj, helmChartFailConditions) {
+		r.AnnotatedEventf(obj, artifactAnnotations(art), corev1.EventTypeNormal, b.reason(), "%s", b.summary())
+		ctrl.LoggerFrom(ctx).Info(b.summary(), "revision", art.Revision, "digest", art.Digest)
+	}
+}
+
+func (r *HelmChartReconciler) patchOptions() []patch.Option {
+	return []patch.Option{
+		patch.WithOwnedConditions{Conditions: helmChartConditions.Owned},
+		patch.WithFieldOwner(r.ControllerName),
+	}
+}
+
+// reconcileStorage is helmCheckStored for HelmChart.
+func (r *HelmChartReconciler) reconcileStorage(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmChart, _ *helmChartState) (Result, error) {
+	return helmCheckStored(ctx, r.store, sp, obj, func(a *meta.Artifact, url string) {
+		obj.Status.Artifact, obj.Status.URL = a, url
+	}, r.patchOptions())
+}
+
+// reconcileSource resolves the source and builds the chart from it into
+// the working directory.
+//
+// Sets FetchFailed (source missing: retried; source without an artifact:
+// waiting, without an event; chart or index not fetchable, version not
+// found, chart over the size limit; an invalid chart reference also
+// stalls) or BuildFailed (values files, version metadata, dependencies,
+// packaging); removes both on success. Sets ArtifactOutdated, Reconciling
+// and Ready=Unknown when the build differs from the stored artifact.
+func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmChart, st *helmChartState) (Result, error) {
+	if obj.Spec.Verify != nil {
+		e := NewStalling(errors.New("not supported by sourceraft yet: spec.verify"), UnsupportedFieldReason)
+		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
+
+	src, err := r.getSource(ctx, obj)
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			e = NewGeneric(fmt.Errorf("failed to get source: %w", err), "SourceUnavailable")
+		}
+		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	if repo, ok := src.(*sourcev1.HelmRepository); ok && repo.Spec.Type == sourcev1.HelmRepositoryTypeOCI {
+		e := NewStalling(fmt.Errorf("not supported by sourceraft yet: charts from HelmRepository '%s' of type oci", repo.Name), UnsupportedFieldReason)
+		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	if src.GetArtifact() == nil {
+		e := NewWaiting(fmt.Errorf("no artifact available for %s source '%s'", obj.Spec.SourceRef.Kind, obj.Spec.SourceRef.Name),
+			"NoSourceArtifact", r.RequeueDependency)
+		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	obj.Status.ObservedSourceArtifactRevision = src.GetArtifact().Revision
+
+	var b *helmBuild
+	switch s := src.(type) {
+	case *sourcev1.HelmRepository:
+		b, err = r.buildFromHelmRepository(ctx, obj, s, st.dir)
+	default:
+		b, err = r.buildFromArtifact(ctx, obj, src.GetArtifact(), st.dir)
+	}
+	st.build = b
+
+	if b.hasMetadata() && (b.Name != obj.Status.ObservedChartName || !obj.GetArtifact().HasRevision(b.Version)) {
+		if obj.GetArtifact() != nil {
+			conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewChart", "%s", b.summary())
+		}
+		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", b.summary())
+		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "failed to patch")
+		}
+	}
+	if err != nil {
+		var e *Error
+		var be *helmBuildError
+		switch {
+		case errors.As(err, &e):
+			conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		case errors.As(err, &be):
+			if be.stalls() {
+				e = NewStalling(be, be.Reason)
+			} else {
+				e = NewGeneric(be, be.Reason)
+			}
+			other := sourcev1.BuildFailedCondition
+			if be.condition() == sourcev1.BuildFailedCondition {
+				other = sourcev1.FetchFailedCondition
+			}
+			conditions.Delete(obj, other)
+			conditions.MarkTrue(obj, be.condition(), e.Reason, "%s", e)
+		default:
+			e = NewGeneric(err, meta.FailedReason)
+			conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		}
+		return ResultEmpty, e
+	}
+	conditions.Delete(obj, sourcev1.FetchFailedCondition)
+	conditions.Delete(obj, sourcev1.BuildFailedCondition)
+	return ResultSuccess, nil
+}
+
+// getSource returns the source object of the chart. A kind the API does
+// not allow stalls; a source that cannot be read is retried.
+func (r *HelmChartReconciler) getSource(ctx context.Context, obj *sourcev1.HelmChart) (sourceObject, error) {
+	key := types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.SourceRef.Name}
+	var src interface {
+		sourceObject
+		client.Object
+	}
+	switch obj.Spec.SourceRef.Kind {
+	case sourcev1.HelmRepositoryKind:
+		src = &sourcev1.HelmRepository{}
+	case sourcev1.GitRepositoryKind:
+		src = &sourcev1.GitRepository{}
+	case sourcev1.BucketKind:
+		src = &sourcev1.Bucket{}
+	default:
+		return nil, NewStalling(fmt.Errorf("unsupported source kind '%s', must be one of: %v", obj.Spec.SourceRef.Kind,
+			[]string{sourcev1.HelmRepositoryKind, sourcev1.GitRepositoryKind, sourcev1.BucketKind}), "UnsupportedSourceKind")
+	}
+	if err := r.Get(ctx, key, src); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, NewGeneric(fmt.Errorf("failed to get source: %w", err), "SourceUnavailable")
+		}
+		return nil, err
+	}
+	return src, nil
+}
+
+// upToDate reports whether the stored artifact already is the chart
+// name at version, built for the current generation.
+func helmUpToDate(obj *sourcev1.HelmChart, name, version string) bool {
+	return obj.Generation == obj.Status.ObservedGeneration &&
+		obj.Status.ObservedChartName == name && obj.GetArtifact().HasRevision(version)
+}
+
+// buildFromHelmRepository picks the chart version from the repository's
+// index artifact in the store, downloads the chart from the repository
+// with its credentials and, when values files are set, merges them and
+// repackages it.
+func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *sourcev1.HelmChart, repoObj *sourcev1.HelmRepository, dir string) (*helmBuild, error) {
+	base, err := parseHelmRepoURL(repoObj.Spec.URL)
+	if err != nil {
+		return nil, NewStalling(err, sourcev1.URLInvalidReason)
+	}
+	hc, err := newHelmRepoClient(ctx, r.Client, repoObj, base)
+	if err != nil {
+		return nil, NewGeneric(err, sourcev1.AuthenticationFailedReason)
+	}
+	defer hc.close()
+
+	idx, err := r.loadIndexArtifact(ctx, repoObj.GetArtifact(), dir)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, NewWaiting(fmt.Errorf("index artifact of HelmRepository '%s' is not in storage: %w", repoObj.Name, err),
+				"NoSourceArtifact", r.RequeueDependency)
+		}
+		return nil, helmBuildErr(HelmChartPullReason, "could not load repository index for remote chart reference: %w", err)
+	}
+	cv, err := idx.Get(obj.Spec.Chart, obj.Spec.Version)
+	if err != nil {
+		return nil, helmBuildErr(HelmChartPullReason, "failed to get chart version for remote reference: %w", helmNoVersionErr(obj, err))
+	}
+
+	b := &helmBuild{Name: cv.Name, Version: cv.Version}
+	valuesFiles := obj.GetValuesFiles()
+	if len(valuesFiles) > 0 {
+		if b.Version, err = helmVersionWithMetadata(cv.Version, strconv.FormatInt(obj.Generation, 10)); err != nil {
+			return b, err
+		}
+	}
+	if helmUpToDate(obj, b.Name, b.Version) {
+		b.UpToDate, b.Packaged, b.ValuesFiles = true, len(valuesFiles) > 0, obj.Status.ObservedValuesFiles
+		return b, nil
+	}
+
+	if len(cv.URLs) == 0 {
+		return b, helmBuildErr(HelmChartPullReason, "chart '%s' has no downloadable URLs", cv.Name)
+	}
+	href, err := repo.ResolveReferenceURL(base.String(), cv.URLs[0])
+	if err != nil {
+		return b, helmBuildErr(HelmChartPullReason, "failed to resolve chart URL: %w", err)
+	}
+	fetchCtx, cancel := context.WithTimeout(ctx, helmTimeout(repoObj))
+	defer cancel()
+	file, _, err := hc.fetchToFile(fetchCtx, href, dir, "chart-*.tgz", helmLimits{ChartMaxSize: r.ChartMaxSize}.chart())
+	if err != nil {
+		return b, helmBuildErr(HelmChartPullReason, "failed to download chart for remote reference: %w", err)
+	}
+	ch, err := loader.LoadFile(file)
+	if err != nil {
+		return b, helmBuildErr(HelmChartPullReason, "failed to load downloaded chart: %w", err)
+	}
+	if err := ch.Validate(); err != nil {
+		return b, helmBuildErr(HelmChartPullReason, "failed to validate metadata of downloaded chart: %w", err)
+	}
+	if len(valuesFiles) == 0 {
+		// Stored exactly as published.
+		b.Path = file
+		return b, nil
+	}
+	ch.Metadata.Version = b.Version
+	merged, used, err := helmMergeValues(valuesFiles, obj.Spec.IgnoreMissingValuesFiles, helmChartFileReader(ch))
+	if err != nil {
+		return b, helmBuildErr(HelmValuesFilesReason, "failed to merge chart values: %w", err)
+	}
+	if err := helmSetValues(ch, merged); err != nil {
+		return b, helmBuildErr(HelmValuesFilesReason, "failed to set chart values: %w", err)
+	}
+	b.ValuesFiles = used
+	if b.Path, err = helmPackage(ch, dir); err != nil {
+		return b, helmBuildErr(HelmChartPackageReason, "failed to package chart: %w", err)
+	}
+	b.Packaged = true
+	return b, nil
+}
+
+// helmNoVersionErr names the chart and version when the index has no
+// match, instead of Helm's terser message.
+func helmNoVersionErr(obj *sourcev1.HelmChart, err error) error {
+	switch {
+	case errors.Is(err, repo.ErrNoChartName):
+		return fmt.Errorf("no chart name '%s' found in the repository index", obj.Spec.Chart)
+	case strings.Contains(err.Error(), "no chart version found"):
+		v := obj.Spec.Version
+		if v == "" {
+			v = "*"
+		}
+		return fmt.Errorf("no '%s' chart with version matching '%s' found", obj.Spec.Chart, v)
+	}
+	return err
+}
+
+// loadIndexArtifact reads a HelmRepository's index artifact from the
+// store, bounded by the index size limit.
+func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Artifact, dir string) (*repo.IndexFile, error) {
+	a, err := fromStatus(m)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := r.store.Retrieve(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(dir, "index-*.json")
+	if err != nil {
+		return nil, err
+	}
+	max := helmLimits{IndexMaxSize: r.IndexMaxSize}.index()
+	n, err := io.Copy(f, io.LimitReader(rc, max+1))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	if n > max {
+		return nil, fmt.Errorf("index artifact %s %w of %d bytes", a.Path(), errHelmTooLarge, max)
+	}
+	return helmLoadIndex(f.Name())
+}
+
+// buildFromArtifact extracts a GitRepository or Bucket artifact from the
+// store, loads the chart at spec.chart (a directory or a packaged chart),
+// applies the reconcile strategy and values files, and packages it.
+func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *sourcev1.HelmChart, src *meta.Artifact, dir string) (*helmBuild, error) {
+	sourceDir := filepath.Join(dir, "source")
+	if err := os.Mkdir(sourceDir, 0o700); err != nil {
+		return nil, NewGeneric(fmt.Errorf("failed to create directory to untar source into: %w", err), sourcev1.DirCreationFailedReason)
+	}
+	if err := r.extractArtifact(ctx, src, sourceDir); err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, NewWaiting(fmt.Errorf("artifact of %s '%s' is not in storage: %w", obj.Spec.SourceRef.Kind, obj.Spec.SourceRef.Name, err),
+				"NoSourceArtifact", r.RequeueDependency)
+		}
+		return nil, NewGeneric(fmt.Errorf("artifact untar error: %w", err), meta.FailedReason)
+	}
+
+	rel := filepath.Clean(obj.Spec.Chart)
+	if !filepath.IsLocal(rel) {
+		return nil, helmBuildErr(HelmChartReferenceReason, "chart path '%s' is not inside the source", obj.Spec.Chart)
+	}
+	chartPath := filepath.Join(sourceDir, rel)
+	fi, err := os.Stat(chartPath)
+	if err != nil {
+		return nil, helmBuildErr(HelmChartReferenceReason, "no chart at path '%s' in the %s artifact: %w", obj.Spec.Chart, obj.Spec.SourceRef.Kind, err)
+	}
+	ch, err := loader.Load(chartPath)
+	if err != nil {
+		return nil, helmBuildErr(HelmChartReferenceReason, "failed to load chart at path '%s': %w", obj.Spec.Chart, err)
+	}
+	if err := ch.Validate(); err != nil {
+		return nil, helmBuildErr(HelmChartReferenceReason, "invalid chart at path '%s': %w", obj.Spec.Chart, err)
+	}
+
+	var metadata []string
+	if obj.Spec.ReconcileStrategy == sourcev1.ReconcileStrategyRevision {
+		metadata = append(metadata, helmShortRevision(src.Revision))
+	}
+	valuesFiles := obj.GetValuesFiles()
+	if len(valuesFiles) > 0 {
+		metadata = append(metadata, strconv.FormatInt(obj.Generation, 10))
+	}
+	b := &helmBuild{Name: ch.Name(), Version: ch.Metadata.Version}
+	if b.Version, err = helmVersionWithMetadata(ch.Metadata.Version, strings.Join(metadata, ".")); err != nil {
+		return b, err
+	}
+	requiresPackaging := fi.IsDir() || len(metadata) > 0
+	if helmUpToDate(obj, b.Name, b.Version) {
+		b.UpToDate, b.Packaged, b.ValuesFiles = true, requiresPackaging, obj.Status.ObservedValuesFiles
+		return b, nil
+	}
+	if !requiresPackaging {
+		// A packaged chart in the source is stored as it is.
+		b.Path = chartPath
+		return b, nil
+	}
+
+	if len(valuesFiles) > 0 {
+		root, err := os.OpenRoot(sourceDir)
+		if err != nil {
+			return b, NewGeneric(err, meta.FailedReason)
+		}
+		merged, used, err := helmMergeValues(valuesFiles, obj.Spec.IgnoreMissingValuesFiles, helmRootReader(root))
+		root.Close()
+		if err != nil {
+			return b, helmBuildErr(HelmValuesFilesReason, "failed to merge chart values: %w", err)
+		}
+		if err := helmSetValues(ch, merged); err != nil {
+			return b, helmBuildErr(HelmValuesFilesReason, "failed to set chart values: %w", err)
+		}
+		b.ValuesFiles = used
+	}
+	ch.Metadata.Version = b.Version
+	if fi.IsDir() {
+		if err := helmAddLocalDependencies(ch, chartPath, sourceDir); err != nil {
+			return b, helmBuildErr(HelmDependencyBuildReason, "failed to build dependencies: %w", err)
+		}
+	}
+	if b.Path, err = helmPackage(ch, dir); err != nil {
+		return b, helmBuildErr(HelmChartPackageReason, "failed to package chart: %w", err)
+	}
+	b.Packaged = true
+	return b, nil
+}
+
+// extractArtifact untars a source artifact from the store into dir,
+// bounded like GitRepository includes and without symlinks.
+func (r *HelmChartReconciler) extractArtifact(ctx context.Context, m *meta.Artifact, dir string) error {
+	a, err := fromStatus(m)
+	if err != nil {
+		return err
+	}
+	rc, err := r.store.Retrieve(ctx, a)
+	if err != nil {
+		return fmt.Errorf("retrieve %s: %w", a.Path(), err)
+	}
+	defer rc.Close()
+	opts := []tar.Option{tar.WithSkipSymlinks()}
+	if r.ArchiveMaxSize > 0 {
+		opts = append(opts, tar.WithMaxUntarSize(int(r.ArchiveMaxSize)))
+	}
+	return tar.Untar(rc, dir, opts...)
+}
+
+// helmShortRevision is the first 12 hex characters of a source revision
+// (a Git commit in <ref>@sha1:<hex>, a Bucket's sha256:<hex> digest), the
+// build metadata Flux appends for reconcileStrategy Revision.
+func helmShortRevision(rev string) string {
+	if i := strings.LastIndex(rev, ":"); i >= 0 {
+		rev = rev[i+1:]
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	return rev
+}
+
+// reconcileArtifact stores the built chart as <name>-<version>.tgz unless
+// the stored artifact already is this build, records it in the status and
+// collects superseded artifacts.
+//
+// Sets StorageOperationFailed (the store refused the artifact); removes it
+// and ArtifactOutdated on success, and sets ArtifactInStorage=True when
+// the status names the built chart.
+func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.SerialPatcher, obj *sourcev1.HelmChart, st *helmChartState) (Result, error) {
+	b := st.build
+	if !b.complete() {
+		return ResultEmpty, NewGeneric(errors.New("chart build did not complete"), meta.FailedReason)
+	}
+	defer func() {
+		if obj.Status.ObservedChartName == b.Name && obj.GetArtifact().HasRevision(b.Version) {
+			conditions.Delete(obj, sourcev1.ArtifactOutdatedCondition)
+			conditions.MarkTrue(obj, sourcev1.ArtifactInStorageCondition, b.reason(), "%s", b.summary())
+		}
+	}()
+	if b.UpToDate {
+		r.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.ArtifactUpToDateReason,
+			"artifact up-to-date with remote revision: '%s'", b.Version)
+		return ResultSuccess, nil
+	}
+
+	art := newArtifactFor(sourcev1.HelmChartKind, obj, b.Version, b.Name+"-"+b.Version+".tgz")
+	if err := r.store.storeFile(ctx, &art, b.Path); err != nil {
+		e := NewGeneric(fmt.Errorf("unable to copy Helm chart to storage: %w", err), StoreFailedReason)
+		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
+		return ResultEmpty, e
+	}
+	conditions.Delete(obj, sourcev1.StorageOperationFailedCondition)
+
+	// The artifact is committed: only now may the status name it.
+	obj.Status.Artifact = r.store.toStatus(art)
+	obj.Status.URL = obj.Status.Artifact.URL
+	obj.Status.ObservedChartName = b.Name
+	if obj.Spec.IgnoreMissingValuesFiles {
+		obj.Status.ObservedValuesFiles = b.ValuesFiles
+	} else {
+		obj.Status.ObservedValuesFiles = nil
+	}
+
+	if err := r.store.collectGarbage(ctx, art); err != nil {
+		r.AnnotatedEventf(obj, nil, corev1.EventTypeWarning, GarbageCollectionFailedReason,
+			"garbage collection of superseded artifacts failed: %s", err)
+	}
+	return ResultSuccess, nil
+}
+
+// reconcileDelete removes every artifact of the object from the store,
+// then the finalizer. A failure keeps the finalizer and is retried.
+func (r *HelmChartReconciler) reconcileDelete(ctx context.Context, obj *sourcev1.HelmChart) (Result, error) {
+	n, err := r.store.deleteAll(ctx, sourcev1.HelmChartKind, obj)
+	if err != nil {
+		return ResultEmpty, NewGeneric(fmt.Errorf("garbage collection for deleted resource failed: %w", err), GarbageCollectionFailedReason)
+	}
+	if n > 0 {
+		r.AnnotatedEventf(obj, nil, eventv1.EventTypeTrace, GarbageCollectionSucceededReason,
+			"garbage collected %d artifacts for deleted resource", n)
+	}
+	obj.Status.Artifact = nil
+	obj.Status.URL = ""
+	controllerutil.RemoveFinalizer(obj, sourcev1.SourceFinalizer)
+	forgetDuration(sourcev1.HelmChartKind, obj)
+	return ResultEmpty, nil
+}
