@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/http/fetch"
+	"github.com/fluxcd/pkg/tar"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -161,12 +164,21 @@ func TestLeaderChangeMidReconcile(t *testing.T) {
 	if st.Artifacts != sources {
 		t.Fatalf("store holds %d artifacts for %d sources at one revision each", st.Artifacts, sources)
 	}
+	// What kustomize-controller does with a status: Flux's ArchiveFetcher
+	// downloads, verifies the digest and extracts, from every replica.
+	fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(50<<20), fetch.WithUntar(tar.WithMaxUntarSize(50<<20)))
 	for i := range c.Replicas {
 		if !c.Running(i) {
 			continue
 		}
 		for p, d := range named {
-			mustServe(t, c, i, p, d)
+			dir := t.TempDir()
+			if err := fetcher.Fetch(c.ArtifactURL(i, p), d, dir); err != nil {
+				t.Fatalf("%s: ArchiveFetcher.Fetch(%s): %v", c.Replicas[i].ID, p, err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "deploy", "config.yaml")); err != nil {
+				t.Fatalf("%s: %s extracted without deploy/config.yaml: %v", c.Replicas[i].ID, p, err)
+			}
 		}
 	}
 }
