@@ -32,7 +32,7 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, storage.MaxChunkSi
 // a.Digest is set, content hashing to anything else is rejected before
 // the commit. On success a.Digest and a.Size describe the stored bytes.
 func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader) (err error) {
-	defer metrics.ObserveStorage("store", time.Now(), err)
+	defer func(start time.Time) { metrics.ObserveStorage("store", start, err) }(time.Now())
 	if _, err := storage.ParsePath(a.Path()); err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func (n *Node) Exists(_ context.Context, a storage.Artifact) (bool, error) {
 
 // Delete removes the artifact on every replica.
 func (n *Node) Delete(ctx context.Context, a storage.Artifact) (err error) {
-	defer metrics.ObserveStorage("delete", time.Now(), err)
+	defer func(start time.Time) { metrics.ObserveStorage("delete", start, err) }(time.Now())
 	r, err := n.leaderRaft()
 	if err != nil {
 		return err
@@ -170,7 +170,7 @@ func (n *Node) List(_ context.Context, f storage.Filter) ([]storage.Artifact, er
 // clock, and deletes them in one replicated command so every replica
 // removes the same set.
 func (n *Node) GarbageCollect(ctx context.Context, p storage.GCPolicy) (err error) {
-	defer metrics.ObserveStorage("gc", time.Now(), err)
+	defer func(start time.Time) { metrics.ObserveStorage("gc", start, err) }(time.Now())
 	r, err := n.leaderRaft()
 	if err != nil {
 		return err

@@ -133,6 +133,13 @@ func run(o options, log *slog.Logger) error {
 	}
 	defer node.Close()
 	metrics.StorageBackend.WithLabelValues("raft-bbolt").Set(1)
+	if err := metrics.RegisterRaft(func() metrics.RaftState {
+		st := node.Status()
+		return metrics.RaftState{Term: st.Term, AppliedIndex: st.AppliedIndex, CommitIndex: st.CommitIndex,
+			LastIndex: st.LastIndex, Leader: st.State == "Leader", HasLeader: st.LeaderID != ""}
+	}); err != nil {
+		return fmt.Errorf("register raft metrics: %w", err)
+	}
 
 	hcfg := httpapi.Config{Backend: node, APIToken: token, MaxArtifactSize: o.maxArtifactSize, StorageAdvAddr: o.storageAdvAddr, Logger: log}
 	srv := httpapi.NewServer(

@@ -49,6 +49,17 @@ func TestOversizedUploadIsRejectedAndLeavesNothing(t *testing.T) {
 			t.Fatalf("%s after rejected uploads: %d artifacts, %d uploads; want 1, 0", c.Replicas[i].ID, st.Artifacts, st.Uploads)
 		}
 		mustServe(t, c, i, ok.Path, ok.Digest)
+		// The Raft gauges follow the replica's own state.
+		want := []string{"source_controller_raft_leader 0"}
+		if i == leader {
+			want = []string{"source_controller_raft_leader 1", `source_controller_storage_operations_total{operation="store",outcome="error"} 1`, `source_controller_storage_operations_total{operation="store",outcome="success"} 1`}
+		}
+		m := scrape(ctx, t, c.Replicas[i])
+		for _, w := range want {
+			if !strings.Contains(m, w) {
+				t.Fatalf("%s /metrics lacks %q:\n%s", c.Replicas[i].ID, w, grepLines(m, "source_controller_"))
+			}
+		}
 	}
 }
 
