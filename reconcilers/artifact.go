@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/fluxcd/pkg/apis/meta"
@@ -44,6 +45,15 @@ func (s *artifactStore) toStatus(a storage.Artifact) *meta.Artifact {
 		Path: a.Path(), URL: a.URL(s.advAddr), Revision: a.Revision, Digest: a.Digest,
 		LastUpdateTime: metav1.NewTime(a.LastUpdateTime), Size: &size, Metadata: a.Metadata,
 	}
+}
+
+// artifactURL is the status.url of the kinds that have one: the URL of
+// their status artifact, "" without one.
+func artifactURL(a *meta.Artifact) string {
+	if a == nil {
+		return ""
+	}
+	return a.URL
 }
 
 // fromStatus is the storage identity of an artifact named in a status.
@@ -93,6 +103,17 @@ func (s *artifactStore) storeDir(ctx context.Context, a *storage.Artifact, dir s
 		return fmt.Errorf("%w: %w", errArchive, aerr)
 	}
 	return serr
+}
+
+// storeFile streams a local file into the store, which fills a.Digest
+// and a.Size once the artifact is committed.
+func (s *artifactStore) storeFile(ctx context.Context, a *storage.Artifact, file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return s.Store(ctx, a, f)
 }
 
 // collectGarbage applies the retention policy to the object of current,

@@ -4,66 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
-	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
-	"github.com/fluxcd/pkg/runtime/predicates"
-	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	"github.com/sourceraft/sourceraft/archive"
 )
-
-// bucketConditions is the condition set of Bucket (Flux's: no
-// BuildFailed or IncludeUnavailable). It sits here rather than in
-// conditions.go only because this file was written alongside other kinds.
-var bucketConditions = rreconcile.Conditions{
-	Target: meta.ReadyCondition,
-	Owned: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		sourcev1.ArtifactInStorageCondition,
-		meta.ReadyCondition,
-		meta.ReconcilingCondition,
-		meta.StalledCondition,
-	},
-	Summarize: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		sourcev1.ArtifactInStorageCondition,
-		meta.StalledCondition,
-		meta.ReconcilingCondition,
-	},
-	NegativePolarity: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		meta.StalledCondition,
-		meta.ReconcilingCondition,
-	},
-}
-
-// bucketFailConditions are the conditions whose removal after a failure
-// is a recovery worth an event.
-var bucketFailConditions = []string{
-	sourcev1.FetchFailedCondition,
-	sourcev1.StorageOperationFailedCondition,
-}
 
 // InvalidObjectKeyReason: the bucket holds an object whose key cannot be
 // written as a file inside the artifact.
@@ -102,143 +56,39 @@ type bucketState struct {
 
 type bucketStep = step[*sourcev1.Bucket, bucketState]
 
+// bucketKind is Bucket to the shared reconcile flow.
+var bucketKind = sourceKind[*sourcev1.Bucket]{
+	name:                   sourcev1.BucketKind,
+	conds:                  bucketConditions,
+	newObject:              func() *sourcev1.Bucket { return &sourcev1.Bucket{} },
+	suspended:              func(o *sourcev1.Bucket) bool { return o.Spec.Suspend },
+	observedGeneration:     func(o *sourcev1.Bucket) int64 { return o.Status.ObservedGeneration },
+	lastHandledReconcileAt: func(o *sourcev1.Bucket) string { return o.Status.GetLastHandledReconcileRequest() },
+	setArtifact:            func(o *sourcev1.Bucket, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, artifactURL(a) },
+}
+
 // SetupWithManager registers the reconciler, triggered by spec changes
 // and by the reconcile.fluxcd.io/requestedAt annotation.
 func (r *BucketReconciler) SetupWithManager(mgr ctrl.Manager, concurrent int) error {
-	return ctrl.NewControllerManagedBy(mgr).
-		For(&sourcev1.Bucket{}, builder.WithPredicates(
-			predicate.Or(predicate.GenerationChangedPredicate{}, predicates.ReconcileRequestedPredicate{}),
-		)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: concurrent}).
-		Complete(r)
+	return setupSource(mgr, &sourcev1.Bucket{}, concurrent, r)
 }
 
-// Reconcile handles fetch, deletion, the finalizer and suspension, then
-// runs the sub-reconcilers; summarizeAndPatch ends every path.
-func (r *BucketReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
-	start := time.Now()
-	obj := &sourcev1.Bucket{}
-	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+// Reconcile runs the shared flow (source.go) in a fresh download
+// directory: reconcileStorage, then reconcileSource and reconcileArtifact.
+func (r *BucketReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	f := &sourceReconcile[*sourcev1.Bucket, bucketState]{
+		kind: &bucketKind, client: r.Client, notifier: r.notifier, store: r.store, fieldOwner: r.ControllerName,
+		workDir:  true,
+		newState: func(dir string) *bucketState { return &bucketState{dir: dir} },
+		steps:    []bucketStep{r.reconcileSource, r.reconcileArtifact},
+		notify: func(ctx context.Context, oldObj, obj *sourcev1.Bucket, st *bucketState) {
+			if st.index != nil {
+				r.notifySuccess(ctx, oldObj, obj, bucketConditions,
+					fmt.Sprintf("stored artifact with %d fetched files from '%s' bucket", st.index.Len(), obj.Spec.BucketName))
+			}
+		},
 	}
-	sp := patch.NewSerialPatcher(obj, r.Client)
-
-	var res Result
-	defer func() {
-		result, retErr = r.summarizeAndPatch(ctx, obj, sp, bucketConditions, res, retErr)
-		recordDuration(sourcev1.BucketKind, obj, start)
-	}()
-
-	if !obj.DeletionTimestamp.IsZero() {
-		res, retErr = r.reconcileDelete(ctx, obj)
-		return
-	}
-	// Add the finalizer before anything is stored, so no artifact can
-	// outlive its object.
-	if !controllerutil.ContainsFinalizer(obj, sourcev1.SourceFinalizer) {
-		controllerutil.AddFinalizer(obj, sourcev1.SourceFinalizer)
-		res = ResultRequeue
-		return
-	}
-	if obj.Spec.Suspend {
-		ctrl.LoggerFrom(ctx).Info("reconciliation is suspended for this object")
-		return
-	}
-	res, retErr = r.reconcile(ctx, sp, obj)
-	return
-}
-
-// reconcile marks the object as progressing, runs the sub-reconcilers in a
-// fresh download directory and records the events of the outcome.
-func (r *BucketReconciler) reconcile(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.Bucket) (Result, error) {
-	oldObj := obj.DeepCopy()
-	rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason, "reconciliation in progress")
-
-	requestedAt, _ := meta.ReconcileAnnotationValue(obj.GetAnnotations())
-	switch {
-	case obj.Generation != obj.Status.ObservedGeneration:
-		rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason,
-			"processing object: new generation %d -> %d", obj.Status.ObservedGeneration, obj.Generation)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	case requestedAt != obj.Status.GetLastHandledReconcileRequest():
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	}
-
-	dir, err := os.MkdirTemp("", "bucket-"+obj.Namespace+"-"+obj.Name+"-")
-	if err != nil {
-		e := NewGeneric(fmt.Errorf("failed to create temporary working directory: %w", err), sourcev1.DirCreationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	}
-	defer func() {
-		if err := os.RemoveAll(dir); err != nil {
-			ctrl.LoggerFrom(ctx).Error(err, "failed to remove temporary working directory")
-		}
-	}()
-
-	st := &bucketState{dir: dir}
-	res, err := runSteps(ctx, sp, obj, st, []bucketStep{
-		r.reconcileStorage,
-		r.reconcileSource,
-		r.reconcileArtifact,
-	})
-	if err == nil && res == ResultSuccess && st.index != nil {
-		r.notifySuccess(ctx, oldObj, obj, bucketFailConditions,
-			fmt.Sprintf("stored artifact with %d fetched files from '%s' bucket", st.index.Len(), obj.Spec.BucketName))
-	}
-	return res, err
-}
-
-func (r *BucketReconciler) patchOptions() []patch.Option {
-	return []patch.Option{
-		patch.WithOwnedConditions{Conditions: bucketConditions.Owned},
-		patch.WithFieldOwner(r.ControllerName),
-	}
-}
-
-// reconcileStorage checks that the artifact in the status is still in the
-// store, dropping it from the status when it is not, and keeps its URLs on
-// the current advertised address.
-//
-// Sets Reconciling and Ready=Unknown when there is no artifact; removes
-// ArtifactInStorage then.
-func (r *BucketReconciler) reconcileStorage(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.Bucket, _ *bucketState) (Result, error) {
-	var missing bool
-	if cur := obj.GetArtifact(); cur != nil {
-		a, err := fromStatus(cur)
-		if err == nil {
-			var ok bool
-			ok, err = r.store.Exists(ctx, a)
-			missing = err == nil && !ok
-		}
-		if err != nil {
-			e := NewGeneric(fmt.Errorf("failed to check the artifact in storage: %w", err), sourcev1.StatOperationFailedReason)
-			conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-			return ResultEmpty, e
-		}
-		if missing {
-			obj.Status.Artifact, obj.Status.URL = nil, ""
-		} else {
-			cur.URL = a.URL(r.store.advAddr)
-			obj.Status.URL = cur.URL
-		}
-	}
-	if obj.GetArtifact() == nil {
-		msg := "building artifact"
-		if missing {
-			msg += ": disappeared from storage"
-		}
-		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "%s", msg)
-		conditions.Delete(obj, sourcev1.ArtifactInStorageCondition)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	}
-	return ResultSuccess, nil
+	return f.reconcile(ctx, req)
 }
 
 // reconcileSource indexes the bucket (keys and ETags of the objects the
@@ -315,12 +165,8 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 		// The revision of what was downloaded: objects may have changed
 		// since they were listed.
 		why := fmt.Sprintf("new upstream revision '%s'", idx.revision())
-		if cur != nil {
-			conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewRevision", "%s", why)
-		}
-		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", why)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+		if err := bucketKind.markOutdated(ctx, sp, obj, r.ControllerName, why); err != nil {
+			return ResultEmpty, err
 		}
 	}
 	st.index = idx
@@ -347,8 +193,7 @@ func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.Seria
 		}
 	}()
 	if obj.GetArtifact().HasRevision(revision) {
-		r.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.ArtifactUpToDateReason,
-			"artifact up-to-date with remote revision: '%s'", revision)
+		r.notifyUpToDate(obj, revision)
 		return ResultSuccess, nil
 	}
 
@@ -372,32 +217,11 @@ func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.Seria
 	conditions.Delete(obj, sourcev1.StorageOperationFailedCondition)
 
 	// The artifact is committed: only now may the status name it.
-	obj.Status.Artifact = r.store.toStatus(art)
-	obj.Status.URL = obj.Status.Artifact.URL
+	bucketKind.setArtifact(obj, r.store.toStatus(art))
 	obj.Status.ObservedIgnore = obj.Spec.Ignore
 
-	if err := r.store.collectGarbage(ctx, art); err != nil {
-		r.AnnotatedEventf(obj, nil, corev1.EventTypeWarning, GarbageCollectionFailedReason,
-			"garbage collection of superseded artifacts failed: %s", err)
-	}
+	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
-}
-
-// reconcileDelete removes every artifact of the object from the store,
-// then the finalizer. A failure keeps the finalizer and is retried.
-func (r *BucketReconciler) reconcileDelete(ctx context.Context, obj *sourcev1.Bucket) (Result, error) {
-	n, err := r.store.deleteAll(ctx, sourcev1.BucketKind, obj)
-	if err != nil {
-		return ResultEmpty, NewGeneric(fmt.Errorf("garbage collection for deleted resource failed: %w", err), GarbageCollectionFailedReason)
-	}
-	if n > 0 {
-		r.AnnotatedEventf(obj, nil, eventv1.EventTypeTrace, GarbageCollectionSucceededReason,
-			"garbage collected %d artifacts for deleted resource", n)
-	}
-	obj.Status.Artifact, obj.Status.URL = nil, ""
-	controllerutil.RemoveFinalizer(obj, sourcev1.SourceFinalizer)
-	forgetDuration(sourcev1.BucketKind, obj)
-	return ResultEmpty, nil
 }
 
 // limits are the fetch limits of one reconcile.

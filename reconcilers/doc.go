@@ -6,16 +6,26 @@
 //
 // The shape follows Flux's source-controller, one file per job:
 //
-//	conditions.go    the conditions each kind owns, feeds into Ready, and treats as negative
-//	errors.go        typed errors carrying their reason and reporting policy
-//	chain.go         sub-reconcilers (storage, source, include, artifact) run in order
-//	summarize.go     the one place Ready, Stalled and Reconciling are settled and status is patched
-//	events.go        Kubernetes events (and notification-controller forwarding)
-//	artifact.go      artifacts through storage.Storage only: store, status form, GC, delete
-//	metrics.go       gotk_reconcile_duration_seconds
-//	leaderclient.go  the leadership write gate
-//	runner.go        LeaderRunner and the manager it builds
-//	gitrepository.go GitRepository, with git_checkout.go, git_auth.go and git_include.go
+//	conditions.go     the conditions each kind owns, feeds into Ready, and treats as negative
+//	errors.go         typed errors carrying their reason and reporting policy
+//	source.go         the Reconcile flow every kind shares (fetch, finalizer, suspend,
+//	                  deletion, progress, storage check), with the kind's steps plugged in
+//	chain.go          sub-reconcilers (storage, source, include, artifact) run in order
+//	summarize.go      the one place Ready, Stalled and Reconciling are settled and status is patched
+//	events.go         Kubernetes events (and notification-controller forwarding)
+//	artifact.go       artifacts through storage.Storage only: store, status form, GC, delete
+//	metrics.go        gotk_reconcile_duration_seconds
+//	leaderclient.go   the leadership write gate
+//	runner.go         LeaderRunner and the manager it builds
+//	gitrepository.go  GitRepository, with git_checkout.go, git_auth.go and git_include.go
+//	helmrepository.go HelmRepository, with helm_fetch.go
+//	helmchart.go      HelmChart, with helm_build.go and helm_fetch.go
+//	ocirepository.go  OCIRepository, with oci_remote.go and oci_layer.go
+//	bucket.go         Bucket, with bucket_fetch.go
+//
+// A kind's file holds its reconciler, its sourceKind (how source.go reads
+// its spec and status) and its own steps; nothing shared is written again
+// per kind.
 //
 // Artifacts are built by package archive and streamed into Storage.Store,
 // which returns once a quorum committed them; only then does the status

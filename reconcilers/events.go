@@ -7,10 +7,13 @@ import (
 	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
+	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	corev1 "k8s.io/api/core/v1"
 	kuberecorder "k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/sourceraft/sourceraft/storage"
 )
 
 // Event reasons beyond the condition reasons of the Flux API.
@@ -68,8 +71,8 @@ func (n *notifier) reportError(ctx context.Context, obj sourceObject, err error)
 
 // notifySuccess records the events of a reconcile that ended without error:
 // NewArtifact when the artifact digest changed, Succeeded when it recovered
-// from a failure recorded in failConds, nothing otherwise.
-func (n *notifier) notifySuccess(ctx context.Context, oldObj, newObj sourceObject, failConds []string, message string) {
+// from a failure of the kind's condition set conds, nothing otherwise.
+func (n *notifier) notifySuccess(ctx context.Context, oldObj, newObj sourceObject, conds rreconcile.Conditions, message string) {
 	art := newObj.GetArtifact()
 	if art == nil {
 		return
@@ -79,17 +82,34 @@ func (n *notifier) notifySuccess(ctx context.Context, oldObj, newObj sourceObjec
 	case !oldObj.GetArtifact().HasDigest(art.Digest):
 		n.AnnotatedEventf(newObj, annotations, corev1.EventTypeNormal, NewArtifactReason, "%s", message)
 		ctrl.LoggerFrom(ctx).Info(message, "revision", art.Revision, "digest", art.Digest)
-	case failureRecovery(oldObj, newObj, failConds):
+	case failureRecovery(oldObj, newObj, conds):
 		n.AnnotatedEventf(newObj, annotations, corev1.EventTypeNormal, meta.SucceededReason, "%s", message)
 		ctrl.LoggerFrom(ctx).Info(message)
 	}
 }
 
+// notifyUpToDate records the trace event of a reconcile that found the
+// stored artifact up to date with the source's revision.
+func (n *notifier) notifyUpToDate(obj sourceObject, revision string) {
+	n.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.ArtifactUpToDateReason,
+		"artifact up-to-date with remote revision: '%s'", revision)
+}
+
+// collectSuperseded applies the retention policy after art, the new
+// artifact of obj. A failure does not fail the reconcile; it is reported
+// as a warning event.
+func (n *notifier) collectSuperseded(ctx context.Context, store *artifactStore, obj sourceObject, art storage.Artifact) {
+	if err := store.collectGarbage(ctx, art); err != nil {
+		n.AnnotatedEventf(obj, nil, corev1.EventTypeWarning, GarbageCollectionFailedReason,
+			"garbage collection of superseded artifacts failed: %s", err)
+	}
+}
+
 // failureRecovery reports whether oldObj had one of the failure conditions
-// True and newObj has none of them.
-func failureRecovery(oldObj, newObj sourceObject, failConds []string) bool {
+// of conds (conditions.go) True and newObj has none of them.
+func failureRecovery(oldObj, newObj sourceObject, conds rreconcile.Conditions) bool {
 	failed := false
-	for _, c := range failConds {
+	for _, c := range failureConditions(conds) {
 		if conditions.IsTrue(oldObj, c) {
 			failed = true
 		}

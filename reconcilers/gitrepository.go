@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"reflect"
 	"strings"
 	"time"
@@ -14,17 +13,11 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
-	"github.com/fluxcd/pkg/runtime/predicates"
-	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	"github.com/sourceraft/sourceraft/archive"
 	"github.com/sourceraft/sourceraft/storage"
@@ -72,143 +65,40 @@ type gitState struct {
 
 type gitStep = step[*sourcev1.GitRepository, gitState]
 
+// gitRepositoryKind is GitRepository to the shared reconcile flow.
+var gitRepositoryKind = sourceKind[*sourcev1.GitRepository]{
+	name:                   sourcev1.GitRepositoryKind,
+	conds:                  gitRepositoryConditions,
+	newObject:              func() *sourcev1.GitRepository { return &sourcev1.GitRepository{} },
+	suspended:              func(o *sourcev1.GitRepository) bool { return o.Spec.Suspend },
+	observedGeneration:     func(o *sourcev1.GitRepository) int64 { return o.Status.ObservedGeneration },
+	lastHandledReconcileAt: func(o *sourcev1.GitRepository) string { return o.Status.GetLastHandledReconcileRequest() },
+	setArtifact:            func(o *sourcev1.GitRepository, a *meta.Artifact) { o.Status.Artifact = a },
+}
+
 // SetupWithManager registers the reconciler, triggered by spec changes
 // and by the reconcile.fluxcd.io/requestedAt annotation.
 func (r *GitRepositoryReconciler) SetupWithManager(mgr ctrl.Manager, concurrent int) error {
-	return ctrl.NewControllerManagedBy(mgr).
-		For(&sourcev1.GitRepository{}, builder.WithPredicates(
-			predicate.Or(predicate.GenerationChangedPredicate{}, predicates.ReconcileRequestedPredicate{}),
-		)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: concurrent}).
-		Complete(r)
+	return setupSource(mgr, &sourcev1.GitRepository{}, concurrent, r)
 }
 
-// Reconcile handles fetch, deletion, the finalizer and suspension, then
-// runs the sub-reconcilers; summarizeAndPatch ends every path.
-func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
-	start := time.Now()
-	obj := &sourcev1.GitRepository{}
-	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+// Reconcile runs the shared flow (source.go) in a fresh checkout
+// directory: reconcileStorage, then reconcileSource, reconcileInclude and
+// reconcileArtifact.
+func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	f := &sourceReconcile[*sourcev1.GitRepository, gitState]{
+		kind: &gitRepositoryKind, client: r.Client, notifier: r.notifier, store: r.store, fieldOwner: r.ControllerName,
+		workDir:  true,
+		newState: func(dir string) *gitState { return &gitState{dir: dir} },
+		steps:    []gitStep{r.reconcileSource, r.reconcileInclude, r.reconcileArtifact},
+		notify: func(ctx context.Context, oldObj, obj *sourcev1.GitRepository, st *gitState) {
+			if st.commit != nil {
+				r.notifySuccess(ctx, oldObj, obj, gitRepositoryConditions,
+					fmt.Sprintf("stored artifact for commit '%s'", st.commit.ShortMessage()))
+			}
+		},
 	}
-	sp := patch.NewSerialPatcher(obj, r.Client)
-
-	var res Result
-	defer func() {
-		result, retErr = r.summarizeAndPatch(ctx, obj, sp, gitRepositoryConditions, res, retErr)
-		recordDuration(sourcev1.GitRepositoryKind, obj, start)
-	}()
-
-	if !obj.DeletionTimestamp.IsZero() {
-		res, retErr = r.reconcileDelete(ctx, obj)
-		return
-	}
-	// Add the finalizer before anything is stored, so no artifact can
-	// outlive its object.
-	if !controllerutil.ContainsFinalizer(obj, sourcev1.SourceFinalizer) {
-		controllerutil.AddFinalizer(obj, sourcev1.SourceFinalizer)
-		res = ResultRequeue
-		return
-	}
-	if obj.Spec.Suspend {
-		ctrl.LoggerFrom(ctx).Info("reconciliation is suspended for this object")
-		return
-	}
-	res, retErr = r.reconcile(ctx, sp, obj)
-	return
-}
-
-// reconcile marks the object as progressing, runs the sub-reconcilers in a
-// fresh checkout directory and records the events of the outcome.
-func (r *GitRepositoryReconciler) reconcile(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository) (Result, error) {
-	oldObj := obj.DeepCopy()
-	rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason, "reconciliation in progress")
-
-	requestedAt, _ := meta.ReconcileAnnotationValue(obj.GetAnnotations())
-	switch {
-	case obj.Generation != obj.Status.ObservedGeneration:
-		rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason,
-			"processing object: new generation %d -> %d", obj.Status.ObservedGeneration, obj.Generation)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	case requestedAt != obj.Status.GetLastHandledReconcileRequest():
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	}
-
-	dir, err := os.MkdirTemp("", "gitrepository-"+obj.Namespace+"-"+obj.Name+"-")
-	if err != nil {
-		e := NewGeneric(fmt.Errorf("failed to create temporary working directory: %w", err), sourcev1.DirCreationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	}
-	defer func() {
-		if err := os.RemoveAll(dir); err != nil {
-			ctrl.LoggerFrom(ctx).Error(err, "failed to remove temporary working directory")
-		}
-	}()
-
-	st := &gitState{dir: dir}
-	res, err := runSteps(ctx, sp, obj, st, []gitStep{
-		r.reconcileStorage,
-		r.reconcileSource,
-		r.reconcileInclude,
-		r.reconcileArtifact,
-	})
-	if err == nil && res == ResultSuccess && st.commit != nil {
-		r.notifySuccess(ctx, oldObj, obj, gitRepositoryFailConditions,
-			fmt.Sprintf("stored artifact for commit '%s'", st.commit.ShortMessage()))
-	}
-	return res, err
-}
-
-func (r *GitRepositoryReconciler) patchOptions() []patch.Option {
-	return []patch.Option{
-		patch.WithOwnedConditions{Conditions: gitRepositoryConditions.Owned},
-		patch.WithFieldOwner(r.ControllerName),
-	}
-}
-
-// reconcileStorage checks that the artifact in the status is still in the
-// store, dropping it from the status when it is not, and keeps its URL on
-// the current advertised address.
-//
-// Sets Reconciling and Ready=Unknown when there is no artifact; removes
-// ArtifactInStorage then.
-func (r *GitRepositoryReconciler) reconcileStorage(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository, _ *gitState) (Result, error) {
-	var missing bool
-	if cur := obj.GetArtifact(); cur != nil {
-		a, err := fromStatus(cur)
-		if err == nil {
-			var ok bool
-			ok, err = r.store.Exists(ctx, a)
-			missing = err == nil && !ok
-		}
-		if err != nil {
-			e := NewGeneric(fmt.Errorf("failed to check the artifact in storage: %w", err), sourcev1.StatOperationFailedReason)
-			conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-			return ResultEmpty, e
-		}
-		if missing {
-			obj.Status.Artifact = nil
-		} else {
-			cur.URL = a.URL(r.store.advAddr)
-		}
-	}
-	if obj.GetArtifact() == nil {
-		msg := "building artifact"
-		if missing {
-			msg += ": disappeared from storage"
-		}
-		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "%s", msg)
-		conditions.Delete(obj, sourcev1.ArtifactInStorageCondition)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	}
-	return ResultSuccess, nil
+	return f.reconcile(ctx, req)
 }
 
 // reconcileSource resolves the includes and the credentials, then checks
@@ -299,12 +189,8 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	default:
 		return ResultSuccess, nil
 	}
-	if cur != nil {
-		conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewRevision", "%s", why)
-	}
-	rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", why)
-	if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-		return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+	if err := gitRepositoryKind.markOutdated(ctx, sp, obj, r.ControllerName, why); err != nil {
+		return ResultEmpty, err
 	}
 	return ResultSuccess, nil
 }
@@ -390,28 +276,8 @@ func (r *GitRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 	obj.Status.ObservedInclude = obj.Spec.Include
 	obj.Status.ObservedSparseCheckout = obj.Spec.SparseCheckout
 
-	if err := r.store.collectGarbage(ctx, art); err != nil {
-		r.AnnotatedEventf(obj, nil, corev1.EventTypeWarning, GarbageCollectionFailedReason,
-			"garbage collection of superseded artifacts failed: %s", err)
-	}
+	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
-}
-
-// reconcileDelete removes every artifact of the object from the store,
-// then the finalizer. A failure keeps the finalizer and is retried.
-func (r *GitRepositoryReconciler) reconcileDelete(ctx context.Context, obj *sourcev1.GitRepository) (Result, error) {
-	n, err := r.store.deleteAll(ctx, sourcev1.GitRepositoryKind, obj)
-	if err != nil {
-		return ResultEmpty, NewGeneric(fmt.Errorf("garbage collection for deleted resource failed: %w", err), GarbageCollectionFailedReason)
-	}
-	if n > 0 {
-		r.AnnotatedEventf(obj, nil, eventv1.EventTypeTrace, GarbageCollectionSucceededReason,
-			"garbage collected %d artifacts for deleted resource", n)
-	}
-	obj.Status.Artifact = nil
-	controllerutil.RemoveFinalizer(obj, sourcev1.SourceFinalizer)
-	forgetDuration(sourcev1.GitRepositoryKind, obj)
-	return ResultEmpty, nil
 }
 
 // gitContentConfigChanged reports whether the spec fields that shape the

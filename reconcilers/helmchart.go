@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
@@ -28,7 +27,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -37,47 +35,15 @@ import (
 	"github.com/sourceraft/sourceraft/storage"
 )
 
-// helmChartConditions is the condition set of HelmChart (see
-// conditions.go for how it is used).
-var helmChartConditions = rreconcile.Conditions{
-	Target: meta.ReadyCondition,
-	Owned: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.BuildFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		sourcev1.ArtifactInStorageCondition,
-		sourcev1.SourceVerifiedCondition,
-		meta.ReadyCondition,
-		meta.ReconcilingCondition,
-		meta.StalledCondition,
-	},
-	Summarize: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.BuildFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		sourcev1.ArtifactInStorageCondition,
-		sourcev1.SourceVerifiedCondition,
-		meta.StalledCondition,
-		meta.ReconcilingCondition,
-	},
-	NegativePolarity: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.BuildFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		meta.StalledCondition,
-		meta.ReconcilingCondition,
-	},
-}
-
-// helmChartFailConditions are the conditions whose removal after a
-// failure is a recovery worth an event.
-var helmChartFailConditions = []string{
-	sourcev1.BuildFailedCondition,
-	sourcev1.FetchFailedCondition,
-	sourcev1.StorageOperationFailedCondition,
+// helmChartKind is HelmChart to the shared reconcile flow.
+var helmChartKind = sourceKind[*sourcev1.HelmChart]{
+	name:                   sourcev1.HelmChartKind,
+	conds:                  helmChartConditions,
+	newObject:              func() *sourcev1.HelmChart { return &sourcev1.HelmChart{} },
+	suspended:              func(o *sourcev1.HelmChart) bool { return o.Spec.Suspend },
+	observedGeneration:     func(o *sourcev1.HelmChart) int64 { return o.Status.ObservedGeneration },
+	lastHandledReconcileAt: func(o *sourcev1.HelmChart) string { return o.Status.GetLastHandledReconcileRequest() },
+	setArtifact:            func(o *sourcev1.HelmChart, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, artifactURL(a) },
 }
 
 // helmChartSourceIndexKey indexes HelmCharts by "<kind>/<name>" of their
@@ -171,81 +137,21 @@ func (r *HelmChartReconciler) chartsOf(kind string) handler.MapFunc {
 	}
 }
 
-// Reconcile handles fetch, deletion, the finalizer and suspension, then
-// runs the sub-reconcilers; summarizeAndPatch ends every path.
-func (r *HelmChartReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
-	start := time.Now()
-	obj := &sourcev1.HelmChart{}
-	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+// Reconcile runs the shared flow (source.go) in a fresh working
+// directory: reconcileStorage, then reconcileSource and reconcileArtifact.
+func (r *HelmChartReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	f := &sourceReconcile[*sourcev1.HelmChart, helmChartState]{
+		kind: &helmChartKind, client: r.Client, notifier: r.notifier, store: r.store, fieldOwner: r.ControllerName,
+		workDir:  true,
+		newState: func(dir string) *helmChartState { return &helmChartState{dir: dir} },
+		steps:    []helmChartStep{r.reconcileSource, r.reconcileArtifact},
+		notify: func(ctx context.Context, oldObj, obj *sourcev1.HelmChart, st *helmChartState) {
+			if st.build.complete() {
+				r.notifyBuild(ctx, oldObj, obj, st.build)
+			}
+		},
 	}
-	sp := patch.NewSerialPatcher(obj, r.Client)
-
-	var res Result
-	defer func() {
-		result, retErr = r.summarizeAndPatch(ctx, obj, sp, helmChartConditions, res, retErr)
-		recordDuration(sourcev1.HelmChartKind, obj, start)
-	}()
-
-	if !obj.DeletionTimestamp.IsZero() {
-		res, retErr = r.reconcileDelete(ctx, obj)
-		return
-	}
-	if !controllerutil.ContainsFinalizer(obj, sourcev1.SourceFinalizer) {
-		controllerutil.AddFinalizer(obj, sourcev1.SourceFinalizer)
-		res = ResultRequeue
-		return
-	}
-	if obj.Spec.Suspend {
-		ctrl.LoggerFrom(ctx).Info("reconciliation is suspended for this object")
-		return
-	}
-	res, retErr = r.reconcile(ctx, sp, obj)
-	return
-}
-
-// reconcile marks the object as progressing, runs the sub-reconcilers in
-// a fresh working directory and records the events of the outcome.
-func (r *HelmChartReconciler) reconcile(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmChart) (Result, error) {
-	oldObj := obj.DeepCopy()
-	rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason, "reconciliation in progress")
-
-	requestedAt, _ := meta.ReconcileAnnotationValue(obj.GetAnnotations())
-	switch {
-	case obj.Generation != obj.Status.ObservedGeneration:
-		rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason,
-			"processing object: new generation %d -> %d", obj.Status.ObservedGeneration, obj.Generation)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	case requestedAt != obj.Status.GetLastHandledReconcileRequest():
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	}
-
-	dir, err := os.MkdirTemp("", "helmchart-"+obj.Namespace+"-"+obj.Name+"-")
-	if err != nil {
-		e := NewGeneric(fmt.Errorf("failed to create temporary working directory: %w", err), sourcev1.DirCreationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	}
-	defer func() {
-		if err := os.RemoveAll(dir); err != nil {
-			ctrl.LoggerFrom(ctx).Error(err, "failed to remove temporary working directory")
-		}
-	}()
-
-	st := &helmChartState{dir: dir}
-	res, err := runSteps(ctx, sp, obj, st, []helmChartStep{
-		r.reconcileStorage,
-		r.reconcileSource,
-		r.reconcileArtifact,
-	})
-	if err == nil && res == ResultSuccess && st.build.complete() {
-		r.notifyBuild(ctx, oldObj, obj, st.build)
-	}
-	return res, err
+	return f.reconcile(ctx, req)
 }
 
 // notifyBuild is notifySuccess with the build's reason, as Flux reports
@@ -255,24 +161,10 @@ func (r *HelmChartReconciler) notifyBuild(ctx context.Context, oldObj, obj *sour
 	if art == nil {
 		return
 	}
-	if !oldObj.GetArtifact().HasDigest(art.Digest) || failureRecovery(oldObj, obj, helmChartFailConditions) {
+	if !oldObj.GetArtifact().HasDigest(art.Digest) || failureRecovery(oldObj, obj, helmChartConditions) {
 		r.AnnotatedEventf(obj, artifactAnnotations(art), corev1.EventTypeNormal, b.reason(), "%s", b.summary())
 		ctrl.LoggerFrom(ctx).Info(b.summary(), "revision", art.Revision, "digest", art.Digest)
 	}
-}
-
-func (r *HelmChartReconciler) patchOptions() []patch.Option {
-	return []patch.Option{
-		patch.WithOwnedConditions{Conditions: helmChartConditions.Owned},
-		patch.WithFieldOwner(r.ControllerName),
-	}
-}
-
-// reconcileStorage is helmCheckStored for HelmChart.
-func (r *HelmChartReconciler) reconcileStorage(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmChart, _ *helmChartState) (Result, error) {
-	return helmCheckStored(ctx, r.store, sp, obj, func(a *meta.Artifact, url string) {
-		obj.Status.Artifact, obj.Status.URL = a, url
-	}, r.patchOptions())
 }
 
 // reconcileSource resolves the source and builds the chart from it into
@@ -328,7 +220,7 @@ func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.Ser
 			conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewChart", "%s", b.summary())
 		}
 		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", b.summary())
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
+		if err := sp.Patch(ctx, obj, helmChartKind.patchOptions(r.ControllerName)...); err != nil {
 			ctrl.LoggerFrom(ctx).Error(err, "failed to patch")
 		}
 	}
@@ -658,8 +550,7 @@ func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.Se
 		}
 	}()
 	if b.UpToDate {
-		r.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.ArtifactUpToDateReason,
-			"artifact up-to-date with remote revision: '%s'", b.Version)
+		r.notifyUpToDate(obj, b.Version)
 		return ResultSuccess, nil
 	}
 
@@ -672,8 +563,7 @@ func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.Se
 	conditions.Delete(obj, sourcev1.StorageOperationFailedCondition)
 
 	// The artifact is committed: only now may the status name it.
-	obj.Status.Artifact = r.store.toStatus(art)
-	obj.Status.URL = obj.Status.Artifact.URL
+	helmChartKind.setArtifact(obj, r.store.toStatus(art))
 	obj.Status.ObservedChartName = b.Name
 	if obj.Spec.IgnoreMissingValuesFiles {
 		obj.Status.ObservedValuesFiles = b.ValuesFiles
@@ -681,27 +571,6 @@ func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.Se
 		obj.Status.ObservedValuesFiles = nil
 	}
 
-	if err := r.store.collectGarbage(ctx, art); err != nil {
-		r.AnnotatedEventf(obj, nil, corev1.EventTypeWarning, GarbageCollectionFailedReason,
-			"garbage collection of superseded artifacts failed: %s", err)
-	}
+	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
-}
-
-// reconcileDelete removes every artifact of the object from the store,
-// then the finalizer. A failure keeps the finalizer and is retried.
-func (r *HelmChartReconciler) reconcileDelete(ctx context.Context, obj *sourcev1.HelmChart) (Result, error) {
-	n, err := r.store.deleteAll(ctx, sourcev1.HelmChartKind, obj)
-	if err != nil {
-		return ResultEmpty, NewGeneric(fmt.Errorf("garbage collection for deleted resource failed: %w", err), GarbageCollectionFailedReason)
-	}
-	if n > 0 {
-		r.AnnotatedEventf(obj, nil, eventv1.EventTypeTrace, GarbageCollectionSucceededReason,
-			"garbage collected %d artifacts for deleted resource", n)
-	}
-	obj.Status.Artifact = nil
-	obj.Status.URL = ""
-	controllerutil.RemoveFinalizer(obj, sourcev1.SourceFinalizer)
-	forgetDuration(sourcev1.HelmChartKind, obj)
-	return ResultEmpty, nil
 }

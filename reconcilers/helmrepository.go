@@ -7,60 +7,15 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
-	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
-	"github.com/fluxcd/pkg/runtime/predicates"
-	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
-	corev1 "k8s.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 )
-
-// helmRepositoryConditions is the condition set of HelmRepository (see
-// conditions.go for how it is used).
-var helmRepositoryConditions = rreconcile.Conditions{
-	Target: meta.ReadyCondition,
-	Owned: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		sourcev1.ArtifactInStorageCondition,
-		meta.ReadyCondition,
-		meta.ReconcilingCondition,
-		meta.StalledCondition,
-	},
-	Summarize: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		sourcev1.ArtifactInStorageCondition,
-		meta.StalledCondition,
-		meta.ReconcilingCondition,
-	},
-	NegativePolarity: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		meta.StalledCondition,
-		meta.ReconcilingCondition,
-	},
-}
-
-// helmRepositoryFailConditions are the conditions whose removal after a
-// failure is a recovery worth an event.
-var helmRepositoryFailConditions = []string{
-	sourcev1.FetchFailedCondition,
-	sourcev1.StorageOperationFailedCondition,
-}
 
 // HelmRepositoryReconciler reconciles source.toolkit.fluxcd.io/v1
 // HelmRepository objects of the default type (an HTTP(S) repository) into
@@ -94,53 +49,52 @@ type helmRepoState struct {
 
 type helmRepoStep = step[*sourcev1.HelmRepository, helmRepoState]
 
+// helmRepositoryKind is HelmRepository to the shared reconcile flow.
+var helmRepositoryKind = sourceKind[*sourcev1.HelmRepository]{
+	name:                   sourcev1.HelmRepositoryKind,
+	conds:                  helmRepositoryConditions,
+	newObject:              func() *sourcev1.HelmRepository { return &sourcev1.HelmRepository{} },
+	suspended:              func(o *sourcev1.HelmRepository) bool { return o.Spec.Suspend },
+	observedGeneration:     func(o *sourcev1.HelmRepository) int64 { return o.Status.ObservedGeneration },
+	lastHandledReconcileAt: func(o *sourcev1.HelmRepository) string { return o.Status.GetLastHandledReconcileRequest() },
+	setArtifact: func(o *sourcev1.HelmRepository, a *meta.Artifact) {
+		o.Status.Artifact, o.Status.URL = a, artifactURL(a)
+	},
+}
+
 // SetupWithManager registers the reconciler, triggered by spec changes
 // and by the reconcile.fluxcd.io/requestedAt annotation.
 func (r *HelmRepositoryReconciler) SetupWithManager(mgr ctrl.Manager, concurrent int) error {
-	return ctrl.NewControllerManagedBy(mgr).
-		For(&sourcev1.HelmRepository{}, builder.WithPredicates(
-			predicate.Or(predicate.GenerationChangedPredicate{}, predicates.ReconcileRequestedPredicate{}),
-		)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: concurrent}).
-		Complete(r)
+	return setupSource(mgr, &sourcev1.HelmRepository{}, concurrent, r)
 }
 
-// Reconcile handles fetch, the oci type, deletion, the finalizer and
-// suspension, then runs the sub-reconcilers; summarizeAndPatch ends every
-// path but the oci one.
-func (r *HelmRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
-	start := time.Now()
-	obj := &sourcev1.HelmRepository{}
-	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+// Reconcile runs the shared flow (source.go), without a working
+// directory: reconcileStorage, then reconcileSource and reconcileArtifact.
+// An object of type oci is made static instead.
+func (r *HelmRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	f := &sourceReconcile[*sourcev1.HelmRepository, helmRepoState]{
+		kind: &helmRepositoryKind, client: r.Client, notifier: r.notifier, store: r.store, fieldOwner: r.ControllerName,
+		static: func(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmRepository) (bool, error) {
+			if obj.Spec.Type != sourcev1.HelmRepositoryTypeOCI {
+				return false, nil
+			}
+			return true, r.makeStatic(ctx, sp, obj)
+		},
+		newState: func(string) *helmRepoState { return &helmRepoState{} },
+		steps:    []helmRepoStep{r.reconcileSource, r.reconcileArtifact},
+		notify: func(ctx context.Context, oldObj, obj *sourcev1.HelmRepository, st *helmRepoState) {
+			if obj.GetArtifact() == nil {
+				return
+			}
+			size := "unknown size"
+			if s := obj.GetArtifact().Size; s != nil {
+				size = fmt.Sprintf("size %s", helmHumanSize(*s))
+			}
+			r.notifySuccess(ctx, oldObj, obj, helmRepositoryConditions,
+				fmt.Sprintf("stored fetched index of %s from '%s'", size, st.url))
+		},
 	}
-	sp := patch.NewSerialPatcher(obj, r.Client)
-
-	if obj.Spec.Type == sourcev1.HelmRepositoryTypeOCI {
-		return ctrl.Result{}, r.makeStatic(ctx, sp, obj)
-	}
-
-	var res Result
-	defer func() {
-		result, retErr = r.summarizeAndPatch(ctx, obj, sp, helmRepositoryConditions, res, retErr)
-		recordDuration(sourcev1.HelmRepositoryKind, obj, start)
-	}()
-
-	if !obj.DeletionTimestamp.IsZero() {
-		res, retErr = r.reconcileDelete(ctx, obj)
-		return
-	}
-	if !controllerutil.ContainsFinalizer(obj, sourcev1.SourceFinalizer) {
-		controllerutil.AddFinalizer(obj, sourcev1.SourceFinalizer)
-		res = ResultRequeue
-		return
-	}
-	if obj.Spec.Suspend {
-		ctrl.LoggerFrom(ctx).Info("reconciliation is suspended for this object")
-		return
-	}
-	res, retErr = r.reconcile(ctx, sp, obj)
-	return
+	return f.reconcile(ctx, req)
 }
 
 // makeStatic turns an oci HelmRepository into the static object Flux v1
@@ -170,57 +124,6 @@ func equalHelmRepoStatus(a, b sourcev1.HelmRepositoryStatus) bool {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return string(ja) == string(jb)
-}
-
-// reconcile marks the object as progressing, runs the sub-reconcilers and
-// records the events of the outcome.
-func (r *HelmRepositoryReconciler) reconcile(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmRepository) (Result, error) {
-	oldObj := obj.DeepCopy()
-	rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason, "reconciliation in progress")
-
-	requestedAt, _ := meta.ReconcileAnnotationValue(obj.GetAnnotations())
-	switch {
-	case obj.Generation != obj.Status.ObservedGeneration:
-		rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason,
-			"processing object: new generation %d -> %d", obj.Status.ObservedGeneration, obj.Generation)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	case requestedAt != obj.Status.GetLastHandledReconcileRequest():
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	}
-
-	st := &helmRepoState{}
-	res, err := runSteps(ctx, sp, obj, st, []helmRepoStep{
-		r.reconcileStorage,
-		r.reconcileSource,
-		r.reconcileArtifact,
-	})
-	if err == nil && res == ResultSuccess && obj.GetArtifact() != nil {
-		size := "unknown size"
-		if s := obj.GetArtifact().Size; s != nil {
-			size = fmt.Sprintf("size %s", helmHumanSize(*s))
-		}
-		r.notifySuccess(ctx, oldObj, obj, helmRepositoryFailConditions,
-			fmt.Sprintf("stored fetched index of %s from '%s'", size, st.url))
-	}
-	return res, err
-}
-
-func (r *HelmRepositoryReconciler) patchOptions() []patch.Option {
-	return []patch.Option{
-		patch.WithOwnedConditions{Conditions: helmRepositoryConditions.Owned},
-		patch.WithFieldOwner(r.ControllerName),
-	}
-}
-
-// reconcileStorage is helmCheckStored for HelmRepository.
-func (r *HelmRepositoryReconciler) reconcileStorage(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmRepository, _ *helmRepoState) (Result, error) {
-	return helmCheckStored(ctx, r.store, sp, obj, func(a *meta.Artifact, url string) {
-		obj.Status.Artifact, obj.Status.URL = a, url
-	}, r.patchOptions())
 }
 
 // reconcileSource fetches and normalises the repository index.
@@ -277,12 +180,8 @@ func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patc
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
 
 	msg := fmt.Sprintf("new index revision '%s'", revision)
-	if obj.GetArtifact() != nil {
-		conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewRevision", "%s", msg)
-	}
-	rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", msg)
-	if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-		return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+	if err := helmRepositoryKind.markOutdated(ctx, sp, obj, r.ControllerName, msg); err != nil {
+		return ResultEmpty, err
 	}
 	return ResultSuccess, nil
 }
@@ -303,8 +202,7 @@ func (r *HelmRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *pat
 		}
 	}()
 	if obj.GetArtifact().HasRevision(st.revision) {
-		r.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.ArtifactUpToDateReason,
-			"artifact up-to-date with remote revision: '%s'", st.revision)
+		r.notifyUpToDate(obj, st.revision)
 		return ResultSuccess, nil
 	}
 
@@ -318,32 +216,10 @@ func (r *HelmRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *pat
 	conditions.Delete(obj, sourcev1.StorageOperationFailedCondition)
 
 	// The artifact is committed: only now may the status name it.
-	obj.Status.Artifact = r.store.toStatus(art)
-	obj.Status.URL = obj.Status.Artifact.URL
+	helmRepositoryKind.setArtifact(obj, r.store.toStatus(art))
 
-	if err := r.store.collectGarbage(ctx, art); err != nil {
-		r.AnnotatedEventf(obj, nil, corev1.EventTypeWarning, GarbageCollectionFailedReason,
-			"garbage collection of superseded artifacts failed: %s", err)
-	}
+	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
-}
-
-// reconcileDelete removes every artifact of the object from the store,
-// then the finalizer. A failure keeps the finalizer and is retried.
-func (r *HelmRepositoryReconciler) reconcileDelete(ctx context.Context, obj *sourcev1.HelmRepository) (Result, error) {
-	n, err := r.store.deleteAll(ctx, sourcev1.HelmRepositoryKind, obj)
-	if err != nil {
-		return ResultEmpty, NewGeneric(fmt.Errorf("garbage collection for deleted resource failed: %w", err), GarbageCollectionFailedReason)
-	}
-	if n > 0 {
-		r.AnnotatedEventf(obj, nil, eventv1.EventTypeTrace, GarbageCollectionSucceededReason,
-			"garbage collected %d artifacts for deleted resource", n)
-	}
-	obj.Status.Artifact = nil
-	obj.Status.URL = ""
-	controllerutil.RemoveFinalizer(obj, sourcev1.SourceFinalizer)
-	forgetDuration(sourcev1.HelmRepositoryKind, obj)
-	return ResultEmpty, nil
 }
 
 // unsupportedHelmRepoSpec names the spec fields of a default-type

@@ -9,69 +9,16 @@ import (
 	"strings"
 	"time"
 
-	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
-	"github.com/fluxcd/pkg/runtime/predicates"
-	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
-	corev1 "k8s.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	"github.com/sourceraft/sourceraft/archive"
 	"github.com/sourceraft/sourceraft/storage"
 )
-
-// ociRepositoryConditions is the condition set of OCIRepository: Flux's,
-// without SourceVerified (spec.verify stalls as unsupported) and with
-// BuildFailed, which sourceraft sets when a layer is over a size limit or
-// its content cannot be archived.
-var ociRepositoryConditions = rreconcile.Conditions{
-	Target: meta.ReadyCondition,
-	Owned: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.BuildFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		sourcev1.ArtifactInStorageCondition,
-		meta.ReadyCondition,
-		meta.ReconcilingCondition,
-		meta.StalledCondition,
-	},
-	// Order matters: the first negative condition that is True gives Ready
-	// its reason and message.
-	Summarize: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.BuildFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		sourcev1.ArtifactInStorageCondition,
-		meta.StalledCondition,
-		meta.ReconcilingCondition,
-	},
-	NegativePolarity: []string{
-		sourcev1.StorageOperationFailedCondition,
-		sourcev1.FetchFailedCondition,
-		sourcev1.BuildFailedCondition,
-		sourcev1.ArtifactOutdatedCondition,
-		meta.StalledCondition,
-		meta.ReconcilingCondition,
-	},
-}
-
-// ociRepositoryFailConditions are the conditions whose removal after a
-// failure is a recovery worth an event.
-var ociRepositoryFailConditions = []string{
-	sourcev1.FetchFailedCondition,
-	sourcev1.BuildFailedCondition,
-	sourcev1.StorageOperationFailedCondition,
-}
 
 // defaultOCITimeout bounds registry operations when spec.timeout is unset
 // (the CRD defaults it to the same value).
@@ -120,15 +67,21 @@ func (s *ociState) layerFile() string { return filepath.Join(s.dir, "layer.tgz")
 
 type ociStep = step[*sourcev1.OCIRepository, ociState]
 
+// ociRepositoryKind is OCIRepository to the shared reconcile flow.
+var ociRepositoryKind = sourceKind[*sourcev1.OCIRepository]{
+	name:                   sourcev1.OCIRepositoryKind,
+	conds:                  ociRepositoryConditions,
+	newObject:              func() *sourcev1.OCIRepository { return &sourcev1.OCIRepository{} },
+	suspended:              func(o *sourcev1.OCIRepository) bool { return o.Spec.Suspend },
+	observedGeneration:     func(o *sourcev1.OCIRepository) int64 { return o.Status.ObservedGeneration },
+	lastHandledReconcileAt: func(o *sourcev1.OCIRepository) string { return o.Status.GetLastHandledReconcileRequest() },
+	setArtifact:            func(o *sourcev1.OCIRepository, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, artifactURL(a) },
+}
+
 // SetupWithManager registers the reconciler, triggered by spec changes
 // and by the reconcile.fluxcd.io/requestedAt annotation.
 func (r *OCIRepositoryReconciler) SetupWithManager(mgr ctrl.Manager, concurrent int) error {
-	return ctrl.NewControllerManagedBy(mgr).
-		For(&sourcev1.OCIRepository{}, builder.WithPredicates(
-			predicate.Or(predicate.GenerationChangedPredicate{}, predicates.ReconcileRequestedPredicate{}),
-		)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: concurrent}).
-		Complete(r)
+	return setupSource(mgr, &sourcev1.OCIRepository{}, concurrent, r)
 }
 
 // layerMaxSize is the effective bound on the compressed layer.
@@ -142,131 +95,21 @@ func (r *OCIRepositoryReconciler) layerMaxSize() int64 {
 	return DefaultOCILayerMaxSize
 }
 
-// Reconcile handles fetch, deletion, the finalizer and suspension, then
-// runs the sub-reconcilers; summarizeAndPatch ends every path.
-func (r *OCIRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
-	start := time.Now()
-	obj := &sourcev1.OCIRepository{}
-	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+// Reconcile runs the shared flow (source.go) in a fresh working
+// directory: reconcileStorage, then reconcileSource and reconcileArtifact.
+func (r *OCIRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	f := &sourceReconcile[*sourcev1.OCIRepository, ociState]{
+		kind: &ociRepositoryKind, client: r.Client, notifier: r.notifier, store: r.store, fieldOwner: r.ControllerName,
+		workDir:  true,
+		newState: func(dir string) *ociState { return &ociState{dir: dir} },
+		steps:    []ociStep{r.reconcileSource, r.reconcileArtifact},
+		notify: func(ctx context.Context, oldObj, obj *sourcev1.OCIRepository, st *ociState) {
+			if obj.GetArtifact() != nil {
+				r.notifySuccess(ctx, oldObj, obj, ociRepositoryConditions, ociArtifactMessage(obj))
+			}
+		},
 	}
-	sp := patch.NewSerialPatcher(obj, r.Client)
-
-	var res Result
-	defer func() {
-		result, retErr = r.summarizeAndPatch(ctx, obj, sp, ociRepositoryConditions, res, retErr)
-		recordDuration(sourcev1.OCIRepositoryKind, obj, start)
-	}()
-
-	if !obj.DeletionTimestamp.IsZero() {
-		res, retErr = r.reconcileDelete(ctx, obj)
-		return
-	}
-	// Add the finalizer before anything is stored, so no artifact can
-	// outlive its object.
-	if !controllerutil.ContainsFinalizer(obj, sourcev1.SourceFinalizer) {
-		controllerutil.AddFinalizer(obj, sourcev1.SourceFinalizer)
-		res = ResultRequeue
-		return
-	}
-	if obj.Spec.Suspend {
-		ctrl.LoggerFrom(ctx).Info("reconciliation is suspended for this object")
-		return
-	}
-	res, retErr = r.reconcile(ctx, sp, obj)
-	return
-}
-
-// reconcile marks the object as progressing, runs the sub-reconcilers in a
-// fresh working directory and records the events of the outcome.
-func (r *OCIRepositoryReconciler) reconcile(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.OCIRepository) (Result, error) {
-	oldObj := obj.DeepCopy()
-	rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason, "reconciliation in progress")
-
-	requestedAt, _ := meta.ReconcileAnnotationValue(obj.GetAnnotations())
-	switch {
-	case obj.Generation != obj.Status.ObservedGeneration:
-		rreconcile.ProgressiveStatus(false, obj, meta.ProgressingReason,
-			"processing object: new generation %d -> %d", obj.Status.ObservedGeneration, obj.Generation)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	case requestedAt != obj.Status.GetLastHandledReconcileRequest():
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	}
-
-	dir, err := os.MkdirTemp("", "ocirepository-"+obj.Namespace+"-"+obj.Name+"-")
-	if err != nil {
-		e := NewGeneric(fmt.Errorf("failed to create temporary working directory: %w", err), sourcev1.DirCreationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	}
-	defer func() {
-		if err := os.RemoveAll(dir); err != nil {
-			ctrl.LoggerFrom(ctx).Error(err, "failed to remove temporary working directory")
-		}
-	}()
-
-	st := &ociState{dir: dir}
-	res, err := runSteps(ctx, sp, obj, st, []ociStep{
-		r.reconcileStorage,
-		r.reconcileSource,
-		r.reconcileArtifact,
-	})
-	if err == nil && res == ResultSuccess && obj.GetArtifact() != nil {
-		r.notifySuccess(ctx, oldObj, obj, ociRepositoryFailConditions, ociArtifactMessage(obj))
-	}
-	return res, err
-}
-
-func (r *OCIRepositoryReconciler) patchOptions() []patch.Option {
-	return []patch.Option{
-		patch.WithOwnedConditions{Conditions: ociRepositoryConditions.Owned},
-		patch.WithFieldOwner(r.ControllerName),
-	}
-}
-
-// reconcileStorage checks that the artifact in the status is still in the
-// store, dropping it from the status when it is not, and keeps its URLs on
-// the current advertised address.
-//
-// Sets Reconciling and Ready=Unknown when there is no artifact; removes
-// ArtifactInStorage then.
-func (r *OCIRepositoryReconciler) reconcileStorage(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.OCIRepository, _ *ociState) (Result, error) {
-	var missing bool
-	if cur := obj.GetArtifact(); cur != nil {
-		a, err := fromStatus(cur)
-		if err == nil {
-			var ok bool
-			ok, err = r.store.Exists(ctx, a)
-			missing = err == nil && !ok
-		}
-		if err != nil {
-			e := NewGeneric(fmt.Errorf("failed to check the artifact in storage: %w", err), sourcev1.StatOperationFailedReason)
-			conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-			return ResultEmpty, e
-		}
-		if missing {
-			obj.Status.Artifact, obj.Status.URL = nil, ""
-		} else {
-			cur.URL = a.URL(r.store.advAddr)
-			obj.Status.URL = cur.URL
-		}
-	}
-	if obj.GetArtifact() == nil {
-		msg := "building artifact"
-		if missing {
-			msg += ": disappeared from storage"
-		}
-		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "%s", msg)
-		conditions.Delete(obj, sourcev1.ArtifactInStorageCondition)
-		if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-			return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
-		}
-	}
-	return ResultSuccess, nil
+	return f.reconcile(ctx, req)
 }
 
 // reconcileSource resolves spec.ref to a manifest digest and, unless the
@@ -336,12 +179,8 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	if obj.GetArtifact().HasRevision(revision) {
 		why = "content configuration differs from the last stored artifact"
 	}
-	if obj.GetArtifact() != nil {
-		conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewRevision", "%s", why)
-	}
-	rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", why)
-	if err := sp.Patch(ctx, obj, r.patchOptions()...); err != nil {
-		return ResultEmpty, NewGeneric(err, sourcev1.PatchOperationFailedReason)
+	if err := ociRepositoryKind.markOutdated(ctx, sp, obj, r.ControllerName, why); err != nil {
+		return ResultEmpty, err
 	}
 
 	lim := ociLimits{layer: r.layerMaxSize(), untar: r.ArchiveMaxSize, entries: r.ArchiveMaxEntries}
@@ -385,8 +224,7 @@ func (r *OCIRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 		}
 	}()
 	if upToDate() {
-		r.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.ArtifactUpToDateReason,
-			"artifact up-to-date with remote revision: '%s'", revision)
+		r.notifyUpToDate(obj, revision)
 		return ResultSuccess, nil
 	}
 
@@ -428,15 +266,11 @@ func (r *OCIRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 	conditions.Delete(obj, sourcev1.StorageOperationFailedCondition)
 
 	// The artifact is committed: only now may the status name it.
-	obj.Status.Artifact = r.store.toStatus(art)
-	obj.Status.URL = obj.Status.Artifact.URL
+	ociRepositoryKind.setArtifact(obj, r.store.toStatus(art))
 	obj.Status.ObservedIgnore = obj.Spec.Ignore
 	obj.Status.ObservedLayerSelector = obj.Spec.LayerSelector.DeepCopy()
 
-	if err := r.store.collectGarbage(ctx, art); err != nil {
-		r.AnnotatedEventf(obj, nil, corev1.EventTypeWarning, GarbageCollectionFailedReason,
-			"garbage collection of superseded artifacts failed: %s", err)
-	}
+	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
 }
 
@@ -450,23 +284,6 @@ func (r *OCIRepositoryReconciler) storeLayerFile(ctx context.Context, art *stora
 	defer f.Close()
 	art.Digest = digest
 	return r.store.Store(ctx, art, f)
-}
-
-// reconcileDelete removes every artifact of the object from the store,
-// then the finalizer. A failure keeps the finalizer and is retried.
-func (r *OCIRepositoryReconciler) reconcileDelete(ctx context.Context, obj *sourcev1.OCIRepository) (Result, error) {
-	n, err := r.store.deleteAll(ctx, sourcev1.OCIRepositoryKind, obj)
-	if err != nil {
-		return ResultEmpty, NewGeneric(fmt.Errorf("garbage collection for deleted resource failed: %w", err), GarbageCollectionFailedReason)
-	}
-	if n > 0 {
-		r.AnnotatedEventf(obj, nil, eventv1.EventTypeTrace, GarbageCollectionSucceededReason,
-			"garbage collected %d artifacts for deleted resource", n)
-	}
-	obj.Status.Artifact, obj.Status.URL = nil, ""
-	controllerutil.RemoveFinalizer(obj, sourcev1.SourceFinalizer)
-	forgetDuration(sourcev1.OCIRepositoryKind, obj)
-	return ResultEmpty, nil
 }
 
 // ociContentConfigChanged reports whether the spec fields that shape the

@@ -16,13 +16,6 @@ import (
 // requeueNow is the delay of ResultRequeue: as soon as possible.
 const requeueNow = time.Millisecond
 
-// sourceObject is what every Flux source kind offers the shared machinery.
-type sourceObject interface {
-	conditions.Setter
-	GetRequeueAfter() time.Duration
-	GetArtifact() *meta.Artifact
-}
-
 // summarizeAndPatch is the one place where a reconcile ends: it reports
 // recErr by its policy (errors.go), turns the sub-reconcilers' result into
 // the work queue's, computes Stalled, Reconciling and the Ready summary

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,12 +19,7 @@ import (
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/minio/minio-go/v7"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/sourceraft/sourceraft/storage"
 )
 
 // bucketSecret creates a Secret with S3 keys in Flux's accesskey and
@@ -57,72 +51,24 @@ func newBucketSource(t *testing.T, ns, name, bucketName string, mutate func(*sou
 			Timeout:    &metav1.Duration{Duration: 20 * time.Second},
 		},
 	}
-	if mutate != nil {
-		mutate(obj)
-	}
-	if err := env.Client.Create(context.Background(), obj); err != nil {
-		t.Fatal(err)
-	}
-	return obj
+	return createObject(t, obj, mutate)
 }
 
-func bucketGet(t *testing.T, ns, name string) *sourcev1.Bucket {
-	t.Helper()
-	obj := &sourcev1.Bucket{}
-	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, obj); err != nil {
-		t.Fatal(err)
-	}
-	return obj
-}
-
-// bucketWaitFor polls the Bucket until cond holds, failing with the last
-// status after timeout.
-func bucketWaitFor(t *testing.T, ns, name string, timeout time.Duration, what string, cond func(*sourcev1.Bucket) bool) *sourcev1.Bucket {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		obj := bucketGet(t, ns, name)
-		if cond(obj) {
-			return obj
-		}
-		if time.Now().After(deadline) {
-			st, _ := json.MarshalIndent(obj.Status, "", "  ")
-			t.Fatalf("%s/%s: timed out waiting for %s; status:\n%s", ns, name, what, st)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// bucketReadyAt waits until the Bucket is Ready for its generation with an
-// artifact of revision (any revision if empty).
-func bucketReadyAt(t *testing.T, ns, name, revision string) *sourcev1.Bucket {
-	t.Helper()
-	return bucketWaitFor(t, ns, name, 60*time.Second, "Ready with revision "+revision, func(o *sourcev1.Bucket) bool {
-		return conditions.IsReady(o) && o.Status.ObservedGeneration == o.Generation && o.Status.Artifact != nil &&
-			(revision == "" || o.Status.Artifact.Revision == revision)
-	})
-}
-
-// bucketFailedWith waits until condition cond is True with reason and
-// Ready is False.
-func bucketFailedWith(t *testing.T, ns, name, cond, reason string) *sourcev1.Bucket {
-	t.Helper()
-	return bucketWaitFor(t, ns, name, 60*time.Second, cond+"="+reason+" and Ready=False", func(o *sourcev1.Bucket) bool {
-		return conditions.IsTrue(o, cond) && conditions.GetReason(o, cond) == reason && conditions.IsFalse(o, meta.ReadyCondition)
-	})
-}
+// The Bucket forms of the generic helpers (main_test.go).
+var (
+	bucketGet        = getObject[*sourcev1.Bucket]
+	bucketWaitFor    = waitForObject[*sourcev1.Bucket]
+	bucketReadyAt    = waitReady[*sourcev1.Bucket]
+	bucketFailedWith = waitFailed[*sourcev1.Bucket]
+	bucketStored     = storedOf[*sourcev1.Bucket]
+)
 
 // bucketRequestReconcile sets a new reconcile.fluxcd.io/requestedAt
 // annotation and waits until the reconcile it asks for has ended (the
 // status acknowledges a request only when a reconcile finishes).
 func bucketRequestReconcile(t *testing.T, ns, name string) *sourcev1.Bucket {
 	t.Helper()
-	value := time.Now().Format(time.RFC3339Nano)
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, meta.ReconcileRequestAnnotation, value)
-	obj := &sourcev1.Bucket{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	if err := env.Client.Patch(context.Background(), obj, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
-		t.Fatal(err)
-	}
+	value := requestReconcileOf[*sourcev1.Bucket](t, ns, name)
 	return bucketWaitFor(t, ns, name, 60*time.Second, "requestedAt "+value+" handled", func(o *sourcev1.Bucket) bool {
 		return o.Status.LastHandledReconcileAt == value
 	})
@@ -151,16 +97,6 @@ func bucketRevision(t *testing.T, bucket, prefix string, keep func(key string) b
 		h.Write([]byte(l))
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
-}
-
-// bucketStored lists what the store holds for the Bucket.
-func bucketStored(t *testing.T, ns, name string) []storage.Artifact {
-	t.Helper()
-	arts, err := node.List(context.Background(), storage.Filter{Kind: "bucket", Namespace: ns, Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return arts
 }
 
 // bucketCheckArtifact checks the status artifact against Flux's layout,
@@ -265,20 +201,7 @@ func TestBucketGeneric(t *testing.T) {
 	}
 
 	// Deletion removes every artifact, then the finalizer.
-	if err := env.Client.Delete(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "generic"}, &sourcev1.Bucket{})
-		if apierrors.IsNotFound(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("object not deleted: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	deleteAndWait(t, o)
 	if arts := bucketStored(t, ns, "generic"); len(arts) != 0 {
 		t.Fatalf("store still holds %d artifacts of the deleted Bucket", len(arts))
 	}

@@ -17,9 +17,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sourceraft/sourceraft/metrics"
 )
@@ -136,14 +134,7 @@ func TestGitRepositoryRefs(t *testing.T) {
 
 	t.Run("new artifact event forwarded with revision and digest", func(t *testing.T) {
 		o := getGitRepository(t, ns, "branch")
-		deadline := time.Now().Add(10 * time.Second)
-		for len(eventSink.find(ns, "branch", "NewArtifact")) == 0 && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		evs := eventSink.find(ns, "branch", "NewArtifact")
-		if len(evs) == 0 {
-			t.Fatal("no NewArtifact event reached the events address")
-		}
+		evs := eventSink.await(t, ns, "branch", "NewArtifact", 10*time.Second)
 		ev := evs[len(evs)-1]
 		if ev.Metadata["source.toolkit.fluxcd.io/revision"] != o.Status.Artifact.Revision ||
 			ev.Metadata["source.toolkit.fluxcd.io/digest"] != o.Status.Artifact.Digest {
@@ -502,20 +493,7 @@ func TestGitRepositoryDeletion(t *testing.T) {
 	if len(storedArtifacts(t, ns, "doomed")) == 0 {
 		t.Fatal("no artifact stored")
 	}
-	if err := env.Client.Delete(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "doomed"}, &sourcev1.GitRepository{})
-		if apierrors.IsNotFound(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("object not deleted: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	deleteAndWait(t, o)
 	if arts := storedArtifacts(t, ns, "doomed"); len(arts) != 0 {
 		t.Fatalf("store still holds %d artifacts of the deleted object", len(arts))
 	}

@@ -119,7 +119,7 @@ func TestHelmChartMissingVersion(t *testing.T) {
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "no chart name 'nosuchchart'") {
 		t.Errorf("FetchFailed message %q", msg)
 	}
-	if arts := helmStored(t, sourcev1.HelmChartKind, ns, "nine"); len(arts) != 0 {
+	if arts := storedOf[*sourcev1.HelmChart](t, ns, "nine"); len(arts) != 0 {
 		t.Fatalf("artifacts stored for a failed chart: %+v", arts)
 	}
 }
@@ -267,7 +267,7 @@ func TestHelmChartOversizedKeepsPreviousArtifact(t *testing.T) {
 		t.Fatalf("previous artifact not kept: %+v", o.Status.Artifact)
 	}
 	download(t, o.Status.Artifact)
-	for _, a := range helmStored(t, sourcev1.HelmChartKind, ns, "big") {
+	for _, a := range storedOf[*sourcev1.HelmChart](t, ns, "big") {
 		if a.Revision == "2.0.0" {
 			t.Fatalf("oversized chart stored: %s", a.Path())
 		}

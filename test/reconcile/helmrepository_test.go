@@ -13,7 +13,6 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"helm.sh/helm/v3/pkg/repo"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 )
@@ -70,7 +69,7 @@ func TestHelmRepositoryIndex(t *testing.T) {
 	if vs := idx.Entries["app"]; len(vs) != 2 || vs[0].Version != "1.1.0" || vs[1].Version != "1.0.0" {
 		t.Fatalf("app entries after publishing 1.1.0: %+v", vs)
 	}
-	if arts := helmStored(t, sourcev1.HelmRepositoryKind, ns, "charts"); len(arts) != 2 {
+	if arts := storedOf[*sourcev1.HelmRepository](t, ns, "charts"); len(arts) != 2 {
 		t.Fatalf("store holds %d artifacts, want the 2 records GC keeps: %+v", len(arts), arts)
 	}
 
@@ -79,7 +78,7 @@ func TestHelmRepositoryIndex(t *testing.T) {
 	rev3 := helmIndexRevision(srv.indexBytes())
 	helmRequestReconcile(t, o)
 	o = helmReady(t, o, rev3)
-	arts := helmStored(t, sourcev1.HelmRepositoryKind, ns, "charts")
+	arts := storedOf[*sourcev1.HelmRepository](t, ns, "charts")
 	if len(arts) != 2 {
 		t.Fatalf("store holds %d artifacts after the third revision, want 2: %+v", len(arts), arts)
 	}
@@ -94,21 +93,8 @@ func TestHelmRepositoryIndex(t *testing.T) {
 	}
 
 	// Deleting the object deletes its artifacts, then the object.
-	if err := env.Client.Delete(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(o), &sourcev1.HelmRepository{})
-		if apierrors.IsNotFound(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("HelmRepository not deleted: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if arts := helmStored(t, sourcev1.HelmRepositoryKind, ns, "charts"); len(arts) != 0 {
+	deleteAndWait(t, o)
+	if arts := storedOf[*sourcev1.HelmRepository](t, ns, "charts"); len(arts) != 0 {
 		t.Fatalf("artifacts left after deletion: %+v", arts)
 	}
 }
@@ -192,7 +178,7 @@ func TestHelmRepositoryOCIIsStatic(t *testing.T) {
 	helmWaitFor(t, o, 30*time.Second, "static object", func(o *sourcev1.HelmRepository) bool {
 		return !controllerutil.ContainsFinalizer(o, sourcev1.SourceFinalizer) && len(o.Status.Conditions) == 0 && o.Status.Artifact == nil
 	})
-	if arts := helmStored(t, sourcev1.HelmRepositoryKind, ns, "switch"); len(arts) != 0 {
+	if arts := storedOf[*sourcev1.HelmRepository](t, ns, "switch"); len(arts) != 0 {
 		t.Fatalf("artifacts left after switching to oci: %+v", arts)
 	}
 

@@ -3,29 +3,21 @@ package reconcile
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/fluxcd/pkg/apis/meta"
-	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/repo"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
-
-	"github.com/sourceraft/sourceraft/storage"
 )
 
 // Credentials the authenticated Helm repository accepts.
@@ -137,11 +129,7 @@ func helmRandom(t *testing.T, n int) []byte {
 
 func helmNamespace(t *testing.T) string {
 	t.Helper()
-	ns, err := env.NewNamespace(context.Background(), "helm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ns
+	return namespaceFor(t, "helm")
 }
 
 // newHelmRepository creates a HelmRepository with a long interval.
@@ -155,13 +143,7 @@ func newHelmRepository(t *testing.T, ns, name, url string, mutate func(*sourcev1
 			Timeout:  &metav1.Duration{Duration: 20 * time.Second},
 		},
 	}
-	if mutate != nil {
-		mutate(obj)
-	}
-	if err := env.Client.Create(context.Background(), obj); err != nil {
-		t.Fatal(err)
-	}
-	return obj
+	return createObject(t, obj, mutate)
 }
 
 // newHelmChart creates a HelmChart with a long interval.
@@ -175,13 +157,7 @@ func newHelmChart(t *testing.T, ns, name, kind, source, chartName string, mutate
 			Interval:  metav1.Duration{Duration: time.Hour},
 		},
 	}
-	if mutate != nil {
-		mutate(obj)
-	}
-	if err := env.Client.Create(context.Background(), obj); err != nil {
-		t.Fatal(err)
-	}
-	return obj
+	return createObject(t, obj, mutate)
 }
 
 func newHelmSecret(t *testing.T, ns, name string, data map[string]string) {
@@ -192,80 +168,25 @@ func newHelmSecret(t *testing.T, ns, name string, data map[string]string) {
 	}
 }
 
-// helmObject is what the Helm waits need of an object.
-type helmObject interface {
-	client.Object
-	conditions.Getter
-	GetArtifact() *meta.Artifact
-}
+// The Helm kinds' forms of the generic helpers (main_test.go), on the
+// object itself rather than its name.
 
-// helmWaitFor polls obj (re-read into it) until cond holds, failing with
-// the last status after timeout.
-func helmWaitFor[O helmObject](t *testing.T, obj O, timeout time.Duration, what string, cond func(O) bool) O {
+func helmWaitFor[O sourceObject](t *testing.T, obj O, timeout time.Duration, what string, cond func(O) bool) O {
 	t.Helper()
-	key := client.ObjectKeyFromObject(obj)
-	deadline := time.Now().Add(timeout)
-	for {
-		if err := env.Client.Get(context.Background(), key, obj); err != nil {
-			t.Fatal(err)
-		}
-		if cond(obj) {
-			return obj
-		}
-		if time.Now().After(deadline) {
-			st, _ := json.MarshalIndent(obj, "", "  ")
-			t.Fatalf("%s: timed out waiting for %s; object:\n%s", key, what, st)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return waitForObject(t, obj.GetNamespace(), obj.GetName(), timeout, what, cond)
 }
 
-// helmObservedGeneration reads status.observedGeneration of either kind.
-func helmObservedGeneration(o client.Object) int64 {
-	switch v := o.(type) {
-	case *sourcev1.HelmRepository:
-		return v.Status.ObservedGeneration
-	case *sourcev1.HelmChart:
-		return v.Status.ObservedGeneration
-	}
-	return -1
-}
-
-// helmReady waits until obj is Ready for its generation with an artifact
-// of revision (any if empty).
-func helmReady[O helmObject](t *testing.T, obj O, revision string) O {
+func helmReady[O sourceObject](t *testing.T, obj O, revision string) O {
 	t.Helper()
-	return helmWaitFor(t, obj, 60*time.Second, "Ready with revision "+revision, func(o O) bool {
-		return conditions.IsReady(o) && helmObservedGeneration(o) == o.GetGeneration() && o.GetArtifact() != nil &&
-			(revision == "" || o.GetArtifact().Revision == revision)
-	})
+	return waitReady[O](t, obj.GetNamespace(), obj.GetName(), revision)
 }
 
-// helmFailedWith waits until cond is True with reason and Ready is False.
-func helmFailedWith[O helmObject](t *testing.T, obj O, cond, reason string) O {
+func helmFailedWith[O sourceObject](t *testing.T, obj O, cond, reason string) O {
 	t.Helper()
-	return helmWaitFor(t, obj, 60*time.Second, cond+"="+reason+" and Ready=False", func(o O) bool {
-		return conditions.IsTrue(o, cond) && conditions.GetReason(o, cond) == reason && conditions.IsFalse(o, meta.ReadyCondition)
-	})
+	return waitFailed[O](t, obj.GetNamespace(), obj.GetName(), cond, reason)
 }
 
-// helmRequestReconcile sets a new reconcile.fluxcd.io/requestedAt value.
-func helmRequestReconcile(t *testing.T, obj client.Object) {
+func helmRequestReconcile[O client.Object](t *testing.T, obj O) {
 	t.Helper()
-	value := time.Now().Format(time.RFC3339Nano)
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, meta.ReconcileRequestAnnotation, value)
-	target := obj.DeepCopyObject().(client.Object)
-	if err := env.Client.Patch(context.Background(), target, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// helmStored lists what the store holds for an object of kind.
-func helmStored(t *testing.T, kind, ns, name string) []storage.Artifact {
-	t.Helper()
-	arts, err := node.List(context.Background(), storage.Filter{Kind: strings.ToLower(kind), Namespace: ns, Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return arts
+	requestReconcileOf[O](t, obj.GetNamespace(), obj.GetName())
 }

@@ -17,6 +17,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,8 +26,10 @@ import (
 	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
+	"github.com/fluxcd/pkg/runtime/object"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -192,14 +196,47 @@ func (e *eventReceiver) find(ns, name, reason string) []eventv1.Event {
 	return out
 }
 
+// await waits up to timeout for events about the named object with
+// reason and returns them, failing when none reached the events address.
+func (e *eventReceiver) await(t *testing.T, ns, name, reason string, timeout time.Duration) []eventv1.Event {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for len(e.find(ns, name, reason)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	evs := e.find(ns, name, reason)
+	if len(evs) == 0 {
+		t.Fatalf("no %s event reached the events address", reason)
+	}
+	return evs
+}
+
 // newNamespace gives a test its own namespace.
 func newNamespace(t *testing.T) string {
 	t.Helper()
-	ns, err := env.NewNamespace(context.Background(), "git")
+	return namespaceFor(t, "git")
+}
+
+// namespaceFor gives a test its own namespace, named after prefix.
+func namespaceFor(t *testing.T, prefix string) string {
+	t.Helper()
+	ns, err := env.NewNamespace(context.Background(), prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ns
+}
+
+// createObject creates obj once mutate, when set, has adjusted it.
+func createObject[T client.Object](t *testing.T, obj T, mutate func(T)) T {
+	t.Helper()
+	if mutate != nil {
+		mutate(obj)
+	}
+	if err := env.Client.Create(context.Background(), obj); err != nil {
+		t.Fatal(err)
+	}
+	return obj
 }
 
 // newGitRepository creates a GitRepository with a long interval, so that
@@ -214,74 +251,130 @@ func newGitRepository(t *testing.T, ns, name, url string, mutate func(*sourcev1.
 			Timeout:  &metav1.Duration{Duration: 20 * time.Second},
 		},
 	}
-	if mutate != nil {
-		mutate(obj)
-	}
-	if err := env.Client.Create(context.Background(), obj); err != nil {
-		t.Fatal(err)
-	}
+	return createObject(t, obj, mutate)
+}
+
+// sourceObject is what the waits need of a Flux source object.
+type sourceObject interface {
+	conditions.Getter
+	GetArtifact() *meta.Artifact
+}
+
+// newObject is an empty object of type T (a pointer to a struct) named
+// ns/name.
+func newObject[T client.Object](ns, name string) T {
+	obj := reflect.New(reflect.TypeFor[T]().Elem()).Interface().(T)
+	obj.SetNamespace(ns)
+	obj.SetName(name)
 	return obj
 }
 
-func getGitRepository(t *testing.T, ns, name string) *sourcev1.GitRepository {
+// getObject reads the object ns/name of type T.
+func getObject[T client.Object](t *testing.T, ns, name string) T {
 	t.Helper()
-	obj := &sourcev1.GitRepository{}
-	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, obj); err != nil {
+	obj := newObject[T](ns, name)
+	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(obj), obj); err != nil {
 		t.Fatal(err)
 	}
 	return obj
 }
 
-// waitFor polls the object until cond holds, failing with the last status
-// after timeout.
-func waitFor(t *testing.T, ns, name string, timeout time.Duration, what string, cond func(*sourcev1.GitRepository) bool) *sourcev1.GitRepository {
+// waitForObject polls the object ns/name of type T, read afresh each
+// time, until cond holds, failing with its last status after timeout.
+func waitForObject[T client.Object](t *testing.T, ns, name string, timeout time.Duration, what string, cond func(T) bool) T {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		obj := getGitRepository(t, ns, name)
+		obj := getObject[T](t, ns, name)
 		if cond(obj) {
 			return obj
 		}
 		if time.Now().After(deadline) {
-			st, _ := json.MarshalIndent(obj.Status, "", "  ")
+			var fields map[string]json.RawMessage
+			b, _ := json.Marshal(obj)
+			_ = json.Unmarshal(b, &fields)
+			st, _ := json.MarshalIndent(fields["status"], "", "  ")
 			t.Fatalf("%s/%s: timed out waiting for %s; status:\n%s", ns, name, what, st)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// readyAt waits until the object is Ready for its current generation with
-// an artifact of revision (any revision if empty).
-func readyAt(t *testing.T, ns, name, revision string) *sourcev1.GitRepository {
+// waitReady waits until the object is Ready for its current generation
+// with an artifact of revision (any revision if empty).
+func waitReady[T sourceObject](t *testing.T, ns, name, revision string) T {
 	t.Helper()
-	return waitFor(t, ns, name, 60*time.Second, "Ready with revision "+revision, func(o *sourcev1.GitRepository) bool {
-		return conditions.IsReady(o) && o.Status.ObservedGeneration == o.Generation && o.Status.Artifact != nil &&
-			(revision == "" || o.Status.Artifact.Revision == revision)
+	return waitForObject(t, ns, name, 60*time.Second, "Ready with revision "+revision, func(o T) bool {
+		observed, err := object.GetStatusObservedGeneration(o)
+		return err == nil && conditions.IsReady(o) && observed == o.GetGeneration() && o.GetArtifact() != nil &&
+			(revision == "" || o.GetArtifact().Revision == revision)
 	})
 }
 
-// failedWith waits until condition cond is True with reason and Ready
+// waitFailed waits until condition cond is True with reason and Ready
 // is False: the end of a failed reconcile, not a progress patch of a
 // retry that still carries the failure of the previous attempt.
-func failedWith(t *testing.T, ns, name, cond, reason string) *sourcev1.GitRepository {
+func waitFailed[T sourceObject](t *testing.T, ns, name, cond, reason string) T {
 	t.Helper()
-	return waitFor(t, ns, name, 60*time.Second, cond+"="+reason+" and Ready=False", func(o *sourcev1.GitRepository) bool {
+	return waitForObject(t, ns, name, 60*time.Second, cond+"="+reason+" and Ready=False", func(o T) bool {
 		return conditions.IsTrue(o, cond) && conditions.GetReason(o, cond) == reason && conditions.IsFalse(o, meta.ReadyCondition)
 	})
 }
 
-// requestReconcile sets the reconcile.fluxcd.io/requestedAt annotation to
-// a new value and returns it.
-func requestReconcile(t *testing.T, ns, name string) string {
+// requestReconcileOf sets the reconcile.fluxcd.io/requestedAt annotation
+// of the object ns/name of type T to a new value and returns it.
+func requestReconcileOf[T client.Object](t *testing.T, ns, name string) string {
 	t.Helper()
 	value := time.Now().Format(time.RFC3339Nano)
 	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, meta.ReconcileRequestAnnotation, value)
-	obj := &sourcev1.GitRepository{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	if err := env.Client.Patch(context.Background(), obj, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+	if err := env.Client.Patch(context.Background(), newObject[T](ns, name), client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
 		t.Fatal(err)
 	}
 	return value
 }
+
+// storedOf lists what the store holds for the object ns/name of type T
+// (whose type name, lower-cased, is the artifacts' kind).
+func storedOf[T client.Object](t *testing.T, ns, name string) []storage.Artifact {
+	t.Helper()
+	kind := strings.ToLower(reflect.TypeFor[T]().Elem().Name())
+	arts, err := node.List(context.Background(), storage.Filter{Kind: kind, Namespace: ns, Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return arts
+}
+
+// deleteAndWait deletes obj and waits until it is gone, its finalizer
+// removed once the reconciler deleted its artifacts.
+func deleteAndWait(t *testing.T, obj client.Object) {
+	t.Helper()
+	if err := env.Client.Delete(context.Background(), obj); err != nil {
+		t.Fatal(err)
+	}
+	key := client.ObjectKeyFromObject(obj)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := env.Client.Get(context.Background(), key, obj.DeepCopyObject().(client.Object))
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s %s not deleted: %v", reflect.TypeOf(obj).Elem().Name(), key, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// The GitRepository forms of the generic helpers.
+var (
+	getGitRepository = getObject[*sourcev1.GitRepository]
+	waitFor          = waitForObject[*sourcev1.GitRepository]
+	readyAt          = waitReady[*sourcev1.GitRepository]
+	failedWith       = waitFailed[*sourcev1.GitRepository]
+	requestReconcile = requestReconcileOf[*sourcev1.GitRepository]
+	storedArtifacts  = storedOf[*sourcev1.GitRepository]
+)
 
 // download fetches an artifact URL and checks its digest and size
 // against the status.
@@ -307,16 +400,6 @@ func download(t *testing.T, a *meta.Artifact) []byte {
 		t.Fatalf("GET %s: %d bytes, status says %v", a.URL, len(body), a.Size)
 	}
 	return body
-}
-
-// storedArtifacts lists what the store holds for the object.
-func storedArtifacts(t *testing.T, ns, name string) []storage.Artifact {
-	t.Helper()
-	arts, err := node.List(context.Background(), storage.Filter{Kind: "gitrepository", Namespace: ns, Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return arts
 }
 
 // conditionMessage returns the message of a condition, for assertions.

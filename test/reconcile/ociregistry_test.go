@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -23,7 +22,6 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
-	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -38,15 +36,11 @@ import (
 	"golang.org/x/crypto/bcrypt"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	ktypes "k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	// The registry's storage driver and access controller register
 	// themselves by name.
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
-
-	"github.com/sourceraft/sourceraft/storage"
 )
 
 // The media types `flux push artifact` writes.
@@ -244,83 +238,18 @@ func ociNew(t *testing.T, ns, name, url string, mutate func(*sourcev1.OCIReposit
 			Timeout:  &metav1.Duration{Duration: 20 * time.Second},
 		},
 	}
-	if mutate != nil {
-		mutate(obj)
-	}
-	if err := env.Client.Create(context.Background(), obj); err != nil {
-		t.Fatal(err)
-	}
-	return obj
+	return createObject(t, obj, mutate)
 }
 
-func ociGet(t *testing.T, ns, name string) *sourcev1.OCIRepository {
-	t.Helper()
-	obj := &sourcev1.OCIRepository{}
-	if err := env.Client.Get(context.Background(), ktypes.NamespacedName{Namespace: ns, Name: name}, obj); err != nil {
-		t.Fatal(err)
-	}
-	return obj
-}
-
-// ociWaitFor polls the object until cond holds, failing with the last
-// status after timeout.
-func ociWaitFor(t *testing.T, ns, name string, timeout time.Duration, what string, cond func(*sourcev1.OCIRepository) bool) *sourcev1.OCIRepository {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		obj := ociGet(t, ns, name)
-		if cond(obj) {
-			return obj
-		}
-		if time.Now().After(deadline) {
-			st, _ := json.MarshalIndent(obj.Status, "", "  ")
-			t.Fatalf("%s/%s: timed out waiting for %s; status:\n%s", ns, name, what, st)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// ociReadyAt waits until the object is Ready for its current generation
-// with an artifact of revision.
-func ociReadyAt(t *testing.T, ns, name, revision string) *sourcev1.OCIRepository {
-	t.Helper()
-	return ociWaitFor(t, ns, name, 60*time.Second, "Ready with revision "+revision, func(o *sourcev1.OCIRepository) bool {
-		return conditions.IsReady(o) && o.Status.ObservedGeneration == o.Generation && o.Status.Artifact != nil &&
-			o.Status.Artifact.Revision == revision
-	})
-}
-
-// ociFailedWith waits until condition cond is True with reason and Ready
-// is False.
-func ociFailedWith(t *testing.T, ns, name, cond, reason string) *sourcev1.OCIRepository {
-	t.Helper()
-	return ociWaitFor(t, ns, name, 60*time.Second, cond+"="+reason+" and Ready=False", func(o *sourcev1.OCIRepository) bool {
-		return conditions.IsTrue(o, cond) && conditions.GetReason(o, cond) == reason && conditions.IsFalse(o, meta.ReadyCondition)
-	})
-}
-
-// ociRequestReconcile sets a new reconcile.fluxcd.io/requestedAt value
-// and returns it.
-func ociRequestReconcile(t *testing.T, ns, name string) string {
-	t.Helper()
-	value := time.Now().Format(time.RFC3339Nano)
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, meta.ReconcileRequestAnnotation, value)
-	obj := &sourcev1.OCIRepository{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	if err := env.Client.Patch(context.Background(), obj, client.RawPatch(ktypes.MergePatchType, []byte(patch))); err != nil {
-		t.Fatal(err)
-	}
-	return value
-}
-
-// ociStored lists what the store holds for the object.
-func ociStored(t *testing.T, ns, name string) []storage.Artifact {
-	t.Helper()
-	arts, err := node.List(context.Background(), storage.Filter{Kind: "ocirepository", Namespace: ns, Name: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return arts
-}
+// The OCIRepository forms of the generic helpers (main_test.go).
+var (
+	ociGet              = getObject[*sourcev1.OCIRepository]
+	ociWaitFor          = waitForObject[*sourcev1.OCIRepository]
+	ociReadyAt          = waitReady[*sourcev1.OCIRepository]
+	ociFailedWith       = waitFailed[*sourcev1.OCIRepository]
+	ociRequestReconcile = requestReconcileOf[*sourcev1.OCIRepository]
+	ociStored           = storedOf[*sourcev1.OCIRepository]
+)
 
 // ociCheckArtifact checks the status artifact against Flux's layout for
 // manifest digest, downloads it and returns its bytes.

@@ -21,9 +21,7 @@ import (
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 )
 
 func TestOCIRepositoryRefs(t *testing.T) {
@@ -75,14 +73,7 @@ func TestOCIRepositoryRefs(t *testing.T) {
 
 	t.Run("new artifact event with origin", func(t *testing.T) {
 		o := ociGet(t, ns, "tag")
-		deadline := time.Now().Add(10 * time.Second)
-		for len(eventSink.find(ns, "tag", "NewArtifact")) == 0 && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		evs := eventSink.find(ns, "tag", "NewArtifact")
-		if len(evs) == 0 {
-			t.Fatal("no NewArtifact event reached the events address")
-		}
+		evs := eventSink.await(t, ns, "tag", "NewArtifact", 10*time.Second)
 		ev := evs[len(evs)-1]
 		want := "stored artifact with revision '" + o.Status.Artifact.Revision + "' from '" + reg.url(repo) +
 			"', origin source 'https://example.com/" + repo + "', origin revision 'v1.0.0@sha1:0123456789abcdef0123456789abcdef01234567'"
@@ -461,20 +452,7 @@ func TestOCIRepositoryUpdatesAndLimits(t *testing.T) {
 		if len(o.Finalizers) != 1 || o.Finalizers[0] != sourcev1.SourceFinalizer {
 			t.Fatalf("finalizers %v", o.Finalizers)
 		}
-		if err := env.Client.Delete(context.Background(), o); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "app"}, &sourcev1.OCIRepository{})
-			if apierrors.IsNotFound(err) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("object not deleted: %v", err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		deleteAndWait(t, o)
 		if arts := ociStored(t, ns, "app"); len(arts) != 0 {
 			t.Fatalf("store still holds %d artifacts of the deleted object", len(arts))
 		}
