@@ -19,6 +19,7 @@ import (
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 
 	"github.com/sourceraft/sourceraft/httpapi"
+	"github.com/sourceraft/sourceraft/identity"
 	"github.com/sourceraft/sourceraft/metrics"
 	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/reconcilers"
@@ -36,6 +37,11 @@ type options struct {
 	maxArtifactSize, snapshotBytes                      int64
 	logLevel                                            string
 
+	// StatefulSet identity (package identity).
+	replicas       int
+	peerDNS        string
+	peerDNSTimeout time.Duration
+
 	// Reconciler flags, Flux's where Flux has one.
 	eventsAddr         string
 	concurrent         int
@@ -46,12 +52,20 @@ type options struct {
 }
 
 func main() {
-	hostname, _ := os.Hostname()
+	// In a StatefulSet the hostname is the pod name; POD_NAME (from the
+	// downward API) says so explicitly.
+	nodeID := os.Getenv("POD_NAME")
+	if nodeID == "" {
+		nodeID, _ = os.Hostname()
+	}
 	var o options
-	flag.StringVar(&o.nodeID, "node-id", hostname, "Raft node id; in a StatefulSet the pod name.")
+	flag.StringVar(&o.nodeID, "node-id", nodeID, "Raft node id; in a StatefulSet the pod name (default $POD_NAME, else the hostname).")
 	flag.StringVar(&o.raftAddr, "raft-addr", ":7000", "Address the Raft transport listens on.")
-	flag.StringVar(&o.raftAdvAddr, "raft-advertise-addr", "", "Address peers dial for Raft (default: --raft-addr with this host's name).")
-	flag.StringVar(&o.peers, "peers", "", "Bootstrap voters: id=host:port,... including this node.")
+	flag.StringVar(&o.raftAdvAddr, "raft-advertise-addr", "", "Address peers dial for Raft (default: this pod's --peer-dns address, else --raft-addr with the node id as host).")
+	flag.StringVar(&o.peers, "peers", "", "Bootstrap voters: id=host:port,... including this node; wins over --replicas.")
+	flag.IntVar(&o.replicas, "replicas", 0, "StatefulSet size the cluster is bootstrapped with: voters <set>-0..<set>-(N-1) derived from --node-id <set>-<ordinal> and --peer-dns.")
+	flag.StringVar(&o.peerDNS, "peer-dns", "", "Raft address pattern of a pod, {id} the pod name, {ordinal} its ordinal, e.g. {id}.source-controller-peers.flux-system.svc.cluster.local.:7000; also this node's advertise address.")
+	flag.DurationVar(&o.peerDNSTimeout, "peer-dns-timeout", 2*time.Minute, "With --peer-dns, how long to wait at start for this pod's own DNS name to resolve.")
 	flag.StringVar(&o.storagePath, "storage-path", "/data", "Directory of the Raft log, snapshots and artifact database.")
 	flag.StringVar(&o.storageAddr, "storage-addr", ":9090", "Address the artifact server listens on.")
 	flag.StringVar(&o.storageAdvAddr, "storage-adv-addr", "", "Host:port written into artifact URLs (the Service address).")
@@ -92,13 +106,18 @@ func main() {
 }
 
 func run(o options, log *slog.Logger) error {
-	peers, err := raftstore.ParsePeers(o.peers)
+	id, err := identity.Derive(identity.Flags{
+		NodeID: o.nodeID, Peers: o.peers, Replicas: o.replicas, PeerDNS: o.peerDNS,
+		RaftAddr: o.raftAddr, Advertise: o.raftAdvAddr,
+	})
 	if err != nil {
-		return fmt.Errorf("--peers: %w", err)
+		return err
 	}
-	raftAdv := o.raftAdvAddr
-	if raftAdv == "" {
-		raftAdv = withHost(o.raftAddr, o.nodeID)
+	peers, raftAdv := id.Peers, id.Advertise
+	if o.peerDNS != "" && o.raftAdvAddr == "" {
+		if err := identity.WaitForDNS(context.Background(), raftAdv, o.peerDNSTimeout); err != nil {
+			return fmt.Errorf("--peer-dns: %w", err)
+		}
 	}
 	token, err := readToken(o.apiTokenFile)
 	if err != nil {
@@ -151,7 +170,7 @@ func run(o options, log *slog.Logger) error {
 	srv.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log.Info("source-controller started", "node", o.nodeID, "raft", raftAdv, "peers", o.peers)
+	log.Info("source-controller started", "node", o.nodeID, "raft", raftAdv, "peers", peerList(peers))
 	return srv.Run(ctx)
 }
 
@@ -179,6 +198,18 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention
 		},
 		Logger: log,
 	})
+}
+
+// peerList renders peers like --peers: id=host:port,...
+func peerList(peers []raftstore.Peer) string {
+	var b strings.Builder
+	for i, p := range peers {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(p.ID + "=" + p.RaftAddr)
+	}
+	return b.String()
 }
 
 func newLogger(level string) *slog.Logger {
