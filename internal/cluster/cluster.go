@@ -179,6 +179,47 @@ func (c *Cluster) Kill(i int) { c.signal(i, syscall.SIGKILL) }
 // Stop sends SIGTERM to replica i and waits for it to exit.
 func (c *Cluster) Stop(i int) { c.signal(i, syscall.SIGTERM) }
 
+// Pause sends SIGSTOP to replica i's process group: the process stays
+// alive but answers nothing until Resume, like a long GC pause or a
+// frozen VM. It reports whether a running process was stopped.
+func (c *Cluster) Pause(i int) bool { return c.signalNoWait(i, syscall.SIGSTOP) }
+
+// Resume sends SIGCONT to replica i's process group after Pause.
+func (c *Cluster) Resume(i int) bool { return c.signalNoWait(i, syscall.SIGCONT) }
+
+func (c *Cluster) signalNoWait(i int, sig syscall.Signal) bool {
+	r := c.Replicas[i]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return false
+	}
+	select {
+	case <-r.exit:
+		return false
+	default:
+	}
+	return syscall.Kill(-r.cmd.Process.Pid, sig) == nil
+}
+
+// Ready fetches GET /readyz from replica i and returns nil on 200.
+func (c *Cluster) Ready(ctx context.Context, i int) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.Replicas[i].HealthAddr+"/readyz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: /readyz: %s: %s", c.Replicas[i].ID, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}
+
 // Running reports whether replica i has a live process.
 func (c *Cluster) Running(i int) bool {
 	r := c.Replicas[i]
@@ -221,6 +262,10 @@ func (c *Cluster) signal(i int, sig syscall.Signal) {
 	}
 	// The whole process group: a Wrap may have put the binary under a shell.
 	_ = syscall.Kill(-r.cmd.Process.Pid, sig)
+	if sig != syscall.SIGKILL {
+		// A paused replica handles SIGTERM only once it runs again.
+		_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGCONT)
+	}
 	select {
 	case <-r.exit:
 	case <-time.After(20 * time.Second):

@@ -1,0 +1,423 @@
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sourceraft/sourceraft/internal/cluster"
+	"github.com/sourceraft/sourceraft/internal/gitserver"
+	"github.com/sourceraft/sourceraft/raftstore"
+)
+
+// Retention the replicas run with; the tracker applies the same policy.
+const (
+	retentionRecords = 2
+	retentionTTL     = 20 * time.Second
+	// resumeBudget is the claim measured at every leader kill: a commit
+	// pushed right after the kill is a Ready artifact within this long
+	// after a new leader is elected.
+	resumeBudget = 5 * time.Second
+)
+
+func TestChaos3Replicas(t *testing.T) { runChaos(t, 3) }
+
+func TestChaos5Replicas(t *testing.T) { runChaos(t, 5) }
+
+// config is one chaos run's shape.
+type config struct {
+	replicas  int
+	duration  time.Duration
+	repos     int
+	consumers int
+	pace      time.Duration // between one consumer's downloads
+	putObjs   int
+}
+
+// suite is one chaos run: the cluster, the load, the faults and what they
+// observed.
+type suite struct {
+	t     *testing.T
+	cfg   config
+	seed  uint64
+	start time.Time
+	c     *cluster.Cluster
+	git   *gitserver.Server
+	ns    string
+	tr    *tracker
+	probe *gitRepo
+	// probeRng draws the probe commits' content, so that whether a kill
+	// hit the leader (a matter of timing) does not shift the fault loop's
+	// own random stream.
+	probeRng *rand.Rand
+	repos    []*gitRepo
+	n        counters
+
+	stop chan struct{} // closed: load stops
+
+	mu        sync.Mutex
+	problems  []string
+	events    []string
+	leaders   map[uint64]map[string]bool // term → replicas seen leading it
+	elections []time.Duration            // leader kill → new leader
+	resumes   []time.Duration            // new leader → probe commit Ready
+	waits     []time.Duration            // downloads that had to retry: time to success
+	putErrors []string
+	converged string
+}
+
+func runChaos(t *testing.T, replicas int) {
+	raw := os.Getenv("CHAOS_DURATION")
+	if raw == "" {
+		t.Skip("CHAOS_DURATION is unset: the chaos suite runs under `make chaos` / `make chaos-short`")
+	}
+	d, err := time.ParseDuration(raw)
+	if err != nil {
+		t.Fatalf("CHAOS_DURATION=%q: %v", raw, err)
+	}
+	s := &suite{t: t, start: time.Now(), stop: make(chan struct{}), leaders: map[uint64]map[string]bool{},
+		cfg:  config{replicas: replicas, duration: d, repos: 6, consumers: 4, pace: 30 * time.Millisecond, putObjs: 4},
+		seed: seedFor(t),
+		tr:   newTracker(retentionRecords, retentionTTL)}
+	s.probeRng = s.rng(5)
+	t.Logf("seed %d (replay with CHAOS_SEED=%d), %d replicas, faults for %v", s.seed, s.seed, replicas, d)
+	s.run()
+}
+
+// seedFor derives the run's seed from the test name unless CHAOS_SEED is set.
+func seedFor(t *testing.T) uint64 {
+	if v := os.Getenv("CHAOS_SEED"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("CHAOS_SEED=%q: %v", v, err)
+		}
+		return n
+	}
+	h := fnv.New64a()
+	h.Write([]byte(t.Name()))
+	return h.Sum64()
+}
+
+// rng returns an independent random stream of the run's seed.
+func (s *suite) rng(stream uint64) *rand.Rand { return rand.New(rand.NewPCG(s.seed, stream)) }
+
+func (s *suite) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	s.setup(ctx)
+
+	// Background load.
+	var load sync.WaitGroup
+	for i, g := range s.repos {
+		load.Add(1)
+		go func() { defer load.Done(); s.committer(g, s.rng(100+uint64(i)), int(s.cfg.duration/time.Second)+10) }()
+	}
+	load.Add(2)
+	go func() { defer load.Done(); s.watchStatuses(ctx) }()
+	go func() {
+		defer load.Done()
+		s.putter(ctx, s.rng(200), s.cfg.putObjs, int(s.cfg.duration/(100*time.Millisecond))+10)
+	}()
+	for i := 0; i < s.cfg.consumers; i++ {
+		load.Add(1)
+		go func() {
+			defer load.Done()
+			s.consumer(ctx, s.rng(300+uint64(i)), int(s.cfg.duration/s.cfg.pace)+100, s.cfg.pace)
+		}()
+	}
+	monCtx, stopMonitor := context.WithCancel(ctx)
+	monDone := make(chan struct{})
+	go func() { defer close(monDone); s.monitorTerms(monCtx) }()
+
+	// Faults until the duration is over.
+	s.faultLoop(ctx, s.rng(1))
+
+	// Heal, then stop the load.
+	s.heal(ctx)
+	close(s.stop)
+	if !waitGroup(&load, 2*time.Minute) {
+		s.problem("load goroutines did not stop within 2m")
+	}
+
+	// Verify.
+	s.verifyReconciled(ctx)
+	s.verifyConverged(ctx)
+	stopMonitor()
+	<-monDone
+	s.verifyStores(ctx)
+	s.verifyTerms()
+	s.report()
+}
+
+// setup starts the Git server, the replicas, the GitRepositories, and
+// waits until every source has a first artifact.
+func (s *suite) setup(ctx context.Context) {
+	t := s.t
+	var err error
+	if s.git, err = gitserver.Start(t.TempDir(), nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.git.Close() })
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	if s.ns, err = env.NewNamespace(ctx, "chaos"); err != nil {
+		t.Fatal(err)
+	}
+	rng := s.rng(2)
+	for i := 0; i <= s.cfg.repos; i++ {
+		name := fmt.Sprintf("app%d", i)
+		if i == s.cfg.repos {
+			name = "probe"
+		}
+		g, err := s.newGitRepo(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.commit(g, rng, true); err != nil {
+			t.Fatal(err)
+		}
+		if name == "probe" {
+			s.probe = g
+		} else {
+			s.repos = append(s.repos, g)
+		}
+	}
+
+	s.c, err = cluster.New(cluster.Options{Binary: binary, Dir: t.TempDir(), Replicas: s.cfg.replicas, Args: []string{
+		"--reconcile", "--kubeconfig=" + kubeconfig,
+		"--artifact-retention-records=" + strconv.Itoa(retentionRecords),
+		"--artifact-retention-ttl=" + retentionTTL.String(),
+		"--gc-interval=5s",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.c.Close)
+	// Registered after Close, so it runs first, while replicas still answer.
+	t.Cleanup(func() {
+		if t.Failed() {
+			s.dump()
+		}
+	})
+	if err := s.c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, err := s.c.WaitLeader(wctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range append([]*gitRepo{s.probe}, s.repos...) {
+		interval := time.Duration(2000+rng.IntN(3000)) * time.Millisecond
+		if g == s.probe {
+			interval = 2 * time.Second
+		}
+		if err := s.createGitRepository(ctx, g, interval); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for len(s.observeStatuses(ctx)) < s.cfg.repos+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("sources not Ready 90s after creation: %v", s.observeStatuses(ctx))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.event("cluster up: %d replicas, %d sources Ready", s.cfg.replicas, s.cfg.repos+1)
+}
+
+// sleep waits d unless the load is stopped; false means stopped.
+func (s *suite) sleep(d time.Duration) bool {
+	select {
+	case <-s.stop:
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// problem records an invariant violation; the run fails at the end.
+func (s *suite) problem(format string, args ...any) {
+	msg := fmt.Sprintf("%8.3fs ", time.Since(s.start).Seconds()) + fmt.Sprintf(format, args...)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.problems) < 20 {
+		s.t.Log("PROBLEM " + msg)
+	}
+	if len(s.problems) < 1000 {
+		s.problems = append(s.problems, msg)
+	}
+}
+
+// event records and logs what the fault loop did.
+func (s *suite) event(format string, args ...any) {
+	msg := fmt.Sprintf("%8.3fs ", time.Since(s.start).Seconds()) + fmt.Sprintf(format, args...)
+	s.t.Log(msg)
+	s.mu.Lock()
+	s.events = append(s.events, msg)
+	s.mu.Unlock()
+}
+
+// monitorTerms polls every replica and remembers which ones claimed to
+// lead each term: at most one may.
+func (s *suite) monitorTerms(ctx context.Context) {
+	for {
+		for i := range s.c.Replicas {
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			st, err := s.c.Status(sctx, i)
+			cancel()
+			if err != nil || st.State != "Leader" {
+				continue
+			}
+			s.mu.Lock()
+			if s.leaders[st.Term] == nil {
+				s.leaders[st.Term] = map[string]bool{}
+			}
+			s.leaders[st.Term][st.NodeID] = true
+			s.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func waitGroup(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// report logs the failover figures and problems and prints the summary
+// line; any problem fails the run.
+func (s *suite) report() {
+	s.mu.Lock()
+	problems := append([]string(nil), s.problems...)
+	elections := append([]time.Duration(nil), s.elections...)
+	resumes := append([]time.Duration(nil), s.resumes...)
+	converged := s.converged
+	s.mu.Unlock()
+	fmt.Printf("failover: %d replicas, %d leader kills; kill → new leader %s; new leader → pushed commit Ready %s (budget %v)\n",
+		s.cfg.replicas, len(elections), distribution(elections), distribution(resumes), resumeBudget)
+	s.mu.Lock()
+	waits := distribution(s.waits)
+	putErrors := s.putErrors
+	s.mu.Unlock()
+	if len(putErrors) > 0 {
+		s.t.Logf("%d PUTs failed (allowed while faults last), the first ones:\n%s", len(putErrors),
+			strings.Join(putErrors[:min(len(putErrors), 15)], "\n"))
+	}
+	s.t.Logf("%d commits, %d puts (%d acknowledged), %d downloads, %d superseded artifacts collected, %d spurious 404s",
+		s.n.commits.Load(), s.n.puts.Load(), s.n.putsAcked.Load(), s.n.downloads.Load(), s.n.gone.Load(), s.n.spur.Load())
+	fmt.Printf("availability: %d downloads found no replica serving at first and retried (Retry-After); time to success %s\n",
+		s.n.retried.Load(), waits)
+	fmt.Printf("chaos: %d replicas, %d kills (%d of the leader), %d pauses, %d rolling restarts, %d downloads, %d failed, %d digest mismatches, %d lost artifacts, %s\n",
+		s.cfg.replicas, s.n.kills.Load(), s.n.leaderKills.Load(), s.n.pauses.Load(), s.n.rollings.Load(),
+		s.n.downloads.Load(), s.n.failed.Load(), s.n.mismatches.Load(), s.n.lost.Load(), converged)
+	if len(problems) > 0 {
+		s.t.Errorf("%d problems (seed %d):\n%s", len(problems), s.seed, strings.Join(problems, "\n"))
+	}
+}
+
+// distribution is "n=… min/median/p90/max".
+func distribution(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "n=0"
+	}
+	ds = append([]time.Duration(nil), ds...)
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	q := func(p float64) time.Duration { return ds[int(p*float64(len(ds)-1)+0.5)].Round(10 * time.Millisecond) }
+	return fmt.Sprintf("n=%d min/median/p90/max %v/%v/%v/%v", len(ds), q(0), q(0.5), q(0.9), q(1))
+}
+
+// dump writes each replica's log tail and /v1/cluster answer, the events
+// and the problems into a directory named after the test.
+func (s *suite) dump() {
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(s.t.Name())
+	var dir string
+	var err error
+	if out := os.Getenv("CHAOS_OUT"); out != "" {
+		dir = filepath.Join(out, name+"-"+time.Now().Format("20060102-150405"))
+		err = os.MkdirAll(dir, 0o750)
+	} else {
+		dir, err = os.MkdirTemp("", "sourceraft-chaos-"+name+"-")
+	}
+	if err != nil {
+		s.t.Logf("dump: %v", err)
+		return
+	}
+	s.mu.Lock()
+	meta := fmt.Sprintf("test %s\nseed %d (replay with CHAOS_SEED=%d)\nreplicas %d\nduration %v\n",
+		s.t.Name(), s.seed, s.seed, s.cfg.replicas, s.cfg.duration)
+	files := map[string]string{
+		"run.txt":        meta,
+		"problems.txt":   strings.Join(s.problems, "\n") + "\n",
+		"events.txt":     strings.Join(s.events, "\n") + "\n",
+		"put-errors.txt": strings.Join(s.putErrors, "\n") + "\n",
+	}
+	var terms []string
+	for term, ids := range s.leaders {
+		var l []string
+		for id := range ids {
+			l = append(l, id)
+		}
+		sort.Strings(l)
+		terms = append(terms, fmt.Sprintf("%d %s", term, strings.Join(l, ",")))
+	}
+	sort.Strings(terms)
+	files["leaders.txt"] = strings.Join(terms, "\n") + "\n"
+	s.mu.Unlock()
+	if s.c != nil {
+		for i, r := range s.c.Replicas {
+			s.c.Resume(i)
+			b, _ := os.ReadFile(filepath.Join(r.Dir, "log"))
+			if len(b) > 2<<20 {
+				b = b[len(b)-2<<20:]
+			}
+			files[r.ID+".log"] = string(b)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			st, err := s.c.Status(ctx, i)
+			cancel()
+			if err != nil {
+				files[r.ID+".cluster.json"] = fmt.Sprintf("{\"error\": %q}\n", err.Error())
+			} else {
+				files[r.ID+".cluster.json"] = statusJSON(st)
+			}
+		}
+	}
+	for f, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(content), 0o640); err != nil {
+			s.t.Logf("dump: %v", err)
+		}
+	}
+	s.t.Logf("chaos dump: %s", dir)
+	fmt.Printf("chaos dump: %s\n", dir)
+}
+
+func statusJSON(st raftstore.Status) string {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Sprintf("{\"error\": %q}\n", err.Error())
+	}
+	return string(b) + "\n"
+}

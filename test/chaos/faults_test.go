@@ -1,0 +1,271 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sourceraft/sourceraft/raftstore"
+)
+
+// recoverTimeout bounds how long a replica may take to be Ready again
+// after a fault ends; beyond it the fault loop stops, since a further
+// fault could cost the quorum.
+const recoverTimeout = 90 * time.Second
+
+// faultLoop injects random faults until the duration is over. Faults never
+// overlap beyond a minority: a replica faulted is Ready again, following a
+// leader, before the next fault starts.
+func (s *suite) faultLoop(ctx context.Context, rng *rand.Rand) {
+	end := s.start.Add(s.cfg.duration)
+	for time.Now().Before(end) && ctx.Err() == nil {
+		time.Sleep(time.Duration(500+rng.IntN(2000)) * time.Millisecond)
+		var err error
+		switch p := rng.IntN(100); {
+		case p < 60:
+			err = s.kill(ctx, rng)
+		case p < 90:
+			err = s.pause(ctx, rng)
+		default:
+			err = s.rollingRestart(ctx)
+		}
+		if err != nil {
+			s.problem("fault loop stops: %v", err)
+			return
+		}
+	}
+}
+
+// leader returns the index of the current leader, waiting for one.
+func (s *suite) leader(ctx context.Context) (int, error) {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return s.c.WaitLeader(wctx)
+}
+
+// kill SIGKILLs the leader or a random replica (in a cluster of five or
+// more, sometimes a second one too, never a majority), and restarts each
+// on its data directory after a short delay. When the leader died, a
+// commit is pushed at once and the time until it is a Ready artifact is
+// measured against the resume budget.
+func (s *suite) kill(ctx context.Context, rng *rand.Rand) error {
+	n := len(s.c.Replicas)
+	leader, err := s.leader(ctx)
+	if err != nil {
+		return err
+	}
+	victims := []int{rng.IntN(n)}
+	if rng.IntN(10) < 7 {
+		victims[0] = leader
+	}
+	// Draw the same numbers whatever the leader is, so a seed replays the
+	// same fault sequence.
+	perm := rng.Perm(n)
+	if maxDown := (n - 1) / 2; rng.IntN(3) == 0 {
+		for _, v := range perm {
+			if len(victims) < maxDown && !contains(victims, v) {
+				victims = append(victims, v)
+			}
+		}
+	}
+	killedLeader := contains(victims, leader)
+	for _, v := range victims {
+		s.c.Kill(v)
+	}
+	killedAt := time.Now()
+	var probeSHA string
+	if killedLeader {
+		s.n.leaderKills.Add(1)
+		if probeSHA, err = s.commit(s.probe, s.probeRng, false); err != nil {
+			return fmt.Errorf("push probe commit: %w", err)
+		}
+	}
+	s.n.kills.Add(int64(len(victims)))
+	restarted := make(chan error, len(victims))
+	for _, v := range victims {
+		delay := time.Duration(500+rng.IntN(2500)) * time.Millisecond
+		go func() {
+			time.Sleep(delay)
+			restarted <- s.c.StartReplica(v)
+		}()
+	}
+	desc := fmt.Sprintf("SIGKILL %s", s.ids(victims))
+	if killedLeader {
+		desc += " (leader " + s.c.Replicas[leader].ID + ")"
+		s.measureResume(ctx, killedAt, probeSHA, desc)
+	} else {
+		s.event("%s", desc)
+	}
+	for range victims {
+		if err := <-restarted; err != nil {
+			return err
+		}
+	}
+	for _, v := range victims {
+		if err := s.waitRecovered(ctx, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measureResume waits for a new leader and then for the probe source to
+// be Ready at sha, and records both delays.
+func (s *suite) measureResume(ctx context.Context, killedAt time.Time, sha, desc string) {
+	nl, err := s.leader(ctx)
+	if err != nil {
+		s.problem("%s: no new leader: %v", desc, err)
+		return
+	}
+	elected := time.Now()
+	want := "master@sha1:" + sha
+	deadline := killedAt.Add(60 * time.Second)
+	for {
+		var o sourcev1.GitRepository
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := env.Client.Get(gctx, client.ObjectKey{Namespace: s.ns, Name: s.probe.name}, &o)
+		cancel()
+		if err == nil && o.Status.Artifact != nil && o.Status.Artifact.Revision == want {
+			if c := apimeta.FindStatusCondition(o.Status.Conditions, meta.ReadyCondition); c != nil && c.Status == metav1.ConditionTrue {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			s.problem("%s: commit %s pushed after the kill not Ready 60s later", desc, sha[:8])
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ready := time.Now()
+	election, resume := elected.Sub(killedAt), ready.Sub(elected)
+	s.mu.Lock()
+	s.elections = append(s.elections, election)
+	s.resumes = append(s.resumes, resume)
+	s.mu.Unlock()
+	s.event("%s: %s leads after %v, pushed commit Ready %v later", desc, s.c.Replicas[nl].ID,
+		election.Round(time.Millisecond), resume.Round(time.Millisecond))
+	if resume > resumeBudget {
+		s.problem("%s: reconciliation resumed %v after the new leader was elected (budget %v)", desc,
+			resume.Round(time.Millisecond), resumeBudget)
+	}
+}
+
+// pause SIGSTOPs the leader or a random replica for a few seconds.
+func (s *suite) pause(ctx context.Context, rng *rand.Rand) error {
+	leader, err := s.leader(ctx)
+	if err != nil {
+		return err
+	}
+	v := rng.IntN(len(s.c.Replicas))
+	if rng.IntN(10) < 4 {
+		v = leader
+	}
+	d := time.Duration(1000+rng.IntN(4000)) * time.Millisecond
+	if !s.c.Pause(v) {
+		return fmt.Errorf("pause %s: not running", s.c.Replicas[v].ID)
+	}
+	s.n.pauses.Add(1)
+	what := ""
+	if v == leader {
+		what = " (leader)"
+	}
+	s.event("SIGSTOP %s%s for %v", s.c.Replicas[v].ID, what, d)
+	time.Sleep(d)
+	s.c.Resume(v)
+	return s.waitRecovered(ctx, v)
+}
+
+// rollingRestart SIGTERMs the replicas one by one from the highest
+// ordinal, as a StatefulSet update does, each Ready before the next.
+func (s *suite) rollingRestart(ctx context.Context) error {
+	s.n.rollings.Add(1)
+	s.event("rolling restart")
+	for i := len(s.c.Replicas) - 1; i >= 0; i-- {
+		t0 := time.Now()
+		s.c.Stop(i)
+		stopped := time.Since(t0)
+		if err := s.c.StartReplica(i); err != nil {
+			return err
+		}
+		if err := s.waitRecovered(ctx, i); err != nil {
+			return err
+		}
+		s.event("  %s restarted (stopped in %v, Ready %v after SIGTERM)", s.c.Replicas[i].ID,
+			stopped.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// waitRecovered waits until replica i is Ready and follows (or is) a
+// leader that sees every running replica registered.
+func (s *suite) waitRecovered(ctx context.Context, i int) error {
+	wctx, cancel := context.WithTimeout(ctx, recoverTimeout)
+	defer cancel()
+	var last error
+	for {
+		err := s.c.Ready(wctx, i)
+		if err == nil {
+			var st raftstore.Status
+			if st, err = s.c.Status(wctx, i); err == nil && st.LeaderID == "" {
+				err = errors.New("no leader known")
+			}
+		}
+		if err == nil {
+			if _, err = s.c.WaitLeader(wctx); err == nil {
+				return nil
+			}
+		}
+		last = err
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("%s not recovered within %v: %v", s.c.Replicas[i].ID, recoverTimeout, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// heal resumes and starts every replica and waits until all are Ready.
+func (s *suite) heal(ctx context.Context) {
+	for i := range s.c.Replicas {
+		s.c.Resume(i)
+		if !s.c.Running(i) {
+			if err := s.c.StartReplica(i); err != nil {
+				s.problem("heal: %v", err)
+			}
+		}
+	}
+	for i := range s.c.Replicas {
+		if err := s.waitRecovered(ctx, i); err != nil {
+			s.problem("heal: %v", err)
+		}
+	}
+	s.event("healed: faults stopped")
+}
+
+func (s *suite) ids(is []int) string {
+	out := ""
+	for k, i := range is {
+		if k > 0 {
+			out += "+"
+		}
+		out += s.c.Replicas[i].ID
+	}
+	return out
+}
+
+func contains(is []int, v int) bool {
+	for _, i := range is {
+		if i == v {
+			return true
+		}
+	}
+	return false
+}
