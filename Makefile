@@ -18,7 +18,7 @@ build:
 run: build envtest-bins
 	$(BIN)/devcluster -binary $(BIN)/source-controller -dir .run -replicas 3
 
-test: build lint envtest-bins test-unit test-e2e
+test: build lint envtest-bins test-unit test-e2e chaos-short
 
 test-unit: $(MINIO_BIN)
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
@@ -30,7 +30,7 @@ test-e2e: build envtest-bins
 # The chaos suite (test/chaos): kills, pauses and rolling restarts under
 # load for CHAOS_DURATION per cluster size (3 and 5 replicas), then checks
 # the invariants; the summary lines close the output (full log: bin/chaos.log).
-# chaos-short is a 30 s round of the 3-replica cluster for CI. Not in `test`.
+# chaos-short is a 30 s round of the 3-replica cluster that `make test` runs.
 CHAOS_DURATION ?= 3m
 .PHONY: chaos chaos-short
 chaos chaos-short: build envtest-bins
