@@ -220,7 +220,6 @@ func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.Seria
 	bucketKind.setArtifact(obj, r.store.toStatus(art))
 	obj.Status.ObservedIgnore = obj.Spec.Ignore
 
-	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
 }
 

@@ -95,8 +95,8 @@ func (n *notifier) notifyUpToDate(obj sourceObject, revision string) {
 		"artifact up-to-date with remote revision: '%s'", revision)
 }
 
-// collectSuperseded applies the retention policy after art, the new
-// artifact of obj. A failure does not fail the reconcile; it is reported
+// collectSuperseded applies the retention policy with art, the artifact
+// obj's status names, as the current one. A failure does not fail the reconcile; it is reported
 // as a warning event.
 func (n *notifier) collectSuperseded(ctx context.Context, store *artifactStore, obj sourceObject, art storage.Artifact) {
 	if err := store.collectGarbage(ctx, art); err != nil {

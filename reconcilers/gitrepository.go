@@ -276,7 +276,6 @@ func (r *GitRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 	obj.Status.ObservedInclude = obj.Spec.Include
 	obj.Status.ObservedSparseCheckout = obj.Spec.SparseCheckout
 
-	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
 }
 

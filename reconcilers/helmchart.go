@@ -571,6 +571,5 @@ func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.Se
 		obj.Status.ObservedValuesFiles = nil
 	}
 
-	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
 }

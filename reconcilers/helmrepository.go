@@ -218,7 +218,6 @@ func (r *HelmRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *pat
 	// The artifact is committed: only now may the status name it.
 	helmRepositoryKind.setArtifact(obj, r.store.toStatus(art))
 
-	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
 }
 

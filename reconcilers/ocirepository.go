@@ -270,7 +270,6 @@ func (r *OCIRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 	obj.Status.ObservedIgnore = obj.Spec.Ignore
 	obj.Status.ObservedLayerSelector = obj.Spec.LayerSelector.DeepCopy()
 
-	r.collectSuperseded(ctx, r.store, obj, art)
 	return ResultSuccess, nil
 }
 

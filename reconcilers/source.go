@@ -21,6 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/sourceraft/sourceraft/storage"
 )
 
 // sourceObject is what every Flux source kind offers the shared machinery
@@ -130,9 +132,13 @@ func (f *sourceReconcile[O, S]) reconcile(ctx context.Context, req ctrl.Request)
 		}
 	}
 
+	persisted := obj.GetArtifact()
 	var res Result
 	defer func() {
 		result, retErr = f.summarizeAndPatch(ctx, obj, sp, f.kind.conds, res, retErr)
+		if retErr == nil {
+			f.collectAfterPatch(ctx, obj, persisted)
+		}
 		recordDuration(f.kind.name, obj, start)
 	}()
 
@@ -153,6 +159,24 @@ func (f *sourceReconcile[O, S]) reconcile(ctx context.Context, req ctrl.Request)
 	}
 	res, retErr = f.run(ctx, sp, obj)
 	return
+}
+
+// collectAfterPatch applies the retention policy once the status names a
+// new artifact. Collecting before the patch could remove the artifact the
+// stored status still names if this replica lost leadership in between;
+// if the patch never happens, the leader's periodic collection, which
+// keeps each object's newest artifact, still applies the policy.
+func (f *sourceReconcile[O, S]) collectAfterPatch(ctx context.Context, obj O, persisted *meta.Artifact) {
+	a := obj.GetArtifact()
+	if a == nil || persisted != nil && persisted.Path == a.Path {
+		return
+	}
+	current, err := storage.ParsePath(a.Path)
+	if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "status artifact path")
+		return
+	}
+	f.collectSuperseded(ctx, f.store, obj, current)
 }
 
 // run marks the object as progressing, runs reconcileStorage and the

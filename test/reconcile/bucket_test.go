@@ -188,7 +188,7 @@ func TestBucketGeneric(t *testing.T) {
 	if files := bucketCheckArtifact(t, o); files["manifests/extra.yaml"] != "kind: Secret\n" {
 		t.Errorf("new artifact files %v", fileNames(files))
 	}
-	if arts := bucketStored(t, ns, "generic"); len(arts) != 2 {
+	if arts := storedAfterGC[*sourcev1.Bucket](t, ns, "generic", 2); len(arts) != 2 {
 		t.Errorf("store holds %d artifacts, want 2", len(arts))
 	}
 

@@ -475,7 +475,7 @@ func TestGitRepositorySuspendAndRequestedAt(t *testing.T) {
 	readyAt(t, ns, "repo", "master@sha1:"+third)
 
 	// Superseded artifacts are collected down to the retention's 2 records.
-	arts := storedArtifacts(t, ns, "repo")
+	arts := storedAfterGC[*sourcev1.GitRepository](t, ns, "repo", 2)
 	if len(arts) != 2 {
 		t.Errorf("store holds %d artifacts for the object, want 2 (retention records)", len(arts))
 	}

@@ -69,7 +69,7 @@ func TestHelmRepositoryIndex(t *testing.T) {
 	if vs := idx.Entries["app"]; len(vs) != 2 || vs[0].Version != "1.1.0" || vs[1].Version != "1.0.0" {
 		t.Fatalf("app entries after publishing 1.1.0: %+v", vs)
 	}
-	if arts := storedOf[*sourcev1.HelmRepository](t, ns, "charts"); len(arts) != 2 {
+	if arts := storedAfterGC[*sourcev1.HelmRepository](t, ns, "charts", 2); len(arts) != 2 {
 		t.Fatalf("store holds %d artifacts, want the 2 records GC keeps: %+v", len(arts), arts)
 	}
 
@@ -78,7 +78,7 @@ func TestHelmRepositoryIndex(t *testing.T) {
 	rev3 := helmIndexRevision(srv.indexBytes())
 	helmRequestReconcile(t, o)
 	o = helmReady(t, o, rev3)
-	arts := storedOf[*sourcev1.HelmRepository](t, ns, "charts")
+	arts := storedAfterGC[*sourcev1.HelmRepository](t, ns, "charts", 2)
 	if len(arts) != 2 {
 		t.Fatalf("store holds %d artifacts after the third revision, want 2: %+v", len(arts), arts)
 	}

@@ -345,6 +345,22 @@ func storedOf[T client.Object](t *testing.T, ns, name string) []storage.Artifact
 	return arts
 }
 
+// storedAfterGC waits until the store holds want artifacts for the object
+// ns/name and returns them, or the last list after 15 s: retention is
+// applied right after the status names a new artifact, so it may land
+// just after the object turns Ready.
+func storedAfterGC[T client.Object](t *testing.T, ns, name string, want int) []storage.Artifact {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		arts := storedOf[T](t, ns, name)
+		if len(arts) == want || time.Now().After(deadline) {
+			return arts
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // deleteAndWait deletes obj and waits until it is gone, its finalizer
 // removed once the reconciler deleted its artifacts.
 func deleteAndWait(t *testing.T, obj client.Object) {

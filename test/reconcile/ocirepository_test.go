@@ -421,7 +421,7 @@ func TestOCIRepositoryUpdatesAndLimits(t *testing.T) {
 	if conditions.Has(o, sourcev1.BuildFailedCondition) || conditions.Has(o, sourcev1.ArtifactOutdatedCondition) {
 		t.Errorf("failure conditions left after recovery: %v", o.Status.Conditions)
 	}
-	if n := len(ociStored(t, ns, "app")); n != 2 {
+	if n := len(storedAfterGC[*sourcev1.OCIRepository](t, ns, "app", 2)); n != 2 {
 		t.Errorf("store holds %d artifacts of the object, want 2 (retention records)", n)
 	}
 
