@@ -15,8 +15,10 @@ const (
 )
 
 // DefaultPeerWait is how long an artifact GET waits for local apply
-// before asking peers when Config.PeerWait is zero.
-const DefaultPeerWait = 2 * time.Second
+// before asking peers when Config.PeerWait is zero. It covers a Raft
+// election (1–3 s here): an artifact the dead leader committed is in the
+// followers' logs, and the next leader commits it for them to apply.
+const DefaultPeerWait = 5 * time.Second
 
 // Config is shared by the listener constructors.
 type Config struct {

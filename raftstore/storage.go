@@ -207,7 +207,8 @@ func (n *Node) Lookup(path string) (storage.Artifact, error) {
 
 // WaitFor blocks until the artifact at path is applied locally, or this
 // replica has applied everything it knows to be committed and still lacks
-// it, or ctx ends.
+// it, or ctx ends. The commit index it knows is refreshed while it waits,
+// so an artifact committed elsewhere a moment ago is waited for.
 func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, error) {
 	r := n.raftOrNil()
 	if r == nil {
@@ -220,11 +221,19 @@ func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, erro
 		if !errors.Is(err, storage.ErrNotFound) {
 			return a, err
 		}
-		if n.fsm.AppliedIndex() >= target {
+		applied := n.fsm.AppliedIndex()
+		target = max(target, r.CommitIndex())
+		_, leader := r.LeaderWithID()
+		// Without a leader, entries in this replica's log past what it has
+		// applied may already be committed (the old leader died before
+		// saying so); the next leader commits them, so wait for it rather
+		// than send the client to peers that cannot answer either.
+		if applied >= target && (leader != "" || r.LastIndex() <= applied) {
 			return storage.Artifact{}, err
 		}
 		select {
 		case <-ch:
+		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
 			return storage.Artifact{}, fmt.Errorf("wait for %s: %w", path, ctx.Err())
 		}
