@@ -28,7 +28,7 @@ type apiServer struct {
 
 // NewAPIServer serves the bearer-token internal API: GET /v1/cluster,
 // PUT/DELETE /v1/artifacts/<kind>/<namespace>/<name>/<file> and
-// PUT /v1/nodes/<id>. Writes that reach a follower are forwarded to the leader.
+// PUT and DELETE /v1/nodes/<id>. Writes that reach a follower are forwarded to the leader.
 func NewAPIServer(cfg Config) *echo.Echo {
 	s := &apiServer{cfg: cfg.withDefaults()}
 	s.want = sha256.Sum256([]byte("Bearer " + cfg.APIToken))
@@ -38,6 +38,7 @@ func NewAPIServer(cfg Config) *echo.Echo {
 	e.PUT("/v1/artifacts/*", s.put)
 	e.DELETE("/v1/artifacts/*", s.delete)
 	e.PUT("/v1/nodes/:id", s.registerPeer)
+	e.DELETE("/v1/nodes/:id", s.removePeer)
 	return e
 }
 
@@ -158,6 +159,29 @@ func (s *apiServer) registerPeer(c echo.Context) error {
 		return s.forwardToLeader(c, apiPath, bytes.NewReader(raw), int64(len(raw)))
 	}
 	if err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// removePeer takes a replica out of the cluster: the scale-down step for
+// replicas whose pods are gone.
+func (s *apiServer) removePeer(c echo.Context) error {
+	id, err := url.PathUnescape(c.Param("id"))
+	if err != nil || id == "" {
+		return echo.NewHTTPError(http.StatusBadRequest, "invalid node id")
+	}
+	apiPath := "/v1/nodes/" + id
+	if s.otherLeads() {
+		return s.forwardToLeader(c, apiPath, nil, 0)
+	}
+	err = s.cfg.Backend.RemovePeer(c.Request().Context(), id)
+	switch {
+	case errors.Is(err, storage.ErrNotLeader):
+		return s.forwardToLeader(c, apiPath, nil, 0)
+	case errors.Is(err, raftstore.ErrLeaderRemoval):
+		return echo.NewHTTPError(http.StatusServiceUnavailable, err.Error())
+	case err != nil:
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

@@ -268,3 +268,22 @@ func TestAPIRegisterPeer(t *testing.T) {
 		t.Errorf("bad JSON: %d", resp.StatusCode)
 	}
 }
+
+func TestAPIRemovePeer(t *testing.T) {
+	f, l := twoNodes(t, nil)
+	raw, _ := json.Marshal(raftstore.Peer{ID: "c", RaftAddr: "c:7000"})
+	if resp, body := do(t, http.MethodPut, "http://"+l.api+"/v1/nodes/c", bytes.NewReader(raw), bearer); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("register: %d %s", resp.StatusCode, body)
+	}
+	resp, body := do(t, http.MethodDelete, "http://"+f.api+"/v1/nodes/c", nil, bearer)
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("remove via follower: %d %s", resp.StatusCode, body)
+	}
+	if got := l.b.registered(); len(got) != 0 {
+		t.Errorf("leader still has %+v", got)
+	}
+	resp, _ = do(t, http.MethodDelete, "http://"+l.api+"/v1/nodes/c", nil, nil)
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("unauthenticated remove: %d", resp.StatusCode)
+	}
+}

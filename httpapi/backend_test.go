@@ -209,6 +209,22 @@ func (b *memBackend) RegisterPeer(_ context.Context, p raftstore.Peer) error {
 	return nil
 }
 
+func (b *memBackend) RemovePeer(_ context.Context, id string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.leaderLocked() {
+		return storage.ErrNotLeader
+	}
+	kept := b.peers[:0]
+	for _, p := range b.peers {
+		if p.ID != id {
+			kept = append(kept, p)
+		}
+	}
+	b.peers = kept
+	return nil
+}
+
 // Store reads the whole body before committing, so a failed or refused
 // upload leaves nothing behind, as the real store's commit command does.
 func (b *memBackend) Store(_ context.Context, a *storage.Artifact, r io.Reader) error {

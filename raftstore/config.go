@@ -20,8 +20,21 @@ type Config struct {
 	RaftBind string
 	// RaftAdvertise is the address peers dial; defaults to RaftBind.
 	RaftAdvertise string
-	// Peers is the bootstrap voter set, this node included.
+	// Peers is the bootstrap voter set, this node included; empty means
+	// this node joins an existing cluster instead of bootstrapping.
 	Peers []Peer
+	// Join lists internal API addresses of replicas to register with when
+	// no leader is known (a joining node), and to ask at first start
+	// whether a cluster already runs (then a member of Peers without state
+	// joins instead of bootstrapping).
+	Join []string
+	// ServerStabilizationTime is how long a caught-up non-voter must stay
+	// healthy before autopilot promotes it to voter.
+	ServerStabilizationTime time.Duration
+	// DeadServerTimeout is how long a server may stay unreachable before
+	// the leader's autopilot removes it (never below 3 voters); zero
+	// disables the removal.
+	DeadServerTimeout time.Duration
 	// TLS secures the Raft transport with mutual TLS. Nil is refused
 	// unless Insecure is set.
 	TLS      *TLSFiles
@@ -95,6 +108,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HeartbeatTimeout == 0 {
 		c.HeartbeatTimeout = time.Second
+	}
+	if c.ServerStabilizationTime == 0 {
+		c.ServerStabilizationTime = 10 * time.Second
 	}
 	if c.ElectionTimeout == 0 {
 		c.ElectionTimeout = time.Second

@@ -64,6 +64,12 @@ func (n *Node) leaderDuties(ctx context.Context) {
 	}
 	n.registerSelf(ctx)
 	n.sweepUploads(ctx, true)
+	apDone := make(chan struct{})
+	go func() {
+		defer close(apDone)
+		n.runAutopilot(ctx)
+	}()
+	defer func() { <-apDone }()
 	sweep := time.NewTicker(uploadSweepInterval)
 	defer sweep.Stop()
 	var gc <-chan time.Time

@@ -48,6 +48,10 @@ type Node struct {
 	logStore  *raftboltdb.BoltStore
 	logBytes  *countingLogStore
 	snapshots raft.SnapshotStore
+	hlog      hclog.Logger
+	// fresh is set while this node, started without Raft state and not
+	// bootstrapping, has not yet registered with the leader.
+	fresh atomic.Bool
 
 	uploads   *uploadSet
 	notify    chan bool
@@ -102,6 +106,7 @@ func (n *Node) Open() (err error) {
 
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", JSONFormat: true, Level: hclog.Info, Output: os.Stderr}).
 		With("node", n.cfg.NodeID)
+	n.hlog = hlog
 	n.snapshots, err = raft.NewFileSnapshotStoreWithLogger(raftDir, 1, hlog)
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
@@ -188,14 +193,21 @@ func (n *Node) raftConfig(hlog hclog.Logger) *raft.Config {
 }
 
 // bootstrap forms the cluster from the configured peer set on first start.
-// Every replica may bootstrap with the same configuration; raft ignores it
-// once state exists.
+// Every replica of the set may bootstrap with the same configuration; raft
+// ignores it once state exists. A node without state that is not in the
+// set (scale-up), or whose join addresses show a running cluster (a wiped
+// volume), does not bootstrap: it registers with the leader, which adds
+// it as a non-voter (see membership.go).
 func (n *Node) bootstrap() error {
 	has, err := raft.HasExistingState(n.logStore, n.logStore, n.snapshots)
 	if err != nil {
 		return fmt.Errorf("check raft state: %w", err)
 	}
-	if has || len(n.cfg.Peers) == 0 {
+	if has {
+		return nil
+	}
+	if len(n.cfg.Peers) == 0 || n.clusterExists() {
+		n.fresh.Store(true)
 		return nil
 	}
 	var servers []raft.Server

@@ -26,11 +26,20 @@ func (n *Node) RegisterPeer(ctx context.Context, p Peer) error {
 	if p.ID == "" {
 		return fmt.Errorf("register peer: empty id")
 	}
-	return n.propose(ctx, r, fsm.EncodeSetNode(fsm.Node{ID: p.ID, RaftAddr: p.RaftAddr, APIAddr: p.APIAddr, StorageAddr: p.StorageAddr}))
+	hadRecord := false
+	if nodes, err := n.fsm.Nodes(); err == nil {
+		for _, nd := range nodes {
+			hadRecord = hadRecord || nd.ID == p.ID
+		}
+	}
+	if err := n.propose(ctx, r, fsm.EncodeSetNode(fsm.Node{ID: p.ID, RaftAddr: p.RaftAddr, APIAddr: p.APIAddr, StorageAddr: p.StorageAddr})); err != nil {
+		return err
+	}
+	return n.ensureMember(r, p, hadRecord)
 }
 
 func (n *Node) self() Peer {
-	return Peer{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAdvertise, APIAddr: n.cfg.APIAddr, StorageAddr: n.cfg.StorageAddr}
+	return Peer{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAdvertise, APIAddr: n.cfg.APIAddr, StorageAddr: n.cfg.StorageAddr, Fresh: n.fresh.Load()}
 }
 
 func (n *Node) registered() bool {
@@ -57,17 +66,38 @@ func (n *Node) registerSelf(ctx context.Context) {
 }
 
 // registerIfNeeded makes a follower's addresses known: followers cannot
-// write to the log, so they ask the leader's internal API to do it.
+// write to the log, so they ask the leader's internal API to do it. The
+// same call asks the leader to add a joining node to the configuration;
+// without a known leader it goes to the join addresses and the replicas
+// this node knows, whose internal API forwards it to the leader.
 func (n *Node) registerIfNeeded() {
-	if n.cfg.APIAddr == "" || n.IsLeader() || n.registered() {
+	if n.cfg.APIAddr == "" || n.IsLeader() {
 		return
 	}
-	leader, ok := n.Status().Leader()
-	if !ok || leader.APIAddr == "" {
+	if n.registered() && !n.fresh.Load() && n.inConfiguration() {
 		return
 	}
-	if err := n.registerWith(leader.APIAddr); err != nil {
-		n.log.Debug("register with leader", "leader", leader.ID, "error", err)
+	var targets []string
+	if leader, ok := n.Status().Leader(); ok && leader.APIAddr != "" {
+		targets = append(targets, leader.APIAddr)
+	} else {
+		targets = append(targets, n.cfg.Join...)
+		if nodes, err := n.fsm.Nodes(); err == nil {
+			for _, nd := range nodes {
+				targets = append(targets, nd.APIAddr)
+			}
+		}
+	}
+	for _, addr := range targets {
+		if addr == "" || addr == n.cfg.APIAddr {
+			continue
+		}
+		err := n.registerWith(addr)
+		if err == nil {
+			n.fresh.Store(false)
+			return
+		}
+		n.log.Debug("register with leader", "via", addr, "error", err)
 	}
 }
 

@@ -39,6 +39,10 @@ type Peer struct {
 	StorageAddr string `json:"storageAddr,omitempty"`
 	Suffrage    string `json:"suffrage"`
 	Leader      bool   `json:"leader"`
+	// Fresh is set in a registration by a replica that started without
+	// Raft state and did not bootstrap: a voter registering so is demoted
+	// until it has caught up.
+	Fresh bool `json:"fresh,omitempty"`
 }
 
 // Leader returns the leader peer, if one is known.

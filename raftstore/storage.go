@@ -223,12 +223,12 @@ func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, erro
 		}
 		applied := n.fsm.AppliedIndex()
 		target = max(target, r.CommitIndex())
-		_, leader := r.LeaderWithID()
-		// Without a leader, entries in this replica's log past what it has
-		// applied may already be committed (the old leader died before
-		// saying so); the next leader commits them, so wait for it rather
-		// than send the client to peers that cannot answer either.
-		if applied >= target && (leader != "" || r.LastIndex() <= applied) {
+		// Entries in this replica's log past what it has applied may be
+		// committed already: a live leader says so within a heartbeat, and
+		// if it just died (which this replica may not know yet) the next
+		// leader commits them. Wait for that rather than send the client
+		// to peers that cannot answer either.
+		if applied >= target && r.LastIndex() <= applied {
 			return storage.Artifact{}, err
 		}
 		select {

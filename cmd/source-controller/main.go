@@ -42,6 +42,11 @@ type options struct {
 	peerDNS        string
 	peerDNSTimeout time.Duration
 
+	// Membership (raftstore/membership.go).
+	join              string
+	stabilizationTime time.Duration
+	deadServerTimeout time.Duration
+
 	// Reconciler flags, Flux's where Flux has one.
 	eventsAddr         string
 	concurrent         int
@@ -66,6 +71,9 @@ func main() {
 	flag.IntVar(&o.replicas, "replicas", 0, "StatefulSet size the cluster is bootstrapped with: voters <set>-0..<set>-(N-1) derived from --node-id <set>-<ordinal> and --peer-dns.")
 	flag.StringVar(&o.peerDNS, "peer-dns", "", "Raft address pattern of a pod, {id} the pod name, {ordinal} its ordinal, e.g. {id}.source-controller-peers.flux-system.svc.cluster.local.:7000; also this node's advertise address.")
 	flag.DurationVar(&o.peerDNSTimeout, "peer-dns-timeout", 2*time.Minute, "With --peer-dns, how long to wait at start for this pod's own DNS name to resolve.")
+	flag.StringVar(&o.join, "join", "", "Internal API addresses (host:port,...) a replica without Raft state asks to join an existing cluster (default with --replicas: the pods of the bootstrap set at --peer-dns host and --api-addr port).")
+	flag.DurationVar(&o.stabilizationTime, "raft-server-stabilization-time", 10*time.Second, "How long a caught-up non-voter stays healthy before it is promoted to voter.")
+	flag.DurationVar(&o.deadServerTimeout, "raft-dead-server-timeout", 5*time.Minute, "How long a server may stay unreachable before the leader removes it from Raft (never below 3 voters); 0 disables.")
 	flag.StringVar(&o.storagePath, "storage-path", "/data", "Directory of the Raft log, snapshots and artifact database.")
 	flag.StringVar(&o.storageAddr, "storage-addr", ":9090", "Address the artifact server listens on.")
 	flag.StringVar(&o.storageAdvAddr, "storage-adv-addr", "", "Host:port written into artifact URLs (the Service address).")
@@ -106,14 +114,37 @@ func main() {
 }
 
 func run(o options, log *slog.Logger) error {
+	// A pod beyond the bootstrap set (the StatefulSet was scaled up) joins
+	// the running cluster instead of bootstrapping: derive its address as
+	// if the set were just large enough, then drop the voter set.
+	replicas, joining := o.replicas, false
+	if _, ord, err := identity.ParsePodName(o.nodeID); err == nil && o.peers == "" && replicas > 0 && ord >= replicas {
+		replicas, joining = ord+1, true
+	}
 	id, err := identity.Derive(identity.Flags{
-		NodeID: o.nodeID, Peers: o.peers, Replicas: o.replicas, PeerDNS: o.peerDNS,
+		NodeID: o.nodeID, Peers: o.peers, Replicas: replicas, PeerDNS: o.peerDNS,
 		RaftAddr: o.raftAddr, Advertise: o.raftAdvAddr,
 	})
 	if err != nil {
 		return err
 	}
 	peers, raftAdv := id.Peers, id.Advertise
+	join := splitList(o.join)
+	if len(join) == 0 && o.replicas > 0 && o.peerDNS != "" {
+		// The bootstrap set's internal APIs: their Raft host, the API port.
+		bootstrapSet := peers
+		if joining {
+			bootstrapSet = peers[:o.replicas]
+		}
+		for _, p := range bootstrapSet {
+			if p.ID != o.nodeID {
+				join = append(join, withHost(o.apiAddr, hostOf(p.RaftAddr)))
+			}
+		}
+	}
+	if joining {
+		peers = nil
+	}
 	if o.peerDNS != "" && o.raftAdvAddr == "" {
 		if err := identity.WaitForDNS(context.Background(), raftAdv, o.peerDNSTimeout); err != nil {
 			return fmt.Errorf("--peer-dns: %w", err)
@@ -131,7 +162,8 @@ func run(o options, log *slog.Logger) error {
 		MaxArtifactSize: o.maxArtifactSize, SnapshotBytes: o.snapshotBytes,
 		Retention:  storage.GCPolicy{TTL: o.retentionTTL, Records: o.retentionRecords},
 		GCInterval: o.gcInterval,
-		Logger:     log,
+		Join:       join, ServerStabilizationTime: o.stabilizationTime, DeadServerTimeout: o.deadServerTimeout,
+		Logger: log,
 	}
 	if o.tlsCert != "" || o.tlsKey != "" || o.tlsCA != "" {
 		cfg.TLS = &raftstore.TLSFiles{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, ServerName: o.tlsServerName}
@@ -198,6 +230,16 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention
 		},
 		Logger: log,
 	})
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 // peerList renders peers like --peers: id=host:port,...

@@ -55,6 +55,7 @@ type Replica struct {
 // Cluster is a set of replicas sharing a CA and an API token.
 type Cluster struct {
 	opts     Options
+	ca       *pki.CA
 	Token    string
 	Replicas []*Replica
 	client   *http.Client
@@ -74,35 +75,93 @@ func New(opts Options) (*Cluster, error) {
 	if err := os.WriteFile(filepath.Join(opts.Dir, "token"), []byte(c.Token), 0o600); err != nil {
 		return nil, fmt.Errorf("write token: %w", err)
 	}
+	c.ca = ca
 	for i := 0; i < opts.Replicas; i++ {
-		r := &Replica{ID: fmt.Sprintf("replica-%d", i), Dir: filepath.Join(opts.Dir, fmt.Sprintf("replica-%d", i))}
-		if err := os.MkdirAll(filepath.Join(r.Dir, "data"), 0o750); err != nil {
+		if _, err := c.newReplica(); err != nil {
 			return nil, err
 		}
-		ports, err := freePorts(5)
-		if err != nil {
-			return nil, err
-		}
-		r.RaftAddr, r.APIAddr, r.StorageAddr, r.HealthAddr, r.MetricsAddr = ports[0], ports[1], ports[2], ports[3], ports[4]
-		pair, err := ca.IssueLoopback(r.ID)
-		if err != nil {
-			return nil, err
-		}
-		if _, _, _, err := ca.WriteFiles(r.Dir, "raft", pair); err != nil {
-			return nil, err
-		}
-		c.Replicas = append(c.Replicas, r)
 	}
 	return c, nil
 }
 
-// Peers is the --peers value naming every replica.
+func (c *Cluster) newReplica() (int, error) {
+	i := len(c.Replicas)
+	r := &Replica{ID: fmt.Sprintf("replica-%d", i), Dir: filepath.Join(c.opts.Dir, fmt.Sprintf("replica-%d", i))}
+	if err := os.MkdirAll(filepath.Join(r.Dir, "data"), 0o750); err != nil {
+		return 0, err
+	}
+	ports, err := freePorts(5)
+	if err != nil {
+		return 0, err
+	}
+	r.RaftAddr, r.APIAddr, r.StorageAddr, r.HealthAddr, r.MetricsAddr = ports[0], ports[1], ports[2], ports[3], ports[4]
+	pair, err := c.ca.IssueLoopback(r.ID)
+	if err != nil {
+		return 0, err
+	}
+	if _, _, _, err := c.ca.WriteFiles(r.Dir, "raft", pair); err != nil {
+		return 0, err
+	}
+	c.Replicas = append(c.Replicas, r)
+	return i, nil
+}
+
+// AddReplica prepares one more replica, outside the bootstrap set: it
+// starts without --peers and joins the running cluster through --join.
+// Start it with StartReplica. Not safe to call while other goroutines
+// read Replicas.
+func (c *Cluster) AddReplica() (int, error) { return c.newReplica() }
+
+// Peers is the --peers value naming the bootstrap set: the replicas the
+// cluster was created with.
 func (c *Cluster) Peers() string {
 	var parts []string
-	for _, r := range c.Replicas {
+	for _, r := range c.Replicas[:c.opts.Replicas] {
 		parts = append(parts, r.ID+"="+r.RaftAddr)
 	}
 	return strings.Join(parts, ",")
+}
+
+// join is the --join value: the bootstrap set's internal API addresses.
+func (c *Cluster) join() string {
+	var parts []string
+	for _, r := range c.Replicas[:c.opts.Replicas] {
+		parts = append(parts, r.APIAddr)
+	}
+	return strings.Join(parts, ",")
+}
+
+// WipeData deletes replica i's data directory (it must be stopped), like
+// a pod coming back with an empty volume.
+func (c *Cluster) WipeData(i int) error {
+	if c.Running(i) {
+		return fmt.Errorf("%s is running", c.Replicas[i].ID)
+	}
+	dir := filepath.Join(c.Replicas[i].Dir, "data")
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	return os.MkdirAll(dir, 0o750)
+}
+
+// RemoveNode asks replica via's internal API to take replica i out of the
+// cluster (DELETE /v1/nodes/<id>, forwarded to the leader).
+func (c *Cluster) RemoveNode(ctx context.Context, via, i int) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, "http://"+c.Replicas[via].APIAddr+"/v1/nodes/"+c.Replicas[i].ID, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return &HTTPError{Code: resp.StatusCode, Body: strings.TrimSpace(string(msg))}
+	}
+	return nil
 }
 
 func (c *Cluster) argv(r *Replica) []string {
@@ -110,7 +169,7 @@ func (c *Cluster) argv(r *Replica) []string {
 		"--node-id=" + r.ID,
 		"--raft-addr=" + r.RaftAddr,
 		"--raft-advertise-addr=" + r.RaftAddr,
-		"--peers=" + c.Peers(),
+		"--join=" + c.join(),
 		"--storage-path=" + filepath.Join(r.Dir, "data"),
 		"--storage-addr=" + r.StorageAddr,
 		"--storage-adv-addr=" + r.StorageAddr,
@@ -122,11 +181,23 @@ func (c *Cluster) argv(r *Replica) []string {
 		"--raft-tls-key=" + filepath.Join(r.Dir, "raft.key"),
 		"--raft-tls-ca=" + filepath.Join(r.Dir, "ca.crt"),
 	}
+	if c.isBootstrap(r) {
+		argv = append(argv, "--peers="+c.Peers())
+	}
 	argv = append(argv, c.opts.Args...)
 	if c.opts.Wrap != nil {
 		argv = c.opts.Wrap(r, argv)
 	}
 	return argv
+}
+
+func (c *Cluster) isBootstrap(r *Replica) bool {
+	for _, b := range c.Replicas[:c.opts.Replicas] {
+		if b == r {
+			return true
+		}
+	}
+	return false
 }
 
 // Start runs every replica that is not running.
