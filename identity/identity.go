@@ -8,7 +8,8 @@
 //
 // Every replica computes the same voter set from the same flags, which is
 // what hashicorp/raft's BootstrapCluster needs; a replica that already has
-// Raft state ignores it. Membership changes (scaling) are not derived here.
+// Raft state ignores it. A pod beyond that set (the StatefulSet was scaled
+// up) does not bootstrap: it joins through the bootstrap set's internal APIs.
 package identity
 
 import (
@@ -46,6 +47,12 @@ type Flags struct {
 	RaftAddr string
 	// Advertise is --raft-advertise-addr; when set it wins over PeerDNS.
 	Advertise string
+	// APIAddr is --api-addr, the internal API listen address (":9091"):
+	// its port is every pod's.
+	APIAddr string
+	// Join is --join ("host:port,..."); when empty and the peer set is
+	// derived, the bootstrap set's internal APIs.
+	Join string
 }
 
 // Identity is what raftstore.Config needs to know about this replica.
@@ -56,6 +63,9 @@ type Identity struct {
 	Peers []raftstore.Peer
 	// Advertise is the Raft address peers dial for this node.
 	Advertise string
+	// Join lists the internal API addresses a node without Raft state asks
+	// to be added to a running cluster.
+	Join []string
 }
 
 // Derive resolves the identity flags. Precedence: --peers over
@@ -83,8 +93,29 @@ func Derive(f Flags) (Identity, error) {
 			return id, fmt.Errorf("--peers: %w", err)
 		}
 	case f.Replicas > 0:
-		if id.Peers, err = StatefulSetPeers(f.NodeID, f.Replicas, f.PeerDNS); err != nil {
+		set, ord, err := ParsePodName(f.NodeID)
+		if err != nil {
 			return id, err
+		}
+		bootstrap, err := setPeers(set, f.Replicas, f.PeerDNS)
+		if err != nil {
+			return id, err
+		}
+		// Beyond the bootstrap set this pod joins and bootstraps nothing.
+		if ord < f.Replicas {
+			id.Peers = bootstrap
+		}
+		if f.Join == "" && f.APIAddr != "" {
+			for _, p := range bootstrap {
+				if p.ID != f.NodeID {
+					id.Join = append(id.Join, withPort(hostOf(p.RaftAddr), f.APIAddr))
+				}
+			}
+		}
+	}
+	for _, a := range strings.Split(f.Join, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			id.Join = append(id.Join, a)
 		}
 	}
 
@@ -117,11 +148,15 @@ func StatefulSetPeers(self string, replicas int, pattern string) ([]raftstore.Pe
 	if err != nil {
 		return nil, err
 	}
+	if ord >= replicas {
+		return nil, fmt.Errorf("pod %s has ordinal %d, outside --replicas=%d: it joins rather than bootstraps", self, ord, replicas)
+	}
+	return setPeers(set, replicas, pattern)
+}
+
+func setPeers(set string, replicas int, pattern string) ([]raftstore.Peer, error) {
 	if replicas < 1 {
 		return nil, fmt.Errorf("--replicas=%d: need at least 1", replicas)
-	}
-	if ord >= replicas {
-		return nil, fmt.Errorf("pod %s has ordinal %d, outside --replicas=%d: scaling beyond the bootstrap set needs a Raft membership change, which is not derived from the StatefulSet", self, ord, replicas)
 	}
 	if !strings.Contains(pattern, IDPlaceholder) && !strings.Contains(pattern, OrdinalPlaceholder) {
 		return nil, fmt.Errorf("--peer-dns %q: contains neither %s nor %s, every peer would get the same address", pattern, IDPlaceholder, OrdinalPlaceholder)
@@ -136,6 +171,24 @@ func StatefulSetPeers(self string, replicas int, pattern string) ([]raftstore.Pe
 		peers = append(peers, raftstore.Peer{ID: id, RaftAddr: addr, Suffrage: "Voter"})
 	}
 	return peers, nil
+}
+
+// hostOf is the host of a host:port address.
+func hostOf(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
+
+// withPort joins host with the port of a listen address such as ":9091".
+func withPort(host, listen string) string {
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return host
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // Address fills pattern for the pod id with the given ordinal and checks

@@ -76,9 +76,24 @@ func TestDerive(t *testing.T) {
 		flags: Flags{NodeID: "n", RaftAddr: ":7000"},
 		want:  Identity{NodeID: "n", Advertise: "n:7000"},
 	}, {
-		name:    "ordinal beyond replicas (scale-up)",
-		flags:   Flags{NodeID: "source-controller-3", Replicas: 3, PeerDNS: pattern},
-		wantErr: "outside --replicas=3",
+		name:  "ordinal beyond replicas joins the bootstrap set (scale-up)",
+		flags: Flags{NodeID: "source-controller-3", Replicas: 3, PeerDNS: pattern, APIAddr: ":9091"},
+		want: Identity{NodeID: "source-controller-3",
+			Advertise: "source-controller-3.source-controller-peers.flux-system.svc.cluster.local.:7000",
+			Join: []string{
+				"source-controller-0.source-controller-peers.flux-system.svc.cluster.local.:9091",
+				"source-controller-1.source-controller-peers.flux-system.svc.cluster.local.:9091",
+				"source-controller-2.source-controller-peers.flux-system.svc.cluster.local.:9091",
+			}},
+	}, {
+		name:  "bootstrap member joins through the others; --join wins",
+		flags: Flags{NodeID: "source-controller-1", Replicas: 2, PeerDNS: "{id}.p:7000", APIAddr: ":9091", Join: "a:1, b:2"},
+		want: Identity{NodeID: "source-controller-1", Advertise: "source-controller-1.p:7000",
+			Peers: []raftstore.Peer{
+				{ID: "source-controller-0", RaftAddr: "source-controller-0.p:7000", Suffrage: "Voter"},
+				{ID: "source-controller-1", RaftAddr: "source-controller-1.p:7000", Suffrage: "Voter"},
+			},
+			Join: []string{"a:1", "b:2"}},
 	}, {
 		name:    "not a pod name",
 		flags:   Flags{NodeID: "laptop", Replicas: 3, PeerDNS: pattern},

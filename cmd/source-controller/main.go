@@ -114,37 +114,14 @@ func main() {
 }
 
 func run(o options, log *slog.Logger) error {
-	// A pod beyond the bootstrap set (the StatefulSet was scaled up) joins
-	// the running cluster instead of bootstrapping: derive its address as
-	// if the set were just large enough, then drop the voter set.
-	replicas, joining := o.replicas, false
-	if _, ord, err := identity.ParsePodName(o.nodeID); err == nil && o.peers == "" && replicas > 0 && ord >= replicas {
-		replicas, joining = ord+1, true
-	}
 	id, err := identity.Derive(identity.Flags{
-		NodeID: o.nodeID, Peers: o.peers, Replicas: replicas, PeerDNS: o.peerDNS,
-		RaftAddr: o.raftAddr, Advertise: o.raftAdvAddr,
+		NodeID: o.nodeID, Peers: o.peers, Replicas: o.replicas, PeerDNS: o.peerDNS,
+		RaftAddr: o.raftAddr, Advertise: o.raftAdvAddr, APIAddr: o.apiAddr, Join: o.join,
 	})
 	if err != nil {
 		return err
 	}
-	peers, raftAdv := id.Peers, id.Advertise
-	join := splitList(o.join)
-	if len(join) == 0 && o.replicas > 0 && o.peerDNS != "" {
-		// The bootstrap set's internal APIs: their Raft host, the API port.
-		bootstrapSet := peers
-		if joining {
-			bootstrapSet = peers[:o.replicas]
-		}
-		for _, p := range bootstrapSet {
-			if p.ID != o.nodeID {
-				join = append(join, withHost(o.apiAddr, hostOf(p.RaftAddr)))
-			}
-		}
-	}
-	if joining {
-		peers = nil
-	}
+	peers, raftAdv, join := id.Peers, id.Advertise, id.Join
 	if o.peerDNS != "" && o.raftAdvAddr == "" {
 		if err := identity.WaitForDNS(context.Background(), raftAdv, o.peerDNSTimeout); err != nil {
 			return fmt.Errorf("--peer-dns: %w", err)
@@ -230,16 +207,6 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention
 		},
 		Logger: log,
 	})
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
-		}
-	}
-	return out
 }
 
 // peerList renders peers like --peers: id=host:port,...
