@@ -262,15 +262,7 @@ func (c *Cluster) signalNoWait(i int, sig syscall.Signal) bool {
 	r := c.Replicas[i]
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.cmd == nil {
-		return false
-	}
-	select {
-	case <-r.exit:
-		return false
-	default:
-	}
-	return syscall.Kill(-r.cmd.Process.Pid, sig) == nil
+	return r.alive() && syscall.Kill(-r.cmd.Process.Pid, sig) == nil
 }
 
 // Ready fetches GET /readyz from replica i and returns nil on 200.
@@ -296,6 +288,12 @@ func (c *Cluster) Running(i int) bool {
 	r := c.Replicas[i]
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.alive()
+}
+
+// alive reports whether the replica's process is started and not exited;
+// the caller holds r.mu.
+func (r *Replica) alive() bool {
 	if r.cmd == nil {
 		return false
 	}
