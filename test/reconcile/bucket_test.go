@@ -13,9 +13,7 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
-	"github.com/fluxcd/pkg/http/fetch"
 	"github.com/fluxcd/pkg/runtime/conditions"
-	"github.com/fluxcd/pkg/tar"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/minio/minio-go/v7"
 	corev1 "k8s.io/api/core/v1"
@@ -116,11 +114,7 @@ func bucketCheckArtifact(t *testing.T, o *sourcev1.Bucket) map[string]string {
 	if !conditions.IsTrue(o, sourcev1.ArtifactInStorageCondition) {
 		t.Errorf("ArtifactInStorage is not True: %v", o.Status.Conditions)
 	}
-	dir := t.TempDir()
-	fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(10<<20), fetch.WithUntar(tar.WithMaxUntarSize(10<<20)))
-	if err := fetcher.Fetch(a.URL, a.Digest, dir); err != nil {
-		t.Fatalf("ArchiveFetcher.Fetch(%s, %s): %v", a.URL, a.Digest, err)
-	}
+	dir := fetchFromEveryReplica(t, a)
 	files := map[string]string{}
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/http/fetch"
 	"github.com/fluxcd/pkg/tar"
 )
@@ -22,13 +23,7 @@ func TestConsumerFetchesArtifact(t *testing.T) {
 	newGitRepository(t, ns, "consumed", repo.URL, nil)
 	o := readyAt(t, ns, "consumed", "master@sha1:"+sha)
 
-	dir := t.TempDir()
-	// fetch.New is what NewArchiveFetcher (deprecated in this release)
-	// builds: the same ArchiveFetcher with the same checks.
-	fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(10<<20), fetch.WithUntar(tar.WithMaxUntarSize(10<<20)))
-	if err := fetcher.Fetch(o.Status.Artifact.URL, o.Status.Artifact.Digest, dir); err != nil {
-		t.Fatalf("ArchiveFetcher.Fetch(%s, %s): %v", o.Status.Artifact.URL, o.Status.Artifact.Digest, err)
-	}
+	dir := fetchFromEveryReplica(t, o.Status.Artifact)
 	got, err := os.ReadFile(filepath.Join(dir, "clusters/prod/app.yaml"))
 	if err != nil || string(got) != "kind: ConfigMap\n" {
 		t.Fatalf("extracted app.yaml: %q, %v", got, err)
@@ -36,7 +31,32 @@ func TestConsumerFetchesArtifact(t *testing.T) {
 
 	// A wrong digest is refused: the fetcher really verifies.
 	wrong := "sha256:" + "0000000000000000000000000000000000000000000000000000000000000000"
-	if err := fetcher.Fetch(o.Status.Artifact.URL, wrong, t.TempDir()); err == nil {
+	if err := newFetcher().Fetch(o.Status.Artifact.URL, wrong, t.TempDir()); err == nil {
 		t.Fatal("ArchiveFetcher accepted an artifact under a wrong digest")
 	}
+}
+
+// newFetcher is the ArchiveFetcher kustomize-controller and helm-controller
+// use; fetch.New builds what the deprecated NewArchiveFetcher did.
+func newFetcher() *fetch.ArchiveFetcher {
+	return fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(10<<20), fetch.WithUntar(tar.WithMaxUntarSize(10<<20)))
+}
+
+// fetchFromEveryReplica downloads, digest-verifies and extracts the
+// artifact from every replica's artifact server, as a consumer behind the
+// Service may reach any of them, and returns the leader's extraction.
+func fetchFromEveryReplica(t *testing.T, a *meta.Artifact) string {
+	t.Helper()
+	var first string
+	for i, addr := range replicaAddrs {
+		dir := t.TempDir()
+		u := "http://" + addr + "/" + a.Path
+		if err := newFetcher().Fetch(u, a.Digest, dir); err != nil {
+			t.Fatalf("replica %d: ArchiveFetcher.Fetch(%s, %s): %v", i, u, a.Digest, err)
+		}
+		if i == 0 {
+			first = dir
+		}
+	}
+	return first
 }

@@ -10,9 +10,7 @@ import (
 	"testing"
 
 	"github.com/fluxcd/pkg/apis/meta"
-	"github.com/fluxcd/pkg/http/fetch"
 	"github.com/fluxcd/pkg/runtime/conditions"
-	"github.com/fluxcd/pkg/tar"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
@@ -83,11 +81,7 @@ func TestHelmChartFromHelmRepository(t *testing.T) {
 	}
 
 	// A consumer fetches it the way helm-controller does.
-	dir := t.TempDir()
-	fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(10<<20), fetch.WithUntar(tar.WithMaxUntarSize(10<<20)))
-	if err := fetcher.Fetch(o.Status.Artifact.URL, o.Status.Artifact.Digest, dir); err != nil {
-		t.Fatalf("ArchiveFetcher.Fetch: %v", err)
-	}
+	dir := fetchFromEveryReplica(t, o.Status.Artifact)
 	if _, err := loader.LoadDir(filepath.Join(dir, "app")); err != nil {
 		t.Fatalf("fetched chart does not load: %v", err)
 	}

@@ -49,12 +49,14 @@ const (
 )
 
 var (
-	env       *testenv.Env
-	node      *raftstore.Node
-	runner    *reconcilers.LeaderRunner
-	gitSrv    *gitServer
-	advAddr   string // host:port of the artifact server
-	eventSink *eventReceiver
+	env     *testenv.Env
+	node    *raftstore.Node
+	runner  *reconcilers.LeaderRunner
+	gitSrv  *gitServer
+	advAddr string // host:port of the leader's artifact server
+	// replicaAddrs are every replica's artifact servers, the leader's first.
+	replicaAddrs []string
+	eventSink    *eventReceiver
 )
 
 func TestMain(m *testing.M) {
@@ -147,7 +149,61 @@ func run(m *testing.M) (int, error) {
 	if _, err := node.WaitForLeader(30 * time.Second); err != nil {
 		return 0, err
 	}
+	replicaAddrs = []string{advAddr}
+	// Two more replicas replicate the store as non-voters, so n0 stays the
+	// leader that reconciles, and consumers fetch from every replica.
+	for _, id := range []string{"n1", "n2"} {
+		addr, stop, err := startFollower(ctx, id, log)
+		if err != nil {
+			return 0, err
+		}
+		defer stop()
+		replicaAddrs = append(replicaAddrs, addr)
+	}
 	return m.Run(), nil
+}
+
+// startFollower runs a replica with its own store and artifact server and
+// has the leader n0 add it to the Raft configuration.
+func startFollower(ctx context.Context, id string, log *slog.Logger) (string, func(), error) {
+	dir, err := os.MkdirTemp("", "reconcile-"+id+"-")
+	if err != nil {
+		return "", nil, err
+	}
+	raftAddr, err := freeAddr()
+	if err != nil {
+		return "", nil, err
+	}
+	f := raftstore.New(raftstore.Config{
+		NodeID: id, Dir: dir, RaftBind: raftAddr, Insecure: true, NoSync: true,
+		HeartbeatTimeout: 300 * time.Millisecond, ElectionTimeout: 300 * time.Millisecond,
+		Logger: log,
+	})
+	srv := httpapi.NewServer(httpapi.Listener{Name: "artifacts", Addr: "127.0.0.1:0",
+		Handler: httpapi.NewArtifactServer(httpapi.Config{Backend: f, Logger: log})})
+	srv.Logger = log
+	if err := srv.Listen(); err != nil {
+		return "", nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Run(sctx) }()
+	stop := func() {
+		cancel()
+		<-served
+		f.Close()
+		os.RemoveAll(dir)
+	}
+	if err := f.Open(); err != nil {
+		stop()
+		return "", nil, err
+	}
+	peer := raftstore.Peer{ID: id, RaftAddr: raftAddr, StorageAddr: srv.Addr("artifacts")}
+	if err := node.RegisterPeer(ctx, peer); err != nil {
+		stop()
+		return "", nil, fmt.Errorf("add %s: %w", id, err)
+	}
+	return srv.Addr("artifacts"), stop, nil
 }
 
 func freeAddr() (string, error) {

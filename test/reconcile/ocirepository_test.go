@@ -15,9 +15,7 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
-	"github.com/fluxcd/pkg/http/fetch"
 	"github.com/fluxcd/pkg/runtime/conditions"
-	"github.com/fluxcd/pkg/tar"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -88,15 +86,11 @@ func TestOCIRepositoryRefs(t *testing.T) {
 
 	t.Run("consumer fetches with digest verification", func(t *testing.T) {
 		o := ociGet(t, ns, "semver-highest")
-		dir := t.TempDir()
-		fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(10<<20), fetch.WithUntar(tar.WithMaxUntarSize(10<<20)))
-		if err := fetcher.Fetch(o.Status.Artifact.URL, o.Status.Artifact.Digest, dir); err != nil {
-			t.Fatalf("ArchiveFetcher.Fetch(%s, %s): %v", o.Status.Artifact.URL, o.Status.Artifact.Digest, err)
-		}
+		dir := fetchFromEveryReplica(t, o.Status.Artifact)
 		if got, err := os.ReadFile(filepath.Join(dir, "app.yaml")); err != nil || string(got) != "v: 1.1.0" {
 			t.Fatalf("extracted app.yaml: %q, %v", got, err)
 		}
-		if err := fetcher.Fetch(o.Status.Artifact.URL, "sha256:"+strings.Repeat("0", 64), t.TempDir()); err == nil {
+		if err := newFetcher().Fetch(o.Status.Artifact.URL, "sha256:"+strings.Repeat("0", 64), t.TempDir()); err == nil {
 			t.Fatal("ArchiveFetcher accepted the artifact under a wrong digest")
 		}
 	})
