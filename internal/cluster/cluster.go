@@ -59,6 +59,9 @@ type Cluster struct {
 	Token    string
 	Replicas []*Replica
 	client   *http.Client
+	// ports handed out so far: the kernel may offer a port again once its
+	// probe listener is closed, and two replicas must never share one.
+	ports map[string]bool
 }
 
 // New prepares directories, ports and certificates; Start runs the processes.
@@ -90,7 +93,7 @@ func (c *Cluster) newReplica() (int, error) {
 	if err := os.MkdirAll(filepath.Join(r.Dir, "data"), 0o750); err != nil {
 		return 0, err
 	}
-	ports, err := freePorts(5)
+	ports, err := c.freePorts(5)
 	if err != nil {
 		return 0, err
 	}
@@ -472,7 +475,12 @@ type HTTPError struct {
 
 func (e *HTTPError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Code, e.Body) }
 
-func freePorts(n int) ([]string, error) {
+// freePorts returns n loopback addresses that are free now and were never
+// handed out by this cluster before.
+func (c *Cluster) freePorts(n int) ([]string, error) {
+	if c.ports == nil {
+		c.ports = map[string]bool{}
+	}
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
@@ -480,13 +488,19 @@ func freePorts(n int) ([]string, error) {
 		}
 	}()
 	var addrs []string
-	for i := 0; i < n; i++ {
+	for tries := 0; len(addrs) < n; tries++ {
+		if tries > 100*n {
+			return nil, errors.New("find a free port: every offered port was taken before")
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("find a free port: %w", err)
 		}
 		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
+		if addr := l.Addr().String(); !c.ports[addr] {
+			c.ports[addr] = true
+			addrs = append(addrs, addr)
+		}
 	}
 	return addrs, nil
 }
