@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -138,4 +140,28 @@ func (s *artifactStore) deleteAll(ctx context.Context, kind string, obj client.O
 		deleted++
 	}
 	return deleted, nil
+}
+
+// storeFailed marks the condition a failed store of an archived source
+// calls for and returns its typed error. A limit or archiving failure is
+// the content's fault and marks failCond (BuildFailed, or
+// StorageOperationFailed for a kind that builds nothing); anything else is
+// the store's. what names the content in the limit message.
+func storeFailed(obj conditions.Setter, err error, revision, what, failCond string) error {
+	var (
+		limit *archive.LimitError
+		e     *Error
+	)
+	cond := failCond
+	switch {
+	case errors.As(err, &limit):
+		e = NewGeneric(fmt.Errorf("%s of revision '%s' is too large to archive: %w", what, revision, limit), ArchiveLimitReason)
+	case errors.Is(err, errArchive):
+		e = NewGeneric(fmt.Errorf("failed to archive revision '%s': %w", revision, err), sourcev1.ArchiveOperationFailedReason)
+	default:
+		e = NewGeneric(fmt.Errorf("failed to store artifact of revision '%s': %w", revision, err), StoreFailedReason)
+		cond = sourcev1.StorageOperationFailedCondition
+	}
+	conditions.MarkTrue(obj, cond, e.Reason, "%s", e)
+	return e
 }

@@ -199,20 +199,8 @@ func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.Seria
 
 	art := newArtifactFor(sourcev1.BucketKind, obj, revision, strings.TrimPrefix(revision, "sha256:")+".tar.gz")
 	err := r.store.storeDir(ctx, &art, st.dir, archive.Options{MaxSize: r.ArchiveMaxSize, MaxEntries: r.ArchiveMaxEntries})
-	var limit *archive.LimitError
-	switch {
-	case errors.As(err, &limit):
-		e := NewGeneric(fmt.Errorf("objects of revision '%s' are too large to archive: %w", revision, limit), ArchiveLimitReason)
-		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	case errors.Is(err, errArchive):
-		e := NewGeneric(fmt.Errorf("unable to archive artifact of revision '%s': %w", revision, err), sourcev1.ArchiveOperationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	case err != nil:
-		e := NewGeneric(fmt.Errorf("failed to store artifact of revision '%s': %w", revision, err), StoreFailedReason)
-		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+	if err != nil {
+		return ResultEmpty, storeFailed(obj, err, revision, "bucket content", sourcev1.StorageOperationFailedCondition)
 	}
 	conditions.Delete(obj, sourcev1.StorageOperationFailedCondition)
 

@@ -250,20 +250,8 @@ func (r *GitRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 
 	art := newArtifactFor(sourcev1.GitRepositoryKind, obj, revision, st.commit.Hash+".tar.gz")
 	err = r.store.storeDir(ctx, &art, st.dir, archive.Options{Filter: filter, MaxSize: r.ArchiveMaxSize, MaxEntries: r.ArchiveMaxEntries})
-	var limit *archive.LimitError
-	switch {
-	case errors.As(err, &limit):
-		e := NewGeneric(fmt.Errorf("source of revision '%s' is too large to archive: %w", revision, limit), ArchiveLimitReason)
-		conditions.MarkTrue(obj, sourcev1.BuildFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	case errors.Is(err, errArchive):
-		e := NewGeneric(fmt.Errorf("failed to archive revision '%s': %w", revision, err), sourcev1.ArchiveOperationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.BuildFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	case err != nil:
-		e := NewGeneric(fmt.Errorf("failed to store artifact of revision '%s': %w", revision, err), StoreFailedReason)
-		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+	if err != nil {
+		return ResultEmpty, storeFailed(obj, err, revision, "source", sourcev1.BuildFailedCondition)
 	}
 	conditions.Delete(obj, sourcev1.BuildFailedCondition)
 	conditions.Delete(obj, sourcev1.StorageOperationFailedCondition)
