@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"sort"
 	"sync"
 
@@ -22,6 +21,13 @@ var chunkBuffers = sync.Pool{New: func() any {
 // Blob reads one blob's content. Each chunk is copied out of bbolt in its
 // own short read transaction and its checksum verified before any of its
 // bytes are returned. A Blob is for one goroutine at a time.
+//
+// The copy is what makes a download safe: once its transaction ends,
+// bbolt may hand a chunk's pages to the next write (the artifact deleted,
+// another stored), so nothing may refer to them after that. sendfile from
+// the database file did: the kernel queues file pages in socket buffers by
+// reference, and a consumer reading later received whatever the pages
+// held by then (TestWriteToTCPSurvivesPageReuse).
 type Blob struct {
 	f      *FSM
 	digest string
@@ -37,9 +43,6 @@ type Blob struct {
 	start  int64
 	starts []int64 // chunk offsets, built on the first non-sequential read
 	closed bool
-
-	file    *os.File // the database file, for sending chunks with sendfile
-	fileGen uint64   // the FSM generation file was opened in
 }
 
 // OpenBlob returns a reader over the blob with digest, or storage.ErrNotFound.
@@ -105,15 +108,10 @@ func (b *Blob) Seek(off int64, whence int) (int64, error) {
 	return off, nil
 }
 
-// WriteTo writes the rest of the blob with one Write per verified chunk,
-// or, to a writer that can read from a file (an HTTP response over TCP),
-// straight from the database file.
+// WriteTo writes the rest of the blob with one Write per verified chunk.
 func (b *Blob) WriteTo(w io.Writer) (int64, error) {
 	if b.closed {
 		return 0, b.errClosed()
-	}
-	if rf, ok := w.(io.ReaderFrom); ok {
-		return b.sendTo(rf)
 	}
 	var total int64
 	for b.off < b.size {
@@ -141,10 +139,6 @@ func (b *Blob) Close() error {
 	}
 	b.closed = true
 	b.cur, b.loaded = nil, false
-	if b.file != nil {
-		b.file.Close()
-		b.file = nil
-	}
 	if b.buf != nil {
 		chunkBuffers.Put(b.buf)
 		b.buf = nil

@@ -42,10 +42,7 @@ type FSM struct {
 	closed  bool
 	closing chan struct{}
 
-	applied  atomic.Uint64
-	verified verifiedChunks
-	// generation counts database file replacements (restores).
-	generation atomic.Uint64
+	applied atomic.Uint64
 
 	changedMu sync.Mutex
 	changed   chan struct{}

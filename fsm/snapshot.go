@@ -135,8 +135,6 @@ func (f *FSM) swap(tmp string) error {
 			slog.Warn("fsm: restore: sync directory", "err", err)
 		}
 	}
-	f.verified.reset()
-	f.generation.Add(1)
 	db, applied, err := openDB(f.path, f.opts)
 	if err != nil {
 		return errors.Join(renameErr, err)

@@ -144,7 +144,7 @@ func (s *artifactServer) serveLocal(c echo.Context, p string, a storage.Artifact
 	}
 	// No explicit WriteHeader: the status goes out with the first chunk,
 	// so corruption found in chunk 0 can still be served from a peer.
-	n, err := blob.WriteTo(fileResponse{w})
+	n, err := blob.WriteTo(w)
 	if err == nil && n != size {
 		err = fmt.Errorf("%w: wrote %d of %d bytes", storage.ErrCorrupt, n, size)
 	}
@@ -247,24 +247,4 @@ func (r *checkedReader) close() {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
-}
-
-// fileResponse hands the blob's file-backed chunks to net/http's
-// ReadFrom, which sends them with sendfile, while echo's Response still
-// records the status, commit and size the handler and metrics rely on.
-type fileResponse struct{ r *echo.Response }
-
-func (w fileResponse) Write(p []byte) (int, error) { return w.r.Write(p) }
-
-func (w fileResponse) ReadFrom(src io.Reader) (int64, error) {
-	if !w.r.Committed {
-		w.r.WriteHeader(http.StatusOK)
-	}
-	rf, ok := w.r.Writer.(io.ReaderFrom)
-	if !ok {
-		return io.Copy(struct{ io.Writer }{w.r}, src)
-	}
-	n, err := rf.ReadFrom(src)
-	w.r.Size += n
-	return n, err
 }
