@@ -93,7 +93,7 @@ func storeCmds(t testing.TB, id, path string, content []byte, sizes ...int) [][]
 
 func contentHash(t testing.TB, f *FSM) string {
 	t.Helper()
-	h, err := f.ContentHash()
+	h, _, err := f.ContentHash()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -181,19 +181,25 @@ func (f *FSM) Stats() (Stats, error) {
 // ContentHash is the sha256 of every bucket's keys and values except the
 // applied index, in key order: replicas that applied the same commands have
 // the same hash, whatever their batching or restarts. It reads the whole
-// database, chunks included, in one read transaction.
-func (f *FSM) ContentHash() (string, error) {
+// database, chunks included, in one read transaction, and returns the
+// applied index that state is at.
+func (f *FSM) ContentHash() (string, uint64, error) {
 	h := sha256.New()
+	var applied uint64
 	err := f.view(func(tx *bolt.Tx) error {
+		var err error
+		if applied, err = readApplied(tx); err != nil {
+			return err
+		}
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			hashBucket(h, name, b, bytes.Equal(name, bucketMeta))
 			return nil
 		})
 	})
 	if err != nil {
-		return "", fmt.Errorf("content hash: %w", err)
+		return "", 0, fmt.Errorf("content hash: %w", err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil)), applied, nil
 }
 
 // hashBucket writes each bucket and entry with its kind and lengths so no

@@ -27,6 +27,7 @@ type apiServer struct {
 }
 
 // NewAPIServer serves the bearer-token internal API: GET /v1/cluster,
+// GET /v1/content-hash,
 // PUT/DELETE /v1/artifacts/<kind>/<namespace>/<name>/<file> and
 // PUT and DELETE /v1/nodes/<id>. Writes that reach a follower are forwarded to the leader.
 func NewAPIServer(cfg Config) *echo.Echo {
@@ -35,6 +36,7 @@ func NewAPIServer(cfg Config) *echo.Echo {
 	e := newEcho(jsonErrorHandler)
 	e.Use(countRequests("api"), s.authenticate)
 	e.GET("/v1/cluster", s.cluster)
+	e.GET("/v1/content-hash", s.contentHash)
 	e.PUT("/v1/artifacts/*", s.put)
 	e.DELETE("/v1/artifacts/*", s.delete)
 	e.PUT("/v1/nodes/:id", s.registerPeer)
@@ -55,6 +57,14 @@ func (s *apiServer) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 
 func (s *apiServer) cluster(c echo.Context) error {
 	return c.JSON(http.StatusOK, s.cfg.Backend.Status())
+}
+
+func (s *apiServer) contentHash(c echo.Context) error {
+	h, err := s.cfg.Backend.ContentHash()
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, h)
 }
 
 type putResult struct {

@@ -51,7 +51,7 @@ func TestAPIAuth(t *testing.T) {
 		{open.api, map[string]string{"Authorization": "Bearer " + testToken}},
 	}
 	for i, c := range cases {
-		for _, m := range []string{http.MethodGet + " /v1/cluster", http.MethodPut + " /v1/artifacts/" + artPath, http.MethodDelete + " /v1/artifacts/" + artPath, http.MethodGet + " /nope"} {
+		for _, m := range []string{http.MethodGet + " /v1/cluster", http.MethodGet + " /v1/content-hash", http.MethodPut + " /v1/artifacts/" + artPath, http.MethodDelete + " /v1/artifacts/" + artPath, http.MethodGet + " /nope"} {
 			method, path, _ := strings.Cut(m, " ")
 			resp, body := do(t, method, "http://"+c.addr+path, strings.NewReader("data"), c.hdr)
 			if resp.StatusCode != http.StatusUnauthorized {
@@ -78,6 +78,32 @@ func TestAPICluster(t *testing.T) {
 	}
 	if leader, ok := st.Leader(); st.NodeID != "a" || !ok || leader.ID != l.id || len(st.Peers) != 2 {
 		t.Errorf("cluster status %+v", st)
+	}
+}
+
+func TestAPIContentHash(t *testing.T) {
+	a := startNode(t, "a", nil)
+	b := startNode(t, "b", nil)
+	hash := func(n *testNode) raftstore.ContentHash {
+		t.Helper()
+		resp, body := do(t, http.MethodGet, "http://"+n.api+"/v1/content-hash", nil, bearer)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("content hash: %d %s", resp.StatusCode, body)
+		}
+		var h raftstore.ContentHash
+		if err := json.Unmarshal(body, &h); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a.b.put(artPath, []byte("same"))
+	b.b.put(artPath, []byte("same"))
+	if ha, hb := hash(a), hash(b); ha.Hash == "" || ha.Hash != hb.Hash || ha.NodeID != "a" {
+		t.Errorf("same content: %+v and %+v", ha, hb)
+	}
+	b.b.put(artPath, []byte("other"))
+	if ha, hb := hash(a), hash(b); ha.Hash == hb.Hash {
+		t.Errorf("different content, same hash %s", ha.Hash)
 	}
 }
 

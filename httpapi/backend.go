@@ -28,6 +28,8 @@ type Backend interface {
 	// only; storage.ErrNotLeader elsewhere). PUT /v1/nodes/<id> calls it
 	// with the JSON body of a raftstore.Peer.
 	RegisterPeer(ctx context.Context, p raftstore.Peer) error
+	// ContentHash hashes the applied state; GET /v1/content-hash.
+	ContentHash() (raftstore.ContentHash, error)
 	// RemovePeer takes a replica out of the Raft configuration and the
 	// address records (leader only). DELETE /v1/nodes/<id> calls it.
 	RemovePeer(ctx context.Context, id string) error

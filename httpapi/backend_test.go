@@ -193,6 +193,21 @@ func (b *memBackend) Status() raftstore.Status {
 	return s
 }
 
+func (b *memBackend) ContentHash() (raftstore.ContentHash, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	paths := make([]string, 0, len(b.arts))
+	for p := range b.arts {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	h := sha256.New()
+	for _, p := range paths {
+		fmt.Fprintf(h, "%s %s\n", p, b.arts[p].a.Digest)
+	}
+	return raftstore.ContentHash{NodeID: b.id, Hash: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
 func (b *memBackend) Ready() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

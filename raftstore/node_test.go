@@ -115,7 +115,7 @@ func (tc *testCluster) converge() {
 		if err := nd.WaitForAppliedIndex(target, 15*time.Second); err != nil {
 			tc.t.Fatalf("%s: %v", nd.cfg.NodeID, err)
 		}
-		h, err := nd.fsm.ContentHash()
+		h, _, err := nd.fsm.ContentHash()
 		if err != nil {
 			tc.t.Fatal(err)
 		}
@@ -367,11 +367,11 @@ func TestRestartedFollowerCatchesUpFromSnapshot(t *testing.T) {
 		}
 	}
 	// A restart on its own data re-applies nothing: same index, same hash.
-	before, _ := tc.nodes[fi].fsm.ContentHash()
+	before, _, _ := tc.nodes[fi].fsm.ContentHash()
 	tc.stop(fi)
 	tc.start(fi)
 	tc.converge()
-	after, _ := tc.nodes[fi].fsm.ContentHash()
+	after, _, _ := tc.nodes[fi].fsm.ContentHash()
 	if before != after {
 		t.Fatalf("content hash changed across restart: %s -> %s", before, after)
 	}

@@ -30,6 +30,22 @@ type Status struct {
 	LogError string `json:"logError,omitempty"`
 }
 
+// ContentHash is a replica's applied state in one hash, as GET
+// /v1/content-hash reports it: replicas at the same applied index must
+// have the same hash.
+type ContentHash struct {
+	NodeID       string `json:"nodeID"`
+	AppliedIndex uint64 `json:"appliedIndex"`
+	Hash         string `json:"hash"`
+}
+
+// ContentHash hashes the whole local store (chunks included): it reads
+// every byte, so it is for verification, not for probes.
+func (n *Node) ContentHash() (ContentHash, error) {
+	h, applied, err := n.fsm.ContentHash()
+	return ContentHash{NodeID: n.cfg.NodeID, AppliedIndex: applied, Hash: h}, err
+}
+
 // Peer is one member of the Raft configuration with the addresses it
 // registered through the log.
 type Peer struct {
