@@ -10,6 +10,7 @@ RACE_PKGS := ./fsm/... ./raftstore/... ./httpapi/...
 
 include mk/envtest.mk
 include mk/minio.mk
+include mk/image.mk
 
 build:
 	$(GO) build -o $(BIN)/source-controller ./cmd/source-controller
@@ -18,7 +19,7 @@ build:
 run: build envtest-bins
 	$(BIN)/devcluster -binary $(BIN)/source-controller -dir .run -replicas 3
 
-test: build lint envtest-bins test-unit test-e2e chaos-short
+test: build lint envtest-bins test-unit image-test test-e2e chaos-short
 
 test-unit: $(MINIO_BIN)
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
