@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +41,10 @@ type Options struct {
 	// Stdout receives every replica's log lines prefixed with its id; nil
 	// writes them only to <dir>/<id>/log.
 	Stdout io.Writer
+	// Netns runs each replica in a network namespace of its own on a
+	// bridge, so Partition can cut it off its peers; replicas reach the
+	// caller's servers through Forward. Needs root and iproute2.
+	Netns bool
 }
 
 // Replica is one source-controller process.
@@ -46,6 +52,8 @@ type Replica struct {
 	ID                                                      string
 	Dir                                                     string
 	RaftAddr, APIAddr, StorageAddr, HealthAddr, MetricsAddr string
+	// Netns is the replica's network namespace under Options.Netns.
+	Netns string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -62,6 +70,7 @@ type Cluster struct {
 	// ports handed out so far: the kernel may offer a port again once its
 	// probe listener is closed, and two replicas must never share one.
 	ports map[string]bool
+	net   *network
 }
 
 // New prepares directories, ports and certificates; Start runs the processes.
@@ -79,8 +88,14 @@ func New(opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("write token: %w", err)
 	}
 	c.ca = ca
+	if opts.Netns {
+		if c.net, err = newNetwork(); err != nil {
+			return nil, err
+		}
+	}
 	for i := 0; i < opts.Replicas; i++ {
 		if _, err := c.newReplica(); err != nil {
+			c.Close()
 			return nil, err
 		}
 	}
@@ -93,12 +108,26 @@ func (c *Cluster) newReplica() (int, error) {
 	if err := os.MkdirAll(filepath.Join(r.Dir, "data"), 0o750); err != nil {
 		return 0, err
 	}
-	ports, err := c.freePorts(5)
-	if err != nil {
-		return 0, err
+	var ports []string
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	if c.net != nil {
+		ns, addr, err := c.net.addReplica(i)
+		if err != nil {
+			return 0, err
+		}
+		r.Netns, ips = ns, append(ips, addr)
+		// A namespace of its own: every port is free.
+		for p := 7000; p < 7005; p++ {
+			ports = append(ports, net.JoinHostPort(addr.String(), strconv.Itoa(p)))
+		}
+	} else {
+		var err error
+		if ports, err = c.freePorts(5); err != nil {
+			return 0, err
+		}
 	}
 	r.RaftAddr, r.APIAddr, r.StorageAddr, r.HealthAddr, r.MetricsAddr = ports[0], ports[1], ports[2], ports[3], ports[4]
-	pair, err := c.ca.IssueLoopback(r.ID)
+	pair, err := c.ca.Issue(r.ID, []string{"localhost"}, ips)
 	if err != nil {
 		return 0, err
 	}
@@ -190,6 +219,10 @@ func (c *Cluster) argv(r *Replica) []string {
 	argv = append(argv, c.opts.Args...)
 	if c.opts.Wrap != nil {
 		argv = c.opts.Wrap(r, argv)
+	}
+	if r.Netns != "" {
+		// ip execs the command in place: the pid stays the replica's.
+		argv = append([]string{"ip", "netns", "exec", r.Netns}, argv...)
 	}
 	return argv
 }
@@ -347,30 +380,77 @@ func (c *Cluster) signal(i int, sig syscall.Signal) {
 	r.cmd = nil
 }
 
-// Close stops every replica.
+// Close stops every replica and removes the network namespaces.
 func (c *Cluster) Close() {
 	for i := range c.Replicas {
 		c.Stop(i)
 	}
+	if c.net != nil {
+		c.net.close()
+	}
+}
+
+// errNoNetns is returned by the network faults of a cluster created
+// without Options.Netns.
+var errNoNetns = errors.New("cluster: network faults need Options.Netns")
+
+// Partition cuts replica i off from every other replica; the caller keeps
+// reaching it and it keeps reaching Forward's addresses.
+func (c *Cluster) Partition(i int) error {
+	if c.net == nil {
+		return errNoNetns
+	}
+	return c.net.partition(i)
+}
+
+// Reconnect ends Partition(i).
+func (c *Cluster) Reconnect(i int) error {
+	if c.net == nil {
+		return errNoNetns
+	}
+	return c.net.reconnect(i)
+}
+
+// Forward makes target, a server on the caller's loopback, reachable from
+// the replicas' namespaces and returns the address they dial. Without
+// Options.Netns the replicas share the caller's loopback: target itself.
+func (c *Cluster) Forward(target string) (string, error) {
+	if c.net == nil {
+		return target, nil
+	}
+	return c.net.forward(target)
 }
 
 // Status fetches GET /v1/cluster from replica i.
 func (c *Cluster) Status(ctx context.Context, i int) (raftstore.Status, error) {
 	var s raftstore.Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.Replicas[i].APIAddr+"/v1/cluster", nil)
+	return s, c.getJSON(ctx, i, "/v1/cluster", &s)
+}
+
+// ContentHash fetches GET /v1/content-hash from replica i: a hash of its
+// whole store, for checking that replicas converged.
+func (c *Cluster) ContentHash(ctx context.Context, i int) (raftstore.ContentHash, error) {
+	var h raftstore.ContentHash
+	return h, c.getJSON(ctx, i, "/v1/content-hash", &h)
+}
+
+// getJSON decodes the answer to GET path on replica i's internal API.
+func (c *Cluster) getJSON(ctx context.Context, i int, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.Replicas[i].APIAddr+path, nil)
 	if err != nil {
-		return s, err
+		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	resp, err := c.client.Do(req)
 	if err != nil {
-		return s, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return s, fmt.Errorf("%s: /v1/cluster: %s", c.Replicas[i].ID, resp.Status)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("%s: %s: %w", c.Replicas[i].ID, path, &HTTPError{Code: resp.StatusCode, Body: strings.TrimSpace(string(msg))})
 	}
-	return s, json.NewDecoder(resp.Body).Decode(&s)
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // WaitLeader waits until a running replica reports itself leader with
@@ -415,6 +495,46 @@ func (c *Cluster) registered(s raftstore.Status) bool {
 		}
 	}
 	return true
+}
+
+// WaitVoters waits until a leader's configuration holds exactly the
+// replicas named want, all of them voters. observe, when set, sees every
+// status a leader reports meanwhile.
+func (c *Cluster) WaitVoters(ctx context.Context, want []string, observe func(raftstore.Status)) error {
+	want = slices.Sorted(slices.Values(want))
+	var last []string
+	for {
+		for i := range c.Replicas {
+			if !c.Running(i) {
+				continue
+			}
+			s, err := c.Status(ctx, i)
+			if err != nil || s.State != "Leader" {
+				continue
+			}
+			if observe != nil {
+				observe(s)
+			}
+			var members, voters []string
+			for _, p := range s.Peers {
+				members = append(members, p.ID+"/"+p.Suffrage)
+				if p.Suffrage == "Voter" {
+					voters = append(voters, p.ID)
+				}
+			}
+			sort.Strings(members)
+			sort.Strings(voters)
+			last = members
+			if len(members) == len(want) && slices.Equal(voters, want) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("members %v, want voters %v: %w", last, want, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // WaitApplied waits until replica i has applied at least index.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -213,48 +212,7 @@ func TestWipedReplicaRejoins(t *testing.T) {
 // all voters, calling observe with every status it sees.
 func waitMembers(ctx context.Context, t *testing.T, c *cluster.Cluster, want []string, observe func(raftstore.Status)) {
 	t.Helper()
-	var last []string
-	for {
-		for i := range c.Replicas {
-			if !c.Running(i) {
-				continue
-			}
-			s, err := c.Status(ctx, i)
-			if err != nil || s.State != "Leader" {
-				continue
-			}
-			if observe != nil {
-				observe(s)
-			}
-			var ids []string
-			voters := true
-			for _, p := range s.Peers {
-				ids = append(ids, p.ID+"/"+p.Suffrage)
-				voters = voters && p.Suffrage == "Voter"
-			}
-			sort.Strings(ids)
-			last = ids
-			if voters && len(ids) == len(want) && sameIDs(s.Peers, want) {
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("members: %v, want voters %v", last, want)
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := c.WaitVoters(ctx, want, observe); err != nil {
+		t.Fatal(err)
 	}
-}
-
-func sameIDs(peers []raftstore.Peer, want []string) bool {
-	got := map[string]bool{}
-	for _, p := range peers {
-		got[p.ID] = true
-	}
-	for _, w := range want {
-		if !got[w] {
-			return false
-		}
-	}
-	return len(got) == len(want)
 }
