@@ -28,16 +28,17 @@ test-unit: $(MINIO_BIN)
 test-e2e: build envtest-bins
 	SOURCERAFT_BIN=$(BIN)/source-controller $(GO) test -count=1 -timeout 20m -v ./test/e2e/... 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
 
-# The chaos suite (test/chaos): kills, pauses and rolling restarts under
+# The chaos suite (test/chaos): kills, pauses, partitions, disk full, rolling
+# restarts and (3 replicas) a 3 → 5 → 3 scale under
 # load for CHAOS_DURATION per cluster size (3 and 5 replicas), then checks
 # the invariants; the summary lines close the output (full log: bin/chaos.log).
-# chaos-short is a 30 s round of the 3-replica cluster that `make test` runs.
+# chaos-short is a 60 s round of the 3-replica cluster that `make test` runs.
 CHAOS_DURATION ?= 3m
 .PHONY: chaos chaos-short
 chaos chaos-short: build envtest-bins
-	set -o pipefail; SOURCERAFT_BIN=$(BIN)/source-controller CHAOS_DURATION=$(if $(filter chaos-short,$@),30s,$(CHAOS_DURATION)) \
+	set -o pipefail; SOURCERAFT_BIN=$(BIN)/source-controller CHAOS_DURATION=$(if $(filter chaos-short,$@),60s,$(CHAOS_DURATION)) \
 		$(GO) test -count=1 -timeout $${CHAOS_TIMEOUT:-90m} -v ./test/chaos/ -run '$(if $(filter chaos-short,$@),TestChaos3Replicas$$,.)' 2>&1 | tee $(BIN)/chaos.log; \
-		rc=$$?; grep -hE '^(availability:|failover:|chaos:|chaos dump:)' $(BIN)/chaos.log; exit $$rc
+		rc=$$?; grep -hE '^(availability:|failover:|minority:|chaos:|chaos dump:)' $(BIN)/chaos.log; exit $$rc
 
 bench: build
 	SOURCERAFT_BIN=$(BIN)/source-controller BENCH_OUT=$${BENCH_OUT:-bench-results.json} $(GO) run ./test/bench

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sourceraft/sourceraft/internal/cluster"
 	"github.com/sourceraft/sourceraft/internal/gitserver"
@@ -30,9 +33,10 @@ const (
 	resumeBudget = 5 * time.Second
 )
 
-func TestChaos3Replicas(t *testing.T) { runChaos(t, 3) }
+// TestChaos3Replicas also scales the cluster 3 → 5 → 3 midway.
+func TestChaos3Replicas(t *testing.T) { runChaos(t, 3, 2) }
 
-func TestChaos5Replicas(t *testing.T) { runChaos(t, 5) }
+func TestChaos5Replicas(t *testing.T) { runChaos(t, 5, 0) }
 
 // config is one chaos run's shape.
 type config struct {
@@ -42,6 +46,8 @@ type config struct {
 	consumers int
 	pace      time.Duration // between one consumer's downloads
 	putObjs   int
+	// spares are the replicas the scale-up adds and the scale-down removes.
+	spares int
 }
 
 // suite is one chaos run: the cluster, the load, the faults and what they
@@ -62,21 +68,30 @@ type suite struct {
 	probeRng *rand.Rand
 	repos    []*gitRepo
 	n        counters
+	// gitURL is the Git server's address as the replicas dial it.
+	gitURL string
+	// smallDisk is the replica whose data directory is a tmpfs of its own,
+	// filled by the disk-full fault.
+	smallDisk int
 
 	stop chan struct{} // closed: load stops
 
-	mu        sync.Mutex
-	problems  []string
-	events    []string
-	leaders   map[uint64]map[string]bool // term → replicas seen leading it
-	elections []time.Duration            // leader kill → new leader
-	resumes   []time.Duration            // new leader → probe commit Ready
-	waits     []time.Duration            // downloads that had to retry: time to success
-	putErrors []string
-	converged string
+	mu sync.Mutex
+	// members are the replicas in the Raft configuration, as a
+	// StatefulSet's replica count has them: consumers, faults and the
+	// final checks use these; spares wait for the scale-up.
+	members, spares []int
+	problems        []string
+	events          []string
+	leaders         map[uint64]map[string]bool // term → replicas seen leading it
+	elections       []time.Duration            // leader kill → new leader
+	resumes         []time.Duration            // new leader → probe commit Ready
+	waits           []time.Duration            // downloads that had to retry: time to success
+	putErrors       []string
+	converged       string
 }
 
-func runChaos(t *testing.T, replicas int) {
+func runChaos(t *testing.T, replicas, spares int) {
 	raw := os.Getenv("CHAOS_DURATION")
 	if raw == "" {
 		t.Skip("CHAOS_DURATION is unset: the chaos suite runs under `make chaos` / `make chaos-short`")
@@ -85,8 +100,11 @@ func runChaos(t *testing.T, replicas int) {
 	if err != nil {
 		t.Fatalf("CHAOS_DURATION=%q: %v", raw, err)
 	}
+	if os.Geteuid() != 0 {
+		t.Fatal("the chaos suite runs replicas in network namespaces (partitions) and on a tmpfs (disk full): run it as root")
+	}
 	s := &suite{t: t, start: time.Now(), stop: make(chan struct{}), leaders: map[uint64]map[string]bool{},
-		cfg:  config{replicas: replicas, duration: d, repos: 6, consumers: 4, pace: 30 * time.Millisecond, putObjs: 4},
+		cfg:  config{replicas: replicas, duration: d, repos: 6, consumers: 4, pace: 30 * time.Millisecond, putObjs: 4, spares: spares},
 		seed: seedFor(t),
 		tr:   newTracker(retentionRecords, retentionTTL)}
 	s.probeRng = s.rng(5)
@@ -169,10 +187,6 @@ func (s *suite) setup(ctx context.Context) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.git.Close() })
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
 	if s.ns, err = env.NewNamespace(ctx, "chaos"); err != nil {
 		t.Fatal(err)
 	}
@@ -196,24 +210,55 @@ func (s *suite) setup(ctx context.Context) {
 		}
 	}
 
-	s.c, err = cluster.New(cluster.Options{Binary: binary, Dir: t.TempDir(), Replicas: s.cfg.replicas, Args: []string{
+	// Each replica in a network namespace of its own; the API server and
+	// the Git server reach them through forwarders on the bridge.
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	s.c, err = cluster.New(cluster.Options{Binary: binary, Dir: t.TempDir(), Replicas: s.cfg.replicas, Netns: true, Args: []string{
 		"--reconcile", "--kubeconfig=" + kubeconfig,
 		"--artifact-retention-records=" + strconv.Itoa(retentionRecords),
 		"--artifact-retention-ttl=" + retentionTTL.String(),
 		"--gc-interval=5s",
+		// Quick promotion of the replicas the scale-up adds.
+		"--raft-server-stabilization-time=2s",
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Mounted before any replica starts, unmounted after Close.
+	s.smallDisk = 1
+	if err := mountSmallDisk(t, s.c.Replicas[s.smallDisk]); err != nil {
+		s.c.Close()
+		t.Fatal(err)
+	}
 	t.Cleanup(s.c.Close)
+	if err := s.writeKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	gitAddr, err := s.c.Forward(strings.TrimPrefix(s.git.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.gitURL = "http://" + gitAddr
+	for i := range s.cfg.replicas {
+		s.members = append(s.members, i)
+	}
+	for range s.cfg.spares {
+		i, err := s.c.AddReplica()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.spares = append(s.spares, i)
+	}
 	// Registered after Close, so it runs first, while replicas still answer.
 	t.Cleanup(func() {
 		if t.Failed() {
 			s.dump()
 		}
 	})
-	if err := s.c.Start(); err != nil {
-		t.Fatal(err)
+	for _, i := range s.members {
+		if err := s.c.StartReplica(i); err != nil {
+			t.Fatal(err)
+		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -237,6 +282,40 @@ func (s *suite) setup(ctx context.Context) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	s.event("cluster up: %d replicas, %d sources Ready", s.cfg.replicas, s.cfg.repos+1)
+}
+
+// memberList is a copy of the members.
+func (s *suite) memberList() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]int(nil), s.members...)
+}
+
+// writeKubeconfig writes a cluster-admin kubeconfig whose server is the
+// API server's forwarder on the replicas' bridge.
+func (s *suite) writeKubeconfig(path string) error {
+	if err := env.WriteKubeconfig(path); err != nil {
+		return err
+	}
+	kc, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		return err
+	}
+	for _, cl := range kc.Clusters {
+		u, err := url.Parse(cl.Server)
+		if err != nil {
+			return fmt.Errorf("kubeconfig server %q: %w", cl.Server, err)
+		}
+		fwd, err := s.c.Forward(u.Host)
+		if err != nil {
+			return err
+		}
+		u.Host = fwd
+		cl.Server = u.String()
+		// envtest's serving certificate names localhost.
+		cl.TLSServerName = "localhost"
+	}
+	return clientcmd.WriteToFile(*kc, path)
 }
 
 // sleep waits d unless the load is stopped; false means stopped.
@@ -317,8 +396,10 @@ func (s *suite) report() {
 	resumes := append([]time.Duration(nil), s.resumes...)
 	converged := s.converged
 	s.mu.Unlock()
-	fmt.Printf("failover: %d replicas, %d leader kills; kill → new leader %s; new leader → pushed commit Ready %s (budget %v)\n",
+	fmt.Printf("failover: %d replicas, %d leaders killed or cut off; fault → new leader %s; new leader → pushed commit Ready %s (budget %v)\n",
 		s.cfg.replicas, len(elections), distribution(elections), distribution(resumes), resumeBudget)
+	fmt.Printf("minority: %d checks of a replica cut off from its peers, each Ready and serving every artifact it held\n",
+		s.n.minorityChecks.Load())
 	s.mu.Lock()
 	waits := distribution(s.waits)
 	putErrors := s.putErrors
@@ -331,8 +412,13 @@ func (s *suite) report() {
 		s.n.commits.Load(), s.n.puts.Load(), s.n.putsAcked.Load(), s.n.downloads.Load(), s.n.gone.Load(), s.n.spur.Load())
 	fmt.Printf("availability: %d downloads found no replica serving at first and retried (Retry-After); time to success %s\n",
 		s.n.retried.Load(), waits)
-	fmt.Printf("chaos: %d replicas, %d kills (%d of the leader), %d pauses, %d rolling restarts, %d downloads, %d failed, %d digest mismatches, %d lost artifacts, %s\n",
-		s.cfg.replicas, s.n.kills.Load(), s.n.leaderKills.Load(), s.n.pauses.Load(), s.n.rollings.Load(),
+	size := fmt.Sprintf("%d replicas", s.cfg.replicas)
+	if s.n.scalings.Load() == 2 {
+		size += fmt.Sprintf(" (scaled %d → %d → %d)", s.cfg.replicas, s.cfg.replicas+len(s.spares), s.cfg.replicas)
+	}
+	fmt.Printf("chaos: %s, %d kills (%d of the leader), %d partitions (%d of the leader), %d pauses, %d disk full, %d rolling restarts, %d downloads, %d failed, %d digest mismatches, %d lost artifacts, %s\n",
+		size, s.n.kills.Load(), s.n.leaderKills.Load(), s.n.partitions.Load(), s.n.leaderPartitions.Load(),
+		s.n.pauses.Load(), s.n.diskFulls.Load(), s.n.rollings.Load(),
 		s.n.downloads.Load(), s.n.failed.Load(), s.n.mismatches.Load(), s.n.lost.Load(), converged)
 	if len(problems) > 0 {
 		s.t.Errorf("%d problems (seed %d):\n%s", len(problems), s.seed, strings.Join(problems, "\n"))

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
@@ -21,26 +23,69 @@ import (
 // fault could cost the quorum.
 const recoverTimeout = 90 * time.Second
 
-// faultLoop injects random faults until the duration is over. Faults never
-// overlap beyond a minority: a replica faulted is Ready again, following a
-// leader, before the next fault starts.
+// fault is one kind of fault the loop injects.
+type fault int
+
+const (
+	faultKill fault = iota
+	faultPause
+	faultPartition
+	faultDiskFull
+	faultRolling
+	numFaults
+)
+
+// faultLoop injects faults until the duration is over: first each kind
+// once in a seeded order, so even a short run sees them all, then at
+// random. With spares, the cluster scales up a third of the way in and
+// back down at two thirds. Faults never overlap beyond a minority: a
+// replica faulted is Ready again, following a leader, before the next
+// fault starts.
 func (s *suite) faultLoop(ctx context.Context, rng *rand.Rand) {
-	end := s.start.Add(s.cfg.duration)
-	for time.Now().Before(end) && ctx.Err() == nil {
+	start := s.start
+	end := start.Add(s.cfg.duration)
+	deck := rng.Perm(int(numFaults))
+	scaledUp, scaledDown := len(s.spares) == 0, len(s.spares) == 0
+	for dealt := 0; time.Now().Before(end) && ctx.Err() == nil; {
 		time.Sleep(time.Duration(500+rng.IntN(2000)) * time.Millisecond)
 		var err error
-		switch p := rng.IntN(100); {
-		case p < 60:
-			err = s.kill(ctx, rng)
-		case p < 90:
-			err = s.pause(ctx, rng)
+		switch elapsed := time.Since(start); {
+		case !scaledUp && elapsed > s.cfg.duration/3:
+			scaledUp, err = true, s.scaleUp(ctx)
+		case !scaledDown && elapsed > 2*s.cfg.duration/3:
+			scaledDown, err = true, s.scaleDown(ctx)
 		default:
-			err = s.rollingRestart(ctx)
+			f := fault(rng.IntN(int(numFaults)))
+			if dealt < len(deck) {
+				f = fault(deck[dealt])
+			}
+			dealt++
+			err = s.inject(ctx, rng, f)
 		}
 		if err != nil {
 			s.problem("fault loop stops: %v", err)
 			return
 		}
+	}
+	if !scaledDown {
+		if err := s.scaleDown(ctx); err != nil {
+			s.problem("scale down: %v", err)
+		}
+	}
+}
+
+func (s *suite) inject(ctx context.Context, rng *rand.Rand, f fault) error {
+	switch f {
+	case faultKill:
+		return s.kill(ctx, rng)
+	case faultPause:
+		return s.pause(ctx, rng)
+	case faultPartition:
+		return s.partition(ctx, rng)
+	case faultDiskFull:
+		return s.diskFull(ctx, rng)
+	default:
+		return s.rollingRestart(ctx)
 	}
 }
 
@@ -57,12 +102,13 @@ func (s *suite) leader(ctx context.Context) (int, error) {
 // commit is pushed at once and the time until it is a Ready artifact is
 // measured against the resume budget.
 func (s *suite) kill(ctx context.Context, rng *rand.Rand) error {
-	n := len(s.c.Replicas)
+	members := s.memberList()
+	n := len(members)
 	leader, err := s.leader(ctx)
 	if err != nil {
 		return err
 	}
-	victims := []int{rng.IntN(n)}
+	victims := []int{members[rng.IntN(n)]}
 	if rng.IntN(10) < 7 {
 		victims[0] = leader
 	}
@@ -70,13 +116,13 @@ func (s *suite) kill(ctx context.Context, rng *rand.Rand) error {
 	// same fault sequence.
 	perm := rng.Perm(n)
 	if maxDown := (n - 1) / 2; rng.IntN(3) == 0 {
-		for _, v := range perm {
-			if len(victims) < maxDown && !contains(victims, v) {
+		for _, k := range perm {
+			if v := members[k]; len(victims) < maxDown && !slices.Contains(victims, v) {
 				victims = append(victims, v)
 			}
 		}
 	}
-	killedLeader := contains(victims, leader)
+	killedLeader := slices.Contains(victims, leader)
 	for _, v := range victims {
 		s.c.Kill(v)
 	}
@@ -100,7 +146,7 @@ func (s *suite) kill(ctx context.Context, rng *rand.Rand) error {
 	desc := fmt.Sprintf("SIGKILL %s", s.ids(victims))
 	if killedLeader {
 		desc += " (leader " + s.c.Replicas[leader].ID + ")"
-		s.measureResume(ctx, killedAt, probeSHA, desc)
+		s.measureResume(ctx, killedAt, probeSHA, desc, -1)
 	} else {
 		s.event("%s", desc)
 	}
@@ -117,10 +163,15 @@ func (s *suite) kill(ctx context.Context, rng *rand.Rand) error {
 	return nil
 }
 
-// measureResume waits for a new leader and then for the probe source to
-// be Ready at sha, and records both delays.
-func (s *suite) measureResume(ctx context.Context, killedAt time.Time, sha, desc string) {
+// measureResume waits for a new leader (other than old, which may still
+// believe it leads for a moment when it was cut off, not killed) and then
+// for the probe source to be Ready at sha, and records both delays.
+func (s *suite) measureResume(ctx context.Context, killedAt time.Time, sha, desc string, old int) {
 	nl, err := s.leader(ctx)
+	for err == nil && nl == old && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+		nl, err = s.leader(ctx)
+	}
 	if err != nil {
 		s.problem("%s: no new leader: %v", desc, err)
 		return
@@ -164,7 +215,8 @@ func (s *suite) pause(ctx context.Context, rng *rand.Rand) error {
 	if err != nil {
 		return err
 	}
-	v := rng.IntN(len(s.c.Replicas))
+	members := s.memberList()
+	v := members[rng.IntN(len(members))]
 	if rng.IntN(10) < 4 {
 		v = leader
 	}
@@ -188,7 +240,9 @@ func (s *suite) pause(ctx context.Context, rng *rand.Rand) error {
 func (s *suite) rollingRestart(ctx context.Context) error {
 	s.n.rollings.Add(1)
 	s.event("rolling restart")
-	for i := len(s.c.Replicas) - 1; i >= 0; i-- {
+	members := s.memberList()
+	for k := len(members) - 1; k >= 0; k-- {
+		i := members[k]
 		t0 := time.Now()
 		s.c.Stop(i)
 		stopped := time.Since(t0)
@@ -232,17 +286,25 @@ func (s *suite) waitRecovered(ctx context.Context, i int) error {
 	}
 }
 
-// heal resumes and starts every replica and waits until all are Ready.
+// heal undoes whatever fault a stopped fault loop left behind: resumes,
+// reconnects, frees the disk and starts every member, and waits until all
+// are Ready.
 func (s *suite) heal(ctx context.Context) {
-	for i := range s.c.Replicas {
+	if err := s.freeDisk(); err != nil {
+		s.problem("heal: %v", err)
+	}
+	for _, i := range s.memberList() {
 		s.c.Resume(i)
+		if err := s.c.Reconnect(i); err != nil {
+			s.problem("heal: %v", err)
+		}
 		if !s.c.Running(i) {
 			if err := s.c.StartReplica(i); err != nil {
 				s.problem("heal: %v", err)
 			}
 		}
 	}
-	for i := range s.c.Replicas {
+	for _, i := range s.memberList() {
 		if err := s.waitRecovered(ctx, i); err != nil {
 			s.problem("heal: %v", err)
 		}
@@ -250,22 +312,12 @@ func (s *suite) heal(ctx context.Context) {
 	s.event("healed: faults stopped")
 }
 
-func (s *suite) ids(is []int) string {
-	out := ""
-	for k, i := range is {
-		if k > 0 {
-			out += "+"
-		}
-		out += s.c.Replicas[i].ID
+func (s *suite) ids(is []int) string { return strings.Join(s.idList(is), "+") }
+
+func (s *suite) idList(is []int) []string {
+	var out []string
+	for _, i := range is {
+		out = append(out, s.c.Replicas[i].ID)
 	}
 	return out
-}
-
-func contains(is []int, v int) bool {
-	for _, i := range is {
-		if i == v {
-			return true
-		}
-	}
-	return false
 }

@@ -33,7 +33,9 @@ const forwardedHeader = "X-Sourceraft-Forwarded"
 
 // counters are the figures of the summary line.
 type counters struct {
-	kills, leaderKills, pauses, rollings                     atomic.Int64
+	kills, leaderKills, pauses, rollings, partitions         atomic.Int64
+	leaderPartitions, diskFulls, diskFullsNoticed, scalings  atomic.Int64
+	minorityChecks                                           atomic.Int64
 	downloads, failed, mismatches, lost, gone, spur, retried atomic.Int64
 	commits, puts, putsAcked, statusDigestChanged            atomic.Int64
 }
@@ -94,7 +96,7 @@ func (s *suite) createGitRepository(ctx context.Context, g *gitRepo, interval ti
 	obj := &sourcev1.GitRepository{
 		ObjectMeta: metav1.ObjectMeta{Namespace: s.ns, Name: g.name},
 		Spec: sourcev1.GitRepositorySpec{
-			URL:       g.repo.URL,
+			URL:       s.gitURL + strings.TrimPrefix(g.repo.URL, s.git.URL),
 			Interval:  metav1.Duration{Duration: interval},
 			Timeout:   &metav1.Duration{Duration: 20 * time.Second},
 			Reference: &sourcev1.GitRepositoryRef{Branch: "master"},
@@ -170,7 +172,8 @@ func (s *suite) putter(ctx context.Context, rng *rand.Rand, objects, max int) {
 		}
 		seq := s.tr.beginWrite(object)
 		path := fmt.Sprintf("%srev-%d.tar.gz", object, seq)
-		replica := rng.IntN(len(s.c.Replicas))
+		members := s.memberList()
+		replica := members[rng.IntN(len(members))]
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		res, err := s.c.Put(pctx, replica, path, bytes.NewReader(body), int64(len(body)))
 		cancel()
@@ -233,7 +236,9 @@ func (s *suite) download(ctx context.Context, rng *rand.Rand, a artifactRec) {
 	start := time.Now()
 	for round := 0; ; round++ {
 		var notFoundAt, errs []string
-		for _, i := range rng.Perm(len(s.c.Replicas)) {
+		members := s.memberList()
+		for _, k := range rng.Perm(len(members)) {
+			i := members[k]
 			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			digest, res, err := fetch(actx, s.c.ArtifactURL(i, a.path), false)
 			cancel()

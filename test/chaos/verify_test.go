@@ -52,7 +52,8 @@ func (s *suite) verifyReconciled(ctx context.Context) {
 
 // verifyConverged suspends the sources so nothing new is written, then
 // waits until every replica has applied the same index, the leader's
-// commit index, and holds the same artifact count, bytes and uploads.
+// commit index, and holds the same artifact count, bytes and uploads; at
+// one applied index their whole stores must hash the same.
 func (s *suite) verifyConverged(ctx context.Context) {
 	var list sourcev1.GitRepositoryList
 	if err := env.Client.List(ctx, &list, client.InNamespace(s.ns)); err != nil {
@@ -73,6 +74,16 @@ func (s *suite) verifyConverged(ctx context.Context) {
 		sts, err := s.statuses(ctx)
 		if err == nil {
 			if last = differences(sts); last == "" {
+				last, err = s.sameContent(ctx)
+			}
+			if err != nil {
+				s.mu.Lock()
+				s.converged = "DIVERGED"
+				s.mu.Unlock()
+				s.problem("%v", err)
+				return
+			}
+			if last == "" {
 				s.mu.Lock()
 				s.converged = "converged"
 				s.mu.Unlock()
@@ -94,9 +105,40 @@ func (s *suite) verifyConverged(ctx context.Context) {
 	}
 }
 
+// sameContent compares the members' content hashes: an error when two
+// replicas at one applied index hash differently, a description when they
+// are at different indexes (the leader's GC applied meanwhile), "" when
+// every store is the same.
+func (s *suite) sameContent(ctx context.Context) (string, error) {
+	var hs []raftstore.ContentHash
+	for _, i := range s.memberList() {
+		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		h, err := s.c.ContentHash(hctx, i)
+		cancel()
+		if err != nil {
+			return err.Error(), nil
+		}
+		hs = append(hs, h)
+	}
+	var diff []string
+	for _, h := range hs {
+		diff = append(diff, fmt.Sprintf("%s at %d: %.12s", h.NodeID, h.AppliedIndex, h.Hash))
+		if h.AppliedIndex != hs[0].AppliedIndex {
+			return "content hashes at different indexes: " + strings.Join(diff, ", "), nil
+		}
+	}
+	for _, h := range hs {
+		if h.Hash != hs[0].Hash {
+			return "", fmt.Errorf("stores differ at one applied index: %s", strings.Join(diff, ", "))
+		}
+	}
+	s.event("content hash %.12s… on every replica at applied index %d", hs[0].Hash, hs[0].AppliedIndex)
+	return "", nil
+}
+
 func (s *suite) statuses(ctx context.Context) ([]raftstore.Status, error) {
 	var out []raftstore.Status
-	for i := range s.c.Replicas {
+	for _, i := range s.memberList() {
 		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		st, err := s.c.Status(sctx, i)
 		cancel()
@@ -162,7 +204,8 @@ func (s *suite) verifyStores(ctx context.Context) {
 		res    outcome
 		err    error
 	}
-	n := len(s.c.Replicas)
+	members := s.memberList()
+	n := len(members)
 	all := append(append([]artifactRec(nil), required...), others...)
 	results := make([][]result, len(all))
 	for k := range results {
@@ -176,7 +219,7 @@ func (s *suite) verifyStores(ctx context.Context) {
 			defer wg.Done()
 			for j := range jobs {
 				fctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-				d, res, err := fetch(fctx, s.c.ArtifactURL(j[1], all[j[0]].path), true)
+				d, res, err := fetch(fctx, s.c.ArtifactURL(members[j[1]], all[j[0]].path), true)
 				cancel()
 				results[j[0]][j[1]] = result{d, res, err}
 			}
@@ -195,7 +238,7 @@ func (s *suite) verifyStores(ctx context.Context) {
 		mustHave := k < len(required)
 		var have, missing []string
 		for i, r := range results[k] {
-			id := s.c.Replicas[i].ID
+			id := s.c.Replicas[members[i]].ID
 			switch {
 			case r.res == served && r.digest != a.digest:
 				s.n.mismatches.Add(1)
