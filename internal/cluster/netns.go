@@ -107,8 +107,10 @@ func (n *network) addReplica(i int) (string, net.IP, error) {
 
 // partition takes replica i's veth off the bridge: its peers' frames no
 // longer reach it nor its frames them. A host route keeps the caller's
-// side talking to it (and the replica to the caller: the host answers ARP
-// for the bridge address on any interface).
+// side talking to it, and the replica to the caller once it resolves the
+// bridge address again: the host answers ARP for it on the veth too, but
+// with the veth's MAC, so the replica's cached neighbours are flushed
+// (frames to the bridge's MAC would be dropped on the veth).
 func (n *network) partition(i int) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -124,7 +126,8 @@ func (n *network) partition(i int) error {
 		return err
 	}
 	n.partitioned[i] = true
-	return nil
+	_, err := ip("-n", n.netns[i], "neigh", "flush", "dev", "eth0")
+	return err
 }
 
 // reconnect undoes partition.
@@ -142,7 +145,9 @@ func (n *network) reconnect(i int) error {
 		return err
 	}
 	delete(n.partitioned, i)
-	return nil
+	// Back to the bridge's MAC for the host, and to the peers' for them.
+	_, err := ip("-n", n.netns[i], "neigh", "flush", "dev", "eth0")
+	return err
 }
 
 // forward listens on the bridge address and relays every connection to
