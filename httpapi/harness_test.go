@@ -67,7 +67,7 @@ func startNode(t *testing.T, id string, tweak func(*Config)) *testNode {
 	srv := NewServer(
 		Listener{Name: "artifacts", Addr: "127.0.0.1:0", Handler: NewArtifactServer(cfg)},
 		Listener{Name: "health", Addr: "127.0.0.1:0", Handler: NewHealthServer(cfg)},
-		Listener{Name: "metrics", Addr: "127.0.0.1:0", Handler: NewMetricsServer()},
+		Listener{Name: "metrics", Addr: "127.0.0.1:0", Handler: NewMetricsServer(true)},
 		Listener{Name: "api", Addr: "127.0.0.1:0", Handler: NewAPIServer(cfg)},
 	)
 	srv.Logger = logger

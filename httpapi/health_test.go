@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -50,5 +51,19 @@ func TestMetrics(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+}
+
+func TestMetricsServesGoroutineProfileWhenAsked(t *testing.T) {
+	n := startNode(t, "a", nil)
+	resp, body := do(t, http.MethodGet, "http://"+n.metrics+"/debug/pprof/goroutine?debug=2", nil, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine ") {
+		t.Fatalf("goroutine profile: %d %.200s", resp.StatusCode, body)
+	}
+	off := httptest.NewServer(NewMetricsServer(false))
+	defer off.Close()
+	resp, _ = do(t, http.MethodGet, off.URL+"/debug/pprof/goroutine", nil, nil)
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("profiles served without being asked for: %d", resp.StatusCode)
 	}
 }

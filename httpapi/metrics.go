@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"sync/atomic"
 
@@ -12,11 +13,19 @@ import (
 	"github.com/sourceraft/sourceraft/metrics"
 )
 
-// NewMetricsServer serves /metrics from metrics.Registry.
-func NewMetricsServer() *echo.Echo {
+// NewMetricsServer serves /metrics from metrics.Registry and, with
+// profiles, Go's runtime profiles under /debug/pprof/: what a goroutine
+// dump of a stuck replica is taken from.
+func NewMetricsServer(profiles bool) *echo.Echo {
 	e := newEcho(plainErrorHandler)
 	e.Use(countRequests("metrics"))
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{})))
+	if profiles {
+		e.GET("/debug/pprof/profile", echo.WrapHandler(http.HandlerFunc(pprof.Profile)))
+		e.GET("/debug/pprof/trace", echo.WrapHandler(http.HandlerFunc(pprof.Trace)))
+		// Index also serves each named profile: goroutine, heap, block...
+		e.GET("/debug/pprof/*", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
+	}
 	return e
 }
 

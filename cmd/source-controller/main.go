@@ -36,7 +36,7 @@ type options struct {
 	storageAddr, storageAdvAddr, storagePeerAddr        string
 	healthAddr, metricsAddr, apiAddr, apiAdvAddr        string
 	apiTokenFile, tlsCert, tlsKey, tlsCA, tlsServerName string
-	insecure, reconcile                                 bool
+	insecure, reconcile, pprof                          bool
 	retentionTTL, gcInterval                            time.Duration
 	retentionRecords                                    int
 	maxArtifactSize, snapshotBytes                      int64
@@ -85,6 +85,7 @@ func main() {
 	flag.StringVar(&o.storagePeerAddr, "storage-peer-addr", "", "This replica's own artifact address for peers (default: Raft advertise host, --storage-addr port).")
 	flag.StringVar(&o.healthAddr, "health-addr", ":9440", "Address of /healthz and /readyz.")
 	flag.StringVar(&o.metricsAddr, "metrics-addr", ":8080", "Address of /metrics.")
+	flag.BoolVar(&o.pprof, "pprof", false, "Also serve Go's runtime profiles (/debug/pprof/) on --metrics-addr.")
 	flag.StringVar(&o.apiAddr, "api-addr", ":9091", "Address of the internal API.")
 	flag.StringVar(&o.apiAdvAddr, "api-advertise-addr", "", "This replica's internal API address for peers (default: Raft advertise host, --api-addr port).")
 	flag.StringVar(&o.apiTokenFile, "api-token-file", "", "File holding the internal API bearer token; without it the internal API refuses every request.")
@@ -178,7 +179,7 @@ func run(o options, log *slog.Logger) error {
 	srv := httpapi.NewServer(
 		httpapi.Listener{Name: "artifacts", Addr: o.storageAddr, Handler: httpapi.NewArtifactServer(hcfg)},
 		httpapi.Listener{Name: "health", Addr: o.healthAddr, Handler: httpapi.NewHealthServer(hcfg)},
-		httpapi.Listener{Name: "metrics", Addr: o.metricsAddr, Handler: httpapi.NewMetricsServer()},
+		httpapi.Listener{Name: "metrics", Addr: o.metricsAddr, Handler: httpapi.NewMetricsServer(o.pprof)},
 		httpapi.Listener{Name: "api", Addr: o.apiAddr, Handler: httpapi.NewAPIServer(hcfg)},
 	)
 	srv.Logger = log
@@ -208,7 +209,17 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention
 		GracefulShutdownTimeout: o.reconcileGraceTime,
 		// Reconcile only once every entry earlier leaders committed is applied here.
 		CatchUp: func(ctx context.Context) error {
-			return node.WaitForAppliedIndex(node.Status().LastIndex, time.Minute)
+			start, target := time.Now(), node.Status().LastIndex
+			for node.WaitForAppliedIndex(target, 2*time.Second) != nil {
+				st := node.Status()
+				log.Info("catching up with the raft log", "index", target, "applied", st.AppliedIndex, "commit", st.CommitIndex, "last", st.LastIndex)
+				if time.Since(start) > time.Minute || ctx.Err() != nil {
+					return fmt.Errorf("applied index %d of %d after %v", st.AppliedIndex, target, time.Since(start).Round(time.Second))
+				}
+			}
+			// How long a new leader waits before reconciling: part of every failover.
+			log.Info("caught up with the raft log", "index", target, "took", time.Since(start).Round(time.Millisecond))
+			return nil
 		},
 		Logger: log,
 	})
