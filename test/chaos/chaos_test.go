@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -48,6 +50,7 @@ type config struct {
 	putObjs   int
 	// spares are the replicas the scale-up adds and the scale-down removes.
 	spares int
+	faults map[fault]bool
 }
 
 // suite is one chaos run: the cluster, the load, the faults and what they
@@ -89,6 +92,8 @@ type suite struct {
 	waits           []time.Duration            // downloads that had to retry: time to success
 	putErrors       []string
 	converged       string
+	// stacks are goroutine dumps taken when a replica stopped answering.
+	stacks map[string]string
 }
 
 func runChaos(t *testing.T, replicas, spares int) {
@@ -100,11 +105,15 @@ func runChaos(t *testing.T, replicas, spares int) {
 	if err != nil {
 		t.Fatalf("CHAOS_DURATION=%q: %v", raw, err)
 	}
+	faults, err := parseFaults(os.Getenv("CHAOS_FAULTS"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if os.Geteuid() != 0 {
 		t.Fatal("the chaos suite runs replicas in network namespaces (partitions) and on a tmpfs (disk full): run it as root")
 	}
 	s := &suite{t: t, start: time.Now(), stop: make(chan struct{}), leaders: map[uint64]map[string]bool{},
-		cfg:  config{replicas: replicas, duration: d, repos: 6, consumers: 4, pace: 30 * time.Millisecond, putObjs: 4, spares: spares},
+		cfg:  config{replicas: replicas, duration: d, repos: 6, consumers: 4, pace: 30 * time.Millisecond, putObjs: 4, spares: spares, faults: faults},
 		seed: seedFor(t),
 		tr:   newTracker(retentionRecords, retentionTTL)}
 	s.probeRng = s.rng(5)
@@ -220,6 +229,8 @@ func (s *suite) setup(ctx context.Context) {
 		"--gc-interval=5s",
 		// Quick promotion of the replicas the scale-up adds.
 		"--raft-server-stabilization-time=2s",
+		// Goroutine dumps of a replica that stops answering.
+		"--pprof",
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -282,6 +293,29 @@ func (s *suite) setup(ctx context.Context) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	s.event("cluster up: %d replicas, %d sources Ready", s.cfg.replicas, s.cfg.repos+1)
+}
+
+// grabStacks keeps replica i's goroutine dump for the failure dump.
+func (s *suite) grabStacks(i int, why string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.c.Replicas[i].MetricsAddr+"/debug/pprof/goroutine?debug=2", nil)
+	if err != nil {
+		return
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		s.t.Logf("goroutine dump of %s: %v", s.c.Replicas[i].ID, err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stacks == nil {
+		s.stacks = map[string]string{}
+	}
+	s.stacks[fmt.Sprintf("%s.goroutines-%.0fs.txt", s.c.Replicas[i].ID, time.Since(s.start).Seconds())] = why + "\n\n" + string(b)
 }
 
 // memberList is a copy of the members.
@@ -472,6 +506,9 @@ func (s *suite) dump() {
 	}
 	sort.Strings(terms)
 	files["leaders.txt"] = strings.Join(terms, "\n") + "\n"
+	for name, dump := range s.stacks {
+		files[name] = dump
+	}
 	s.mu.Unlock()
 	if s.c != nil {
 		for i, r := range s.c.Replicas {

@@ -26,6 +26,29 @@ const recoverTimeout = 90 * time.Second
 // fault is one kind of fault the loop injects.
 type fault int
 
+// faultNames name the faults in CHAOS_FAULTS.
+var faultNames = [numFaults]string{"kill", "pause", "partition", "disk", "rolling"}
+
+// parseFaults reads CHAOS_FAULTS, a comma-separated subset of faultNames
+// to inject (all when empty): to chase one kind of failure.
+func parseFaults(v string) (map[fault]bool, error) {
+	on := map[fault]bool{}
+	for f := range numFaults {
+		on[f] = v == ""
+	}
+	for _, name := range strings.Split(v, ",") {
+		if name == "" {
+			continue
+		}
+		i := slices.Index(faultNames[:], name)
+		if i < 0 {
+			return nil, fmt.Errorf("CHAOS_FAULTS: unknown fault %q (known: %s)", name, strings.Join(faultNames[:], ", "))
+		}
+		on[fault(i)] = true
+	}
+	return on, nil
+}
+
 const (
 	faultKill fault = iota
 	faultPause
@@ -60,6 +83,9 @@ func (s *suite) faultLoop(ctx context.Context, rng *rand.Rand) {
 				f = fault(deck[dealt])
 			}
 			dealt++
+			if !s.cfg.faults[f] {
+				continue
+			}
 			err = s.inject(ctx, rng, f)
 		}
 		if err != nil {
@@ -280,6 +306,7 @@ func (s *suite) waitRecovered(ctx context.Context, i int) error {
 		last = err
 		select {
 		case <-wctx.Done():
+			s.grabStacks(i, "not recovered: "+last.Error())
 			return fmt.Errorf("%s not recovered within %v: %v", s.c.Replicas[i].ID, recoverTimeout, last)
 		case <-time.After(100 * time.Millisecond):
 		}

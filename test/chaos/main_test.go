@@ -10,8 +10,9 @@
 // The shape follows hashicorp/raft's fuzzy tests: start cluster →
 // background load → fault loop → heal → stop → verify. `make chaos` runs it
 // for CHAOS_DURATION (default 3m) per cluster size; `make chaos-short` runs
-// a 30 s round of the 3-replica cluster. CHAOS_SEED replays a fault
-// sequence; CHAOS_OUT names where a failure's logs and states are dumped.
+// a 60 s round of the 3-replica cluster. CHAOS_FAULTS (e.g.
+// "partition,kill") limits the kinds of fault, CHAOS_SEED replays a fault
+// sequence, CHAOS_OUT names where a failure's logs and states are dumped.
 package chaos
 
 import (

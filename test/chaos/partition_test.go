@@ -101,6 +101,7 @@ func (s *suite) checkMinority(ctx context.Context, v int, held []artifactRec, de
 	defer cancel()
 	if err := s.c.Ready(cctx, v); err != nil {
 		s.problem("%s: the replica cut off is not Ready: %v", desc, err)
+		s.grabStacks(v, "not Ready while cut off: "+err.Error())
 		return
 	}
 	if msg := s.servesHeld(ctx, v, held); msg != "" {
