@@ -184,6 +184,46 @@ func TestStoreReplicatesToEveryNode(t *testing.T) {
 	}
 }
 
+// TestMissingArtifactAfterBarrierIsNotFoundAtOnce ends the log with
+// entries the FSM never sees (a barrier, as a new leader's no-op would):
+// a replica that applied every command must answer "not found" at once,
+// not wait for a command to raise its applied index (it used to wait out
+// the whole deadline, and a new leader waited for its next command before
+// reconciling).
+func TestMissingArtifactAfterBarrierIsNotFoundAtOnce(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	_, l := tc.leader()
+	a := art("app", "a.tar.gz")
+	if err := l.Store(context.Background(), &a, bytes.NewReader([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := l.Barrier(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every replica holds and knows committed the barriers.
+	last := l.Status().LastIndex
+	deadline := time.Now().Add(10 * time.Second)
+	for _, nd := range tc.nodes {
+		for st := nd.Status(); st.LastIndex < last || st.CommitIndex < last; st = nd.Status() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: last %d commit %d, leader's last %d", nd.cfg.NodeID, st.LastIndex, st.CommitIndex, last)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, nd := range tc.nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		start := time.Now()
+		_, err := nd.WaitFor(ctx, art("app", "missing.tar.gz").Path())
+		cancel()
+		if !errors.Is(err, storage.ErrNotFound) || time.Since(start) > time.Second {
+			t.Fatalf("%s: WaitFor a missing artifact = %v after %v, want ErrNotFound at once", nd.cfg.NodeID, err, time.Since(start))
+		}
+	}
+}
+
 func TestWritesOnFollowerAreRefused(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
 	li, _ := tc.leader()

@@ -223,12 +223,12 @@ func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, erro
 		}
 		applied := n.fsm.AppliedIndex()
 		target = max(target, r.CommitIndex())
-		// Entries in this replica's log past what it has applied may be
+		// Commands in this replica's log past what it has applied may be
 		// committed already: a live leader says so within a heartbeat, and
 		// if it just died (which this replica may not know yet) the next
 		// leader commits them. Wait for that rather than send the client
 		// to peers that cannot answer either.
-		if applied >= target && r.LastIndex() <= applied {
+		if applied >= n.lastCommandIndex(max(target, r.LastIndex()), applied) {
 			return storage.Artifact{}, err
 		}
 		select {
@@ -238,6 +238,34 @@ func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, erro
 			return storage.Artifact{}, fmt.Errorf("wait for %s: %w", path, ctx.Err())
 		}
 	}
+}
+
+// lastCommandIndex is the index of the last command entry at or below
+// upTo, or applied if none lies above it. Raft hands the FSM only
+// commands: a no-op a new leader appends, a barrier or a configuration
+// change never raise the FSM's applied index, so waiting for the FSM to
+// reach the log's last index could wait for the next command.
+func (n *Node) lastCommandIndex(upTo, applied uint64) uint64 {
+	var l raft.Log
+	for i := upTo; i > applied; i-- {
+		if err := n.logBytes.GetLog(i, &l); err != nil || l.Type == raft.LogCommand {
+			return i // unreadable: assume a command, and wait
+		}
+	}
+	return applied
+}
+
+// Barrier returns once every entry committed before it is applied here:
+// what a new leader waits for before it acts on the store. Leader only.
+func (n *Node) Barrier(timeout time.Duration) error {
+	r := n.raftOrNil()
+	if r == nil {
+		return ErrNotOpen
+	}
+	if err := r.Barrier(timeout).Error(); err != nil {
+		return mapRaftErr(err)
+	}
+	return nil
 }
 
 // propose applies one command and waits for its result.

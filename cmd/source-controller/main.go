@@ -208,17 +208,13 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention
 		ArchiveMaxEntries:       o.sourceMaxEntries,
 		GracefulShutdownTimeout: o.reconcileGraceTime,
 		// Reconcile only once every entry earlier leaders committed is applied here.
-		CatchUp: func(ctx context.Context) error {
-			start, target := time.Now(), node.Status().LastIndex
-			for node.WaitForAppliedIndex(target, 2*time.Second) != nil {
-				st := node.Status()
-				log.Info("catching up with the raft log", "index", target, "applied", st.AppliedIndex, "commit", st.CommitIndex, "last", st.LastIndex)
-				if time.Since(start) > time.Minute || ctx.Err() != nil {
-					return fmt.Errorf("applied index %d of %d after %v", st.AppliedIndex, target, time.Since(start).Round(time.Second))
-				}
+		CatchUp: func(context.Context) error {
+			start := time.Now()
+			if err := node.Barrier(time.Minute); err != nil {
+				return err
 			}
 			// How long a new leader waits before reconciling: part of every failover.
-			log.Info("caught up with the raft log", "index", target, "took", time.Since(start).Round(time.Millisecond))
+			log.Info("caught up with the raft log", "took", time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 		Logger: log,
