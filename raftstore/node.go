@@ -293,19 +293,24 @@ func (n *Node) WaitForLeader(timeout time.Duration) (string, error) {
 	}
 }
 
-// WaitForAppliedIndex blocks until the FSM has applied idx.
+// WaitForAppliedIndex blocks until this replica's store reflects idx.
 func (n *Node) WaitForAppliedIndex(idx uint64, timeout time.Duration) error {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
 		ch := n.fsm.Changed()
-		if n.fsm.AppliedIndex() >= idx {
+		applied := n.fsm.AppliedIndex()
+		if r := n.raftOrNil(); r != nil {
+			applied = n.appliedIndex(r)
+		}
+		if applied >= idx {
 			return nil
 		}
 		select {
 		case <-ch:
+		case <-time.After(50 * time.Millisecond): // commits alone do not signal ch
 		case <-timer.C:
-			return fmt.Errorf("wait for applied index %d (at %d): %w", idx, n.fsm.AppliedIndex(), ErrTimeout)
+			return fmt.Errorf("wait for applied index %d (at %d): %w", idx, applied, ErrTimeout)
 		}
 	}
 }

@@ -9,11 +9,13 @@ import (
 
 // Status describes one replica as GET /v1/cluster reports it.
 type Status struct {
-	NodeID       string `json:"nodeID"`
-	State        string `json:"state"`
-	LeaderID     string `json:"leaderID"`
-	LeaderAddr   string `json:"leaderAddr"`
-	Term         uint64 `json:"term"`
+	NodeID     string `json:"nodeID"`
+	State      string `json:"state"`
+	LeaderID   string `json:"leaderID"`
+	LeaderAddr string `json:"leaderAddr"`
+	Term       uint64 `json:"term"`
+	// AppliedIndex is the last log index the store reflects: entries the
+	// FSM never sees (no-ops, barriers) count once committed.
 	AppliedIndex uint64 `json:"appliedIndex"`
 	CommitIndex  uint64 `json:"commitIndex"`
 	LastIndex    uint64 `json:"lastIndex"`
@@ -85,7 +87,7 @@ func (n *Node) Status() Status {
 	s.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
 	s.LastIndex = r.LastIndex()
 	s.CommitIndex = r.CommitIndex()
-	s.AppliedIndex = n.fsm.AppliedIndex()
+	s.AppliedIndex = n.appliedIndex(r)
 	if err := n.fsm.Err(); err != nil {
 		s.FSMError = err.Error()
 	}
@@ -127,7 +129,7 @@ func (n *Node) Ready() error {
 	if err := n.logBytes.Err(); err != nil {
 		return fmt.Errorf("writing the raft log fails: %w", err)
 	}
-	applied := n.fsm.AppliedIndex()
+	applied := n.appliedIndex(r)
 	if _, id := r.LeaderWithID(); id == "" {
 		if st, err := n.fsm.Stats(); err == nil && st.Artifacts > 0 {
 			return nil

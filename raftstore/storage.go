@@ -221,7 +221,7 @@ func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, erro
 		if !errors.Is(err, storage.ErrNotFound) {
 			return a, err
 		}
-		applied := n.fsm.AppliedIndex()
+		applied := n.appliedIndex(r)
 		target = max(target, r.CommitIndex())
 		// Commands in this replica's log past what it has applied may be
 		// committed already: a live leader says so within a heartbeat, and
@@ -251,6 +251,17 @@ func (n *Node) lastCommandIndex(upTo, applied uint64) uint64 {
 		if err := n.logBytes.GetLog(i, &l); err != nil || l.Type == raft.LogCommand {
 			return i // unreadable: assume a command, and wait
 		}
+	}
+	return applied
+}
+
+// appliedIndex is the last log index this replica's store reflects: the
+// FSM's own, or the commit index when only entries the FSM never sees lie
+// between the two.
+func (n *Node) appliedIndex(r *raft.Raft) uint64 {
+	applied, commit := n.fsm.AppliedIndex(), r.CommitIndex()
+	if commit > applied && n.lastCommandIndex(commit, applied) == applied {
+		return commit
 	}
 	return applied
 }
