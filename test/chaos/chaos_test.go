@@ -90,6 +90,7 @@ type suite struct {
 	elections       []time.Duration            // leader kill → new leader
 	resumes         []time.Duration            // new leader → probe commit Ready
 	waits           []time.Duration            // downloads that had to retry: time to success
+	rejoins         []time.Duration            // partition healed → replica Ready, following the leader
 	putErrors       []string
 	converged       string
 	// stacks are goroutine dumps taken when a replica stopped answering.
@@ -432,8 +433,11 @@ func (s *suite) report() {
 	s.mu.Unlock()
 	fmt.Printf("failover: %d replicas, %d leaders killed or cut off; fault → new leader %s; new leader → pushed commit Ready %s (budget %v)\n",
 		s.cfg.replicas, len(elections), distribution(elections), distribution(resumes), resumeBudget)
-	fmt.Printf("minority: %d checks of a replica cut off from its peers, each Ready and serving every artifact it held\n",
-		s.n.minorityChecks.Load())
+	s.mu.Lock()
+	rejoins := distribution(s.rejoins)
+	s.mu.Unlock()
+	fmt.Printf("minority: %d checks of a replica cut off from its peers, each Ready and serving every artifact it held; partition healed → following the leader again %s\n",
+		s.n.minorityChecks.Load(), rejoins)
 	s.mu.Lock()
 	waits := distribution(s.waits)
 	putErrors := s.putErrors

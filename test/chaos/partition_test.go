@@ -67,7 +67,14 @@ func (s *suite) partition(ctx context.Context, rng *rand.Rand) error {
 	if err := s.c.Reconnect(v); err != nil {
 		return err
 	}
-	return s.waitRecovered(ctx, v)
+	healed := time.Now()
+	if err := s.waitRecovered(ctx, v); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.rejoins = append(s.rejoins, time.Since(healed))
+	s.mu.Unlock()
+	return nil
 }
 
 // held returns up to eight artifacts retention protects that replica v
