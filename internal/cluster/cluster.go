@@ -179,21 +179,32 @@ func (c *Cluster) WipeData(i int) error {
 // RemoveNode asks replica via's internal API to take replica i out of the
 // cluster (DELETE /v1/nodes/<id>, forwarded to the leader).
 func (c *Cluster) RemoveNode(ctx context.Context, via, i int) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, "http://"+c.Replicas[via].APIAddr+"/v1/nodes/"+c.Replicas[i].ID, nil)
+	resp, err := c.api(ctx, via, http.MethodDelete, "/v1/nodes/"+c.Replicas[i].ID, nil, 0, http.StatusNoContent)
 	if err != nil {
 		return err
 	}
+	return resp.Body.Close()
+}
+
+// api sends an authenticated request to replica i's internal API and
+// returns the response if its status is want, else an *HTTPError.
+func (c *Cluster) api(ctx context.Context, i int, method, path string, body io.Reader, size int64, want int) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.Replicas[i].APIAddr+path, body)
+	if err != nil {
+		return nil, err
+	}
+	req.ContentLength = size
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	resp, err := c.client.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
+	if resp.StatusCode != want {
+		defer resp.Body.Close()
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return &HTTPError{Code: resp.StatusCode, Body: strings.TrimSpace(string(msg))}
+		return nil, &HTTPError{Code: resp.StatusCode, Body: strings.TrimSpace(string(msg))}
 	}
-	return nil
+	return resp, nil
 }
 
 func (c *Cluster) argv(r *Replica) []string {
@@ -436,20 +447,11 @@ func (c *Cluster) ContentHash(ctx context.Context, i int) (raftstore.ContentHash
 
 // getJSON decodes the answer to GET path on replica i's internal API.
 func (c *Cluster) getJSON(ctx context.Context, i int, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.Replicas[i].APIAddr+path, nil)
+	resp, err := c.api(ctx, i, http.MethodGet, path, nil, 0, http.StatusOK)
 	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.client.Do(req)
-	if err != nil {
-		return err
+		return fmt.Errorf("%s: %s: %w", c.Replicas[i].ID, path, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("%s: %s: %w", c.Replicas[i].ID, path, &HTTPError{Code: resp.StatusCode, Body: strings.TrimSpace(string(msg))})
-	}
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
@@ -564,21 +566,11 @@ type PutResult struct {
 // Put stores body at path through replica i's internal API.
 func (c *Cluster) Put(ctx context.Context, i int, path string, body io.Reader, size int64) (PutResult, error) {
 	var res PutResult
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+c.Replicas[i].APIAddr+"/v1/artifacts/"+path, body)
-	if err != nil {
-		return res, err
-	}
-	req.ContentLength = size
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.client.Do(req)
+	resp, err := c.api(ctx, i, http.MethodPut, "/v1/artifacts/"+path, body, size, http.StatusCreated)
 	if err != nil {
 		return res, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return res, &HTTPError{Code: resp.StatusCode, Body: strings.TrimSpace(string(msg))}
-	}
 	return res, json.NewDecoder(resp.Body).Decode(&res)
 }
 
