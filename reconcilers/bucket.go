@@ -101,31 +101,27 @@ func (r *BucketReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 // ArtifactOutdated, Reconciling and Ready=Unknown when the revision
 // differs from the stored artifact's.
 func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.Bucket, st *bucketState) (Result, error) {
-	fail := func(e *Error) (Result, error) {
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	}
 	if err := unsupportedBucketSpec(obj); err != nil {
-		return fail(NewStalling(err, UnsupportedFieldReason))
+		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
 	if err := validateBucketEndpoint(obj.Spec.Endpoint); err != nil {
-		return fail(NewStalling(err, sourcev1.URLInvalidReason))
+		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
 	}
 
 	var secret map[string][]byte
 	if ref := obj.Spec.SecretRef; ref != nil {
 		s := &corev1.Secret{}
 		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, s); err != nil {
-			return fail(NewGeneric(fmt.Errorf("failed to get secret '%s/%s': %w", obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason))
+			return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to get secret '%s/%s': %w", obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason))
 		}
 		if len(s.Data["accesskey"]) == 0 || len(s.Data["secretkey"]) == 0 {
-			return fail(NewGeneric(fmt.Errorf("invalid '%s' secret data: required fields 'accesskey' and 'secretkey'", ref.Name), sourcev1.AuthenticationFailedReason))
+			return fetchFailed(obj, NewGeneric(fmt.Errorf("invalid '%s' secret data: required fields 'accesskey' and 'secretkey'", ref.Name), sourcev1.AuthenticationFailedReason))
 		}
 		secret = s.Data
 	}
 	c, err := newS3Client(obj, secret)
 	if err != nil {
-		return fail(NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), "ClientError"))
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), "ClientError"))
 	}
 
 	timeout := defaultBucketTimeout
@@ -139,11 +135,11 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 	fetchErr := func(err error) (Result, error) {
 		switch {
 		case errors.Is(err, errBucketLimit):
-			return fail(NewGeneric(err, ArchiveLimitReason))
+			return fetchFailed(obj, NewGeneric(err, ArchiveLimitReason))
 		case errors.Is(err, errObjectKey):
-			return fail(NewGeneric(err, InvalidObjectKeyReason))
+			return fetchFailed(obj, NewGeneric(err, InvalidObjectKeyReason))
 		}
-		return fail(NewGeneric(err, sourcev1.BucketOperationFailedReason))
+		return fetchFailed(obj, NewGeneric(err, sourcev1.BucketOperationFailedReason))
 	}
 	if err := checkBucketExists(fetchCtx, c, obj.Spec.BucketName); err != nil {
 		return fetchErr(err)
@@ -243,10 +239,7 @@ func unsupportedBucketSpec(obj *sourcev1.Bucket) error {
 	if obj.Spec.ServiceAccountName != "" {
 		fields = append(fields, "spec.serviceAccountName")
 	}
-	if len(fields) == 0 {
-		return nil
-	}
-	return fmt.Errorf("not supported by sourceraft yet: %s", strings.Join(fields, ", "))
+	return notSupported(fields)
 }
 
 // validateBucketEndpoint accepts what minio-go takes: host[:port], without

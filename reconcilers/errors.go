@@ -1,8 +1,12 @@
 package reconcilers
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
+	"github.com/fluxcd/pkg/runtime/conditions"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -56,4 +60,20 @@ func NewWaiting(err error, reason string, requeueAfter time.Duration) *Error {
 		requeueAfter = DefaultRequeueDependency
 	}
 	return &Error{Err: err, Reason: reason, RequeueAfter: requeueAfter}
+}
+
+// fetchFailed marks FetchFailed with e's reason and message and returns e
+// as the step's outcome: how every source step reports a failed fetch.
+func fetchFailed(obj conditions.Setter, e *Error) (Result, error) {
+	conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+	return ResultEmpty, e
+}
+
+// notSupported names the spec fields this build cannot honour yet, nil
+// when there are none; the caller stalls with UnsupportedFieldReason.
+func notSupported(fields []string) error {
+	if len(fields) == 0 {
+		return nil
+	}
+	return fmt.Errorf("not supported by sourceraft yet: %s", strings.Join(fields, ", "))
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/url"
 	"reflect"
-	"strings"
 	"time"
 
 	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
@@ -112,23 +111,17 @@ func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository, st *gitState) (Result, error) {
 	u, err := parseGitURL(obj.Spec.URL)
 	if err != nil {
-		e := NewStalling(err, sourcev1.URLInvalidReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
 	}
 	if err := unsupportedGitSpec(obj); err != nil {
-		e := NewStalling(err, UnsupportedFieldReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
 
 	var data map[string][]byte
 	if ref := obj.Spec.SecretRef; ref != nil {
 		secret := &corev1.Secret{}
 		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
-			e := NewGeneric(fmt.Errorf("failed to get secret '%s/%s': %w", obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason)
-			conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-			return ResultEmpty, e
+			return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to get secret '%s/%s': %w", obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason))
 		}
 		data = secret.Data
 		if data == nil {
@@ -137,9 +130,7 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	}
 	auth, err := gitAuthFromSecret(u, data)
 	if err != nil {
-		e := NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason))
 	}
 
 	includes, err := r.fetchIncludes(ctx, obj)
@@ -172,8 +163,7 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		default:
 			e = NewGeneric(fmt.Errorf("failed to checkout and determine revision: %w", err), sourcev1.GitOperationFailedReason)
 		}
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, e)
 	}
 	st.commit = commit
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
@@ -311,10 +301,7 @@ func unsupportedGitSpec(obj *sourcev1.GitRepository) error {
 	if obj.Spec.ServiceAccountName != "" {
 		fields = append(fields, "spec.serviceAccountName")
 	}
-	if len(fields) == 0 {
-		return nil
-	}
-	return fmt.Errorf("not supported by sourceraft yet: %s", strings.Join(fields, ", "))
+	return notSupported(fields)
 }
 
 // parseGitURL accepts the URLs a Git checkout can use: http, https and

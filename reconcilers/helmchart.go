@@ -178,9 +178,7 @@ func (r *HelmChartReconciler) notifyBuild(ctx context.Context, oldObj, obj *sour
 // and Ready=Unknown when the build differs from the stored artifact.
 func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmChart, st *helmChartState) (Result, error) {
 	if obj.Spec.Verify != nil {
-		e := NewStalling(errors.New("not supported by sourceraft yet: spec.verify"), UnsupportedFieldReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewStalling(notSupported([]string{"spec.verify"}), UnsupportedFieldReason))
 	}
 	conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
 
@@ -190,19 +188,14 @@ func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.Ser
 		if !errors.As(err, &e) {
 			e = NewGeneric(fmt.Errorf("failed to get source: %w", err), "SourceUnavailable")
 		}
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, e)
 	}
 	if repo, ok := src.(*sourcev1.HelmRepository); ok && repo.Spec.Type == sourcev1.HelmRepositoryTypeOCI {
-		e := NewStalling(fmt.Errorf("not supported by sourceraft yet: charts from HelmRepository '%s' of type oci", repo.Name), UnsupportedFieldReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewStalling(notSupported([]string{"charts from HelmRepository '" + repo.Name + "' of type oci"}), UnsupportedFieldReason))
 	}
 	if src.GetArtifact() == nil {
-		e := NewWaiting(fmt.Errorf("no artifact available for %s source '%s'", obj.Spec.SourceRef.Kind, obj.Spec.SourceRef.Name),
-			"NoSourceArtifact", r.RequeueDependency)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewWaiting(fmt.Errorf("no artifact available for %s source '%s'", obj.Spec.SourceRef.Kind, obj.Spec.SourceRef.Name),
+			"NoSourceArtifact", r.RequeueDependency))
 	}
 	obj.Status.ObservedSourceArtifactRevision = src.GetArtifact().Revision
 

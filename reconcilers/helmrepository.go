@@ -3,7 +3,6 @@ package reconcilers
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -135,21 +134,15 @@ func equalHelmRepoStatus(a, b sourcev1.HelmRepositoryStatus) bool {
 func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmRepository, st *helmRepoState) (Result, error) {
 	base, err := parseHelmRepoURL(obj.Spec.URL)
 	if err != nil {
-		e := NewStalling(err, sourcev1.URLInvalidReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
 	}
 	if err := unsupportedHelmRepoSpec(obj); err != nil {
-		e := NewStalling(err, UnsupportedFieldReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
 	st.url = obj.Spec.URL
 	hc, err := newHelmRepoClient(ctx, r.Client, obj, base)
 	if err != nil {
-		e := NewGeneric(err, sourcev1.AuthenticationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewGeneric(err, sourcev1.AuthenticationFailedReason))
 	}
 	defer hc.close()
 
@@ -157,9 +150,7 @@ func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patc
 	defer cancel()
 	file, revision, err := hc.fetchToFile(fetchCtx, hc.indexURL(), "", "helmrepository-index-*.yaml", helmLimits{IndexMaxSize: r.IndexMaxSize}.index())
 	if err != nil {
-		e := NewGeneric(fmt.Errorf("failed to fetch Helm repository index: %w", err), meta.FailedReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to fetch Helm repository index: %w", err), meta.FailedReason))
 	}
 	defer os.Remove(file)
 	st.revision = revision
@@ -173,9 +164,7 @@ func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patc
 		st.index, err = json.MarshalIndent(idx, "", "  ")
 	}
 	if err != nil {
-		e := NewGeneric(fmt.Errorf("failed to load Helm repository from index YAML: %w", err), sourcev1.IndexationFailedReason)
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to load Helm repository from index YAML: %w", err), sourcev1.IndexationFailedReason))
 	}
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
 
@@ -230,10 +219,7 @@ func unsupportedHelmRepoSpec(obj *sourcev1.HelmRepository) error {
 	if p := obj.Spec.Provider; p != "" && p != sourcev1.GenericOCIProvider {
 		fields = append(fields, "spec.provider '"+p+"'")
 	}
-	if len(fields) == 0 {
-		return nil
-	}
-	return errors.New("not supported by sourceraft yet: " + strings.Join(fields, ", "))
+	return notSupported(fields)
 }
 
 // helmHumanSize formats a byte count like the Flux event messages do.

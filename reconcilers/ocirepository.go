@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
@@ -123,19 +122,15 @@ func (r *OCIRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
 // or the content configuration differs from the stored artifact's.
 func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.OCIRepository, st *ociState) (Result, error) {
-	fail := func(e *Error) (Result, error) {
-		conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
-		return ResultEmpty, e
-	}
 	if err := unsupportedOCISpec(obj); err != nil {
-		return fail(NewStalling(err, UnsupportedFieldReason))
+		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
 	repo, err := parseOCIURL(obj.Spec.URL, obj.Spec.Insecure)
 	if err != nil {
-		return fail(NewStalling(fmt.Errorf("URL validation failed for '%s': %w", obj.Spec.URL, err), sourcev1.URLInvalidReason))
+		return fetchFailed(obj, NewStalling(fmt.Errorf("URL validation failed for '%s': %w", obj.Spec.URL, err), sourcev1.URLInvalidReason))
 	}
 	if op := obj.GetLayerOperation(); op != sourcev1.OCILayerExtract && op != sourcev1.OCILayerCopy {
-		return fail(NewStalling(fmt.Errorf("unsupported layer operation: %s", op), sourcev1.OCILayerOperationFailedReason))
+		return fetchFailed(obj, NewStalling(fmt.Errorf("unsupported layer operation: %s", op), sourcev1.OCILayerOperationFailedReason))
 	}
 
 	timeout := defaultOCITimeout
@@ -151,18 +146,18 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		if !errors.As(err, &e) {
 			e = NewGeneric(err, sourcev1.AuthenticationFailedReason)
 		}
-		return fail(e)
+		return fetchFailed(obj, e)
 	}
 
 	ref, err := rem.resolve(repo, obj.Spec.Reference)
 	if err != nil {
 		switch {
 		case errors.Is(err, errInvalidRef):
-			return fail(NewStalling(err, sourcev1.OCIPullFailedReason))
+			return fetchFailed(obj, NewStalling(err, sourcev1.OCIPullFailedReason))
 		case errors.Is(err, errOCIList):
-			return fail(NewGeneric(fmt.Errorf("failed to determine the artifact tag for '%s': %w", obj.Spec.URL, err), sourcev1.ReadOperationFailedReason))
+			return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to determine the artifact tag for '%s': %w", obj.Spec.URL, err), sourcev1.ReadOperationFailedReason))
 		}
-		return fail(NewGeneric(fmt.Errorf("failed to determine artifact digest: %w", err), sourcev1.OCIPullFailedReason))
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to determine artifact digest: %w", err), sourcev1.OCIPullFailedReason))
 	}
 	st.pulled = &ociPulled{ref: ref}
 	revision := ref.revision()
@@ -197,7 +192,7 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		if !errors.As(err, &e) {
 			e = NewGeneric(fmt.Errorf("failed to pull artifact from '%s': %w", obj.Spec.URL, err), sourcev1.OCIPullFailedReason)
 		}
-		return fail(e)
+		return fetchFailed(obj, e)
 	}
 	st.pulled = pulled
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
@@ -315,8 +310,5 @@ func unsupportedOCISpec(obj *sourcev1.OCIRepository) error {
 	if obj.Spec.ServiceAccountName != "" {
 		fields = append(fields, "spec.serviceAccountName")
 	}
-	if len(fields) == 0 {
-		return nil
-	}
-	return fmt.Errorf("not supported by sourceraft yet: %s", strings.Join(fields, ", "))
+	return notSupported(fields)
 }
