@@ -59,8 +59,12 @@ func newNetwork() (*network, error) {
 		}
 	}
 	n.host = n.addr(1)
+	// A MAC of the bridge's own: by default it takes its lowest port's,
+	// and would change while that replica's veth is off the bridge, cutting
+	// every other replica off the host too.
+	mac := fmt.Sprintf("02:53:52:%02x:%02x:01", b[0], b[1])
 	for _, args := range [][]string{
-		{"link", "add", n.bridge, "type", "bridge"},
+		{"link", "add", n.bridge, "address", mac, "type", "bridge"},
 		{"addr", "add", n.host.String() + "/24", "dev", n.bridge},
 		{"link", "set", n.bridge, "up"},
 	} {
