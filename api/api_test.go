@@ -48,6 +48,23 @@ func TestCRDsCoverSourceKinds(t *testing.T) {
 	}
 }
 
+// The Flux CLI finds the CRDs by Flux's labels (flux check, flux
+// uninstall); `make crds` adds them after controller-gen (hack/crdlabels).
+func TestCRDsCarryFluxLabels(t *testing.T) {
+	crds, err := CRDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"app.kubernetes.io/part-of": "flux", "app.kubernetes.io/component": "source-controller"}
+	for _, crd := range crds {
+		for k, v := range want {
+			if got := crd.Labels[k]; got != v {
+				t.Errorf("%s: label %s=%q, want %q: run make crds", crd.Name, k, got, v)
+			}
+		}
+	}
+}
+
 func TestSchemeKnowsSourceAndCoreKinds(t *testing.T) {
 	s := Scheme()
 	for _, k := range sourceKinds {

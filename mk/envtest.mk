@@ -6,7 +6,8 @@
 #
 # Targets:
 #   envtest-bins   bin/k8s/kube-apiserver and bin/k8s/etcd for envtest
-#   crds           regenerate api/crds/*.yaml from the Flux API types
+#   crds           regenerate api/crds/*.yaml from the Flux API types, with
+#                  Flux's CRD labels (hack/crdlabels)
 #   verify-crds    fail if api/crds/ differs from a fresh generation
 #
 # Nothing but the Go module proxy can be reached from the build machines, so
@@ -32,6 +33,13 @@ ENVTEST_GOBUILD := $(ENVTEST_GO) build -trimpath
 # served), and v1 carries +kubebuilder:storageversion.
 CRD_PACKAGES := github.com/fluxcd/source-controller/api/v1
 CRD_OPTIONS := crd:crdVersions=v1
+# What Flux's install labels its CRDs with and the Flux CLI selects by (flux
+# check lists the CRDs part-of flux; flux uninstall deletes them). Generation
+# cannot add them (controller-gen reads labels only from markers on the API
+# types, which are Flux's), so hack/crdlabels adds them to controller-gen's
+# output, in `crds` and in `verify-crds` alike.
+CRD_LABELS := app.kubernetes.io/part-of=flux app.kubernetes.io/component=source-controller
+CRD_LABEL := cd $(ENVTEST_ROOT) && GOWORK=off go run ./hack/crdlabels
 
 .PHONY: envtest-bins crds verify-crds
 
@@ -66,8 +74,10 @@ $(CONTROLLER_GEN): $(ENVTEST_ROOT)/hack/tools/go.mod $(ENVTEST_ROOT)/hack/tools/
 crds: $(CONTROLLER_GEN)
 	rm -f $(ENVTEST_ROOT)/api/crds/*.yaml
 	cd $(ENVTEST_ROOT) && GOWORK=off $(CONTROLLER_GEN) $(CRD_OPTIONS) paths=$(CRD_PACKAGES) output:crd:dir=api/crds
+	$(CRD_LABEL) -dir api/crds $(CRD_LABELS)
 
 verify-crds: $(CONTROLLER_GEN)
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	cd $(ENVTEST_ROOT) && GOWORK=off $(CONTROLLER_GEN) $(CRD_OPTIONS) paths=$(CRD_PACKAGES) output:crd:dir=$$tmp && \
+	$(CRD_LABEL) -dir $$tmp $(CRD_LABELS) && \
 	diff -r $$tmp api/crds && echo "api/crds is up to date"
