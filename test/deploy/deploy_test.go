@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,6 +28,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -179,6 +181,7 @@ func TestStatefulSetBase(t *testing.T) {
 	t.Run("pod passes restricted pod security", func(t *testing.T) { dryRunPod(ctx, t, objs) })
 	t.Run("services", func(t *testing.T) { checkServices(t, objs) })
 	t.Run("pdb and networkpolicy", func(t *testing.T) { checkPDBAndPolicy(t, objs) })
+	t.Run("flux labels", func(t *testing.T) { checkFluxLabels(ctx, t, objs) })
 	t.Run("rbac", func(t *testing.T) { checkRBAC(ctx, t, objs) })
 }
 
@@ -502,6 +505,77 @@ func checkPDBAndPolicy(t *testing.T, objs []*unstructured.Unstructured) {
 	for _, p := range []string{"http", "http-prom"} {
 		if !fromNamespace[p] {
 			t.Errorf("port %s: want open to the namespace", p)
+		}
+	}
+}
+
+// fluxLabels are what Flux's install puts on every object of its
+// source-controller (manifests/bases/source-controller and manifests/install
+// in fluxcd/flux2), plus sourceraft's own name.
+var fluxLabels = map[string]string{
+	"app.kubernetes.io/part-of":   "flux",
+	"app.kubernetes.io/component": "source-controller",
+	"app.kubernetes.io/instance":  ns,
+	"app.kubernetes.io/name":      "sourceraft",
+}
+
+// checkFluxLabels checks the labels the Flux CLI and Flux tooling select by:
+// on every object and on the pods, with the selectors left alone (a
+// StatefulSet's selector and volumeClaimTemplates cannot change on an
+// existing StatefulSet), and asks the API server for the CRDs by the label
+// `flux check` and `flux uninstall` select them with.
+func checkFluxLabels(ctx context.Context, t *testing.T, objs []*unstructured.Unstructured) {
+	hasAll := func(what string, got, want map[string]string) {
+		t.Helper()
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: label %s=%q, want %q (labels %v)", what, k, got[k], v, got)
+			}
+		}
+	}
+	for _, u := range objs {
+		hasAll(key(u), u.GetLabels(), fluxLabels)
+	}
+	var sts appsv1.StatefulSet
+	find(t, objs, "StatefulSet", stsName, &sts)
+	podWant := map[string]string{"app": "source-controller"}
+	maps.Copy(podWant, fluxLabels)
+	hasAll("pod template", sts.Spec.Template.Labels, podWant)
+	if sel := sts.Spec.Selector; sel == nil || len(sel.MatchExpressions) != 0 ||
+		!maps.Equal(sel.MatchLabels, map[string]string{"app": "source-controller"}) {
+		t.Errorf("StatefulSet selector %v, want exactly app=source-controller", sel)
+	}
+	for _, vct := range sts.Spec.VolumeClaimTemplates {
+		if len(vct.Labels) != 0 {
+			t.Errorf("volumeClaimTemplate %s has labels %v: an existing StatefulSet could not be updated", vct.Name, vct.Labels)
+		}
+	}
+	// As Flux's Deployment and Service of the source-controller.
+	for _, k := range []string{"StatefulSet/" + stsName, "Service/source-controller"} {
+		for _, u := range objs {
+			if key(u) == k {
+				hasAll(k, u.GetLabels(), map[string]string{"control-plane": "controller"})
+			}
+		}
+	}
+
+	crds, err := api.CRDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Metadata only, as the Flux CLI lists them.
+	var list metav1.PartialObjectMetadataList
+	list.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinitionList"))
+	if err := env.Client.List(ctx, &list, client.MatchingLabels{"app.kubernetes.io/part-of": "flux"}); err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, c := range list.Items {
+		listed = append(listed, c.Name)
+	}
+	for _, c := range crds {
+		if !slices.Contains(listed, c.Name) {
+			t.Errorf("CRD %s is not listed by app.kubernetes.io/part-of=flux (listed: %v)", c.Name, listed)
 		}
 	}
 }
