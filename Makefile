@@ -11,6 +11,7 @@ RACE_PKGS := ./fsm/... ./raftstore/... ./httpapi/...
 include mk/envtest.mk
 include mk/minio.mk
 include mk/image.mk
+include mk/flux.mk
 
 build:
 	$(GO) build -o $(BIN)/source-controller ./cmd/source-controller
@@ -19,11 +20,11 @@ build:
 run: build envtest-bins
 	$(BIN)/devcluster -binary $(BIN)/source-controller -dir .run -replicas 3
 
-test: build lint envtest-bins test-unit image-test test-e2e chaos-short
+test: build lint envtest-bins test-unit image-test test-e2e test-fluxcli chaos-short
 
 test-unit: $(MINIO_BIN)
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /fsm -e /raftstore -e /httpapi -e /test/e2e -e /test/bench)
+	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /fsm -e /raftstore -e /httpapi -e /test/e2e -e /test/bench -e /test/fluxcli)
 
 test-e2e: build envtest-bins
 	SOURCERAFT_BIN=$(BIN)/source-controller $(GO) test -count=1 -timeout 20m -v ./test/e2e/... 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}

@@ -401,6 +401,16 @@ func (c *Cluster) Close() {
 	}
 }
 
+// LogTail returns the last n bytes of replica i's log (<dir>/<id>/log), for
+// a failing test to print; a log that cannot be read gives the error text.
+func (c *Cluster) LogTail(i, n int) []byte {
+	b, err := os.ReadFile(filepath.Join(c.Replicas[i].Dir, "log"))
+	if err != nil {
+		return []byte(err.Error())
+	}
+	return b[max(0, len(b)-n):]
+}
+
 // errNoNetns is returned by the network faults of a cluster created
 // without Options.Netns.
 var errNoNetns = errors.New("cluster: network faults need Options.Netns")
