@@ -18,7 +18,7 @@ build:
 	$(GO) build -o $(BIN)/devcluster ./cmd/devcluster
 
 run: build envtest-bins
-	$(BIN)/devcluster -binary $(BIN)/source-controller -dir .run -replicas 3
+	$(BIN)/devcluster -binary $(BIN)/source-controller -flux $(FLUX_CLI) -dir .run -replicas 3
 
 test: build lint envtest-bins test-unit image-test test-e2e test-fluxcli chaos-short
 

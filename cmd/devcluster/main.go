@@ -1,9 +1,11 @@
 // Command devcluster runs the main job of sourceraft on this machine: a
 // local Kubernetes API server (etcd and kube-apiserver from bin/k8s), a
 // smart-HTTP Git server, and N real source-controller replicas on loopback
-// with mTLS between them and --reconcile on. It creates a sample
-// GitRepository, waits until the Raft leader has reconciled it, prints its
-// artifact URL on every replica, and keeps everything up until interrupted.
+// with mTLS between them and --reconcile on. Like a Flux install, it creates
+// the flux-system namespace and a sample GitRepository there, waits until the
+// Raft leader has reconciled it, prints its artifact URL on every replica and
+// the Flux CLI commands that work against it, and keeps everything up until
+// interrupted.
 package main
 
 import (
@@ -23,6 +25,7 @@ import (
 
 	"github.com/fluxcd/pkg/apis/meta"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -36,14 +39,19 @@ func main() {
 	bin := flag.String("binary", "bin/source-controller", "source-controller executable")
 	dir := flag.String("dir", ".run", "directory for replica data, certificates, the Git repositories, kubeconfig and logs")
 	replicas := flag.Int("replicas", 3, "number of replicas")
+	flux := flag.String("flux", "bin/flux", "the Flux CLI (make flux-cli builds it), named in the commands printed")
 	flag.Parse()
-	if err := run(*bin, *dir, *replicas); err != nil {
+	if err := run(*bin, *dir, *flux, *replicas); err != nil {
 		fmt.Fprintln(os.Stderr, "devcluster:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin, dir string, replicas int) error {
+// namespace is where a Flux install lives and where every Flux CLI command
+// looks unless told otherwise.
+const namespace = "flux-system"
+
+func run(bin, dir, flux string, replicas int) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -99,8 +107,14 @@ func run(bin, dir string, replicas int) error {
 	}
 	fmt.Printf("cluster of %d replicas up; Raft leader %s reconciles\n", replicas, c.Replicas[leader].ID)
 
+	// Labelled as Flux's install labels its namespace.
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace, Labels: map[string]string{
+		"app.kubernetes.io/part-of": "flux", "app.kubernetes.io/instance": namespace}}}
+	if err := env.Client.Create(wctx, ns); err != nil {
+		return fmt.Errorf("create namespace %s: %w", namespace, err)
+	}
 	obj := &sourcev1.GitRepository{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "sample"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "sample"},
 		Spec: sourcev1.GitRepositorySpec{
 			URL:       repo.URL,
 			Interval:  metav1.Duration{Duration: time.Minute},
@@ -114,7 +128,7 @@ func run(bin, dir string, replicas int) error {
 	if err != nil {
 		return fmt.Errorf("%w (replica logs are in %s/replica-*/log)", err, dir)
 	}
-	fmt.Printf("GitRepository default/sample: revision %s, digest %s\n  status URL %s\n", art.Revision, art.Digest, art.URL)
+	fmt.Printf("GitRepository %s/%s: revision %s, digest %s\n  status URL %s\n", obj.Namespace, obj.Name, art.Revision, art.Digest, art.URL)
 	u, err := url.Parse(art.URL)
 	if err != nil {
 		return err
@@ -129,12 +143,39 @@ func run(bin, dir string, replicas int) error {
 		}
 		fmt.Printf("  %-10s %s  %s\n", r.ID, c.ArtifactURL(i, u.Path[1:]), got)
 	}
+	work := filepath.Join(dir, "git-work", "sample")
 	fmt.Printf("kubectl --kubeconfig %s get gitrepositories -A\n", kubeconfig)
-	fmt.Printf("new commits: git -C %s commit ... && git -C %s push origin master\n", filepath.Join(dir, "git-work", "sample"), filepath.Join(dir, "git-work", "sample"))
+	fmt.Printf("new commits: git -C %s commit ... && git -C %s push origin master\n", work, work)
+	printFluxCommands(flux, kubeconfig, repo.URL)
 	fmt.Printf("internal API: curl -H 'Authorization: Bearer %s' http://%s/v1/cluster\n", c.Token, c.Replicas[0].APIAddr)
 	fmt.Println("running; Ctrl-C stops everything")
 	<-ctx.Done()
 	return nil
+}
+
+// printFluxCommands tells how to drive the cluster with the Flux CLI; each
+// command works against it as printed (test/fluxcli runs the same ones).
+func printFluxCommands(flux, kubeconfig, repoURL string) {
+	build := ""
+	if _, err := os.Stat(flux); err != nil {
+		build = " (not built yet: make flux-cli, a few minutes the first time)"
+	}
+	fmt.Printf("Flux CLI %s%s, in the %s namespace like every Flux command:\n", flux, build, namespace)
+	fmt.Printf("  export KUBECONFIG=%s\n", kubeconfig)
+	for _, c := range []string{
+		"get sources all",
+		"reconcile source git sample",
+		"export source git sample",
+		"events --for GitRepository/sample",
+		"stats",
+		"suspend source git sample",
+		"resume source git sample",
+		"create source git app --url=" + repoURL + " --branch=master --interval=10m",
+		"delete source git app --silent",
+	} {
+		fmt.Printf("  %s %s\n", flux, c)
+	}
+	fmt.Println("  (flux check, flux version and flux logs look for Deployments and sourceraft is a StatefulSet: see the README)")
 }
 
 var sampleFiles = map[string]string{
