@@ -17,7 +17,7 @@
 //	metrics.go        gotk_reconcile_duration_seconds
 //	leaderclient.go   the leadership write gate
 //	runner.go         LeaderRunner and the manager it builds
-//	gitrepository.go  GitRepository, with git_checkout.go, git_auth.go and git_include.go
+//	gitrepository.go  GitRepository, with git_include.go (checkout and auth: sources/git)
 //	helmrepository.go HelmRepository, with helm_fetch.go
 //	helmchart.go      HelmChart, with helm_build.go and helm_fetch.go
 //	ocirepository.go  OCIRepository, with oci_remote.go and oci_layer.go

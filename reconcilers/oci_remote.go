@@ -31,6 +31,10 @@ const (
 // errOCIList marks a failure to list the repository's tags for spec.ref.semver.
 var errOCIList = errors.New("list tags")
 
+// errInvalidRef marks a spec.ref no pull can satisfy (a bad semver range,
+// a malformed digest): the object stalls until it changes.
+var errInvalidRef = errors.New("invalid reference")
+
 // parseOCIURL turns spec.url, oci://<registry>/<repository>, into the
 // repository it names. A tag or digest in the URL is refused: spec.ref
 // selects those.
