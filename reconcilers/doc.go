@@ -21,7 +21,7 @@
 //	helmrepository.go HelmRepository, with helm_fetch.go
 //	helmchart.go      HelmChart, with helm_build.go and helm_fetch.go
 //	ocirepository.go  OCIRepository, with oci_remote.go and oci_layer.go
-//	bucket.go         Bucket, with bucket_fetch.go
+//	bucket.go         Bucket (listing and fetching: sources/bucket)
 //
 // A kind's file holds its reconciler, its sourceKind (how source.go reads
 // its spec and status) and its own steps; nothing shared is written again
