@@ -20,7 +20,7 @@
 //	gitrepository.go  GitRepository, with git_include.go (checkout and auth: sources/git)
 //	helmrepository.go HelmRepository, with helm_fetch.go
 //	helmchart.go      HelmChart, with helm_build.go and helm_fetch.go
-//	ocirepository.go  OCIRepository, with oci_remote.go and oci_layer.go
+//	ocirepository.go  OCIRepository (registry pulls and layers: sources/oci)
 //	bucket.go         Bucket (listing and fetching: sources/bucket)
 //
 // A kind's file holds its reconciler, its sourceKind (how source.go reads
