@@ -18,8 +18,8 @@
 //	leaderclient.go   the leadership write gate
 //	runner.go         LeaderRunner and the manager it builds
 //	gitrepository.go  GitRepository, with git_include.go (checkout and auth: sources/git)
-//	helmrepository.go HelmRepository, with helm_fetch.go
-//	helmchart.go      HelmChart, with helm_build.go and helm_fetch.go
+//	helmrepository.go HelmRepository (index fetching: sources/helm)
+//	helmchart.go      HelmChart (chart fetching and building: sources/helm)
 //	ocirepository.go  OCIRepository (registry pulls and layers: sources/oci)
 //	bucket.go         Bucket (listing and fetching: sources/bucket)
 //
