@@ -11,7 +11,6 @@ import (
 
 	"github.com/Masterminds/semver/v3"
 	"github.com/fluxcd/pkg/runtime/transform"
-	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
@@ -395,9 +394,6 @@ func setValues(ch *chart.Chart, merged map[string]any) error {
 // paths. Dependencies in remote repositories must be vendored under
 // charts/: sourceraft does not download them.
 func addLocalDependencies(ch *chart.Chart, chartDir, sourceDir string) error {
-	if ch.Metadata.Dependencies == nil || action.CheckDependencies(ch, ch.Metadata.Dependencies) == nil {
-		return nil
-	}
 	have := map[string]bool{}
 	for _, d := range ch.Dependencies() {
 		have[d.Name()] = true
