@@ -310,14 +310,7 @@ func TestBucketFetchFailures(t *testing.T) {
 			if msg := conditions.GetMessage(o, meta.ReadyCondition); !strings.Contains(msg, tt.message) {
 				t.Errorf("Ready message %q, want it to contain %q", msg, tt.message)
 			}
-			if tt.stalled {
-				o = bucketWaitFor(t, ns, name, 30*time.Second, "Stalled", func(o *sourcev1.Bucket) bool {
-					return conditions.IsStalled(o) && o.Status.ObservedGeneration == o.Generation
-				})
-				if conditions.GetReason(o, meta.StalledCondition) != tt.reason {
-					t.Errorf("Stalled reason %q, want %q", conditions.GetReason(o, meta.StalledCondition), tt.reason)
-				}
-			}
+			o = waitFailedAsFlux[*sourcev1.Bucket](t, ns, name, tt.cond, tt.reason, tt.stalled)
 			if o.Status.Artifact != nil {
 				t.Errorf("failed Bucket has an artifact: %+v", o.Status.Artifact)
 			}

@@ -16,6 +16,7 @@ import (
 	"helm.sh/helm/v3/pkg/chart/loader"
 
 	"github.com/sourceraft/sourceraft/internal/helmserver"
+	helmsrc "github.com/sourceraft/sourceraft/sources/helm"
 )
 
 // helmLoadArtifact downloads a chart artifact, digest-verified, and loads
@@ -104,14 +105,15 @@ func TestHelmChartMissingVersion(t *testing.T) {
 	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
 	helmReady(t, newHelmRepository(t, ns, "repo", srv.URL(), nil), "")
 
-	o := helmFailedWith(t, newHelmChart(t, ns, "nine", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
+	newHelmChart(t, ns, "nine", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
 		o.Spec.Version = "9.x"
-	}), sourcev1.FetchFailedCondition, "ChartPullError")
+	})
+	o := waitFailedAsFlux[*sourcev1.HelmChart](t, ns, "nine", sourcev1.FetchFailedCondition, string(helmsrc.ReasonChartPull), false)
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "no 'app' chart with version matching '9.x' found") {
 		t.Errorf("FetchFailed message %q", msg)
 	}
 	o = helmFailedWith(t, newHelmChart(t, ns, "other", sourcev1.HelmRepositoryKind, "repo", "nosuchchart", nil),
-		sourcev1.FetchFailedCondition, "ChartPullError")
+		sourcev1.FetchFailedCondition, string(helmsrc.ReasonChartPull))
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "no chart name 'nosuchchart'") {
 		t.Errorf("FetchFailed message %q", msg)
 	}

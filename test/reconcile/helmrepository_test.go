@@ -123,7 +123,7 @@ func TestHelmRepositoryAuth(t *testing.T) {
 
 	helmReady(t, good, helmIndexRevision(srv.IndexBytes()))
 	for _, o := range []*sourcev1.HelmRepository{bad, anon} {
-		o = helmFailedWith(t, o, sourcev1.FetchFailedCondition, meta.FailedReason)
+		o = waitFailedAsFlux[*sourcev1.HelmRepository](t, ns, o.Name, sourcev1.FetchFailedCondition, meta.FailedReason, false)
 		if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "401") {
 			t.Errorf("%s: FetchFailed message %q does not report the 401", o.Name, msg)
 		}
@@ -151,12 +151,7 @@ func TestHelmRepositoryInvalidURL(t *testing.T) {
 		"no-host":    "http:///charts",
 	} {
 		o := newHelmRepository(t, ns, name, url, nil)
-		o = helmWaitFor(t, o, 60*time.Second, "Stalled", func(o *sourcev1.HelmRepository) bool {
-			return conditions.IsTrue(o, meta.StalledCondition) && o.Status.ObservedGeneration == o.Generation
-		})
-		if r := conditions.GetReason(o, sourcev1.FetchFailedCondition); r != sourcev1.URLInvalidReason {
-			t.Errorf("%s: FetchFailed reason %q, want %s", name, r, sourcev1.URLInvalidReason)
-		}
+		o = waitFailedAsFlux[*sourcev1.HelmRepository](t, ns, name, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true)
 		if msg := conditions.GetMessage(o, meta.ReadyCondition); !strings.Contains(msg, "invalid Helm repository URL") {
 			t.Errorf("%s: Ready message %q", name, msg)
 		}

@@ -333,16 +333,7 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 			if msg := conditions.GetMessage(o, tt.cond); !strings.Contains(msg, tt.message) {
 				t.Errorf("%s message %q does not mention %q", tt.cond, msg, tt.message)
 			}
-			if conditions.IsTrue(o, meta.StalledCondition) != tt.stalled {
-				t.Errorf("Stalled = %v, want %v: %v", conditions.IsTrue(o, meta.StalledCondition), tt.stalled, o.Status.Conditions)
-			}
-			if tt.stalled {
-				// Conditions and the rest of the status are patched in two
-				// requests: observedGeneration may trail the conditions.
-				o = ociWaitFor(t, ns, o.Name, 10*time.Second, "observedGeneration of a stalled object", func(o *sourcev1.OCIRepository) bool {
-					return o.Status.ObservedGeneration == o.Generation
-				})
-			}
+			o = waitFailedAsFlux[*sourcev1.OCIRepository](t, ns, o.Name, tt.cond, tt.reason, tt.stalled)
 			if conditions.GetMessage(o, meta.ReadyCondition) != conditions.GetMessage(o, tt.cond) || o.Status.Artifact != nil {
 				t.Errorf("Ready message %q, artifact %v", conditions.GetMessage(o, meta.ReadyCondition), o.Status.Artifact)
 			}
