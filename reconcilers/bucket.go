@@ -125,7 +125,7 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 	}
 	c, err := bucketsrc.NewS3(opts)
 	if err != nil {
-		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), "ClientError"))
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), sourcev1.AuthenticationFailedReason))
 	}
 
 	timeout := defaultBucketTimeout

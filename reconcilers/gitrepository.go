@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"time"
 
-	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
@@ -24,12 +23,8 @@ import (
 
 // Reasons of GitRepository conditions and events beyond the Flux API's.
 const (
-	// StoreFailedReason: the artifact could not be committed to the store.
-	StoreFailedReason = "StoreOperationFailed"
 	// ArchiveLimitReason: the source is over the archive size or entry limit.
 	ArchiveLimitReason = "ArchiveLimitExceeded"
-	// EmptyGitRepositoryReason: the remote has no commits.
-	EmptyGitRepositoryReason = "EmptyGitRepository"
 	// UnsupportedFieldReason: the spec uses a field this build cannot honour.
 	UnsupportedFieldReason = "UnsupportedField"
 )
@@ -154,16 +149,10 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		RecurseSubmodules: obj.Spec.RecurseSubmodules, SparseCheckout: obj.Spec.SparseCheckout,
 	})
 	if err != nil {
-		var e *Error
-		switch {
-		case errors.Is(err, gitsrc.ErrInvalidReference):
-			e = NewStalling(err, sourcev1.GitOperationFailedReason)
-		case errors.Is(err, gitsrc.ErrEmptyRepository):
-			e = NewGeneric(gitsrc.ErrEmptyRepository, EmptyGitRepositoryReason)
-		default:
-			e = NewGeneric(fmt.Errorf("failed to checkout and determine revision: %w", err), sourcev1.GitOperationFailedReason)
+		if errors.Is(err, gitsrc.ErrInvalidReference) {
+			return fetchFailed(obj, NewStalling(err, sourcev1.GitOperationFailedReason))
 		}
-		return fetchFailed(obj, e)
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to checkout and determine revision: %w", err), sourcev1.GitOperationFailedReason))
 	}
 	st.commit = commit
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
@@ -225,8 +214,7 @@ func (r *GitRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 		}
 	}()
 	if obj.GetArtifact().HasRevision(revision) && !gitContentConfigChanged(obj, st.includes) {
-		r.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.GitOperationSucceedReason,
-			"no changes since last reconciliation: observed revision '%s'", revision)
+		r.notifyUpToDate(obj, revision)
 		return ResultSuccess, nil
 	}
 

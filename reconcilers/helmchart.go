@@ -457,7 +457,7 @@ func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.Se
 
 	art := newArtifactFor(sourcev1.HelmChartKind, obj, b.Version, b.Name+"-"+b.Version+".tgz")
 	if err := r.store.storeFile(ctx, &art, b.Path); err != nil {
-		e := NewGeneric(fmt.Errorf("unable to copy Helm chart to storage: %w", err), StoreFailedReason)
+		e := NewGeneric(fmt.Errorf("unable to copy Helm chart to storage: %w", err), sourcev1.ArchiveOperationFailedReason)
 		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
 		return ResultEmpty, e
 	}

@@ -206,7 +206,7 @@ func (r *HelmRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *pat
 	hex := strings.TrimPrefix(st.revision, "sha256:")
 	art := newArtifactFor(sourcev1.HelmRepositoryKind, obj, st.revision, "index-"+hex+".yaml")
 	if err := r.store.Store(ctx, &art, strings.NewReader(string(st.index))); err != nil {
-		e := NewGeneric(fmt.Errorf("unable to save artifact to storage: %w", err), StoreFailedReason)
+		e := NewGeneric(fmt.Errorf("unable to save artifact to storage: %w", err), sourcev1.ArchiveOperationFailedReason)
 		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
 		return ResultEmpty, e
 	}

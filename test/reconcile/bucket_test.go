@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sourceraft/sourceraft/internal/minioserver"
+	"github.com/sourceraft/sourceraft/reconcilers"
 )
 
 // bucketSecret creates a Secret with S3 keys in Flux's accesskey and
@@ -295,9 +296,9 @@ func TestBucketFetchFailures(t *testing.T) {
 		{"endpoint with scheme", func(b *sourcev1.Bucket) { b.Spec.Endpoint = "http://" + m.Endpoint },
 			sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, "without a scheme", true},
 		{"gcp provider", func(b *sourcev1.Bucket) { b.Spec.Provider = sourcev1.BucketProviderGoogle },
-			sourcev1.FetchFailedCondition, "UnsupportedField", "not supported by sourceraft yet: spec.provider 'gcp'", true},
+			sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, "not supported by sourceraft yet: spec.provider 'gcp'", true},
 		{"azure provider", func(b *sourcev1.Bucket) { b.Spec.Provider = sourcev1.BucketProviderAzure },
-			sourcev1.FetchFailedCondition, "UnsupportedField", "not supported by sourceraft yet: spec.provider 'azure'", true},
+			sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, "not supported by sourceraft yet: spec.provider 'azure'", true},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -352,7 +353,7 @@ func TestBucketOversizedObjectKeepsPreviousArtifact(t *testing.T) {
 
 	m.Put(t, bucket, map[string]string{"blob.bin": strings.Repeat("0123456789abcdef", archiveMaxSize/16+1)})
 	bucketRequestReconcile(t, ns, "big")
-	o := bucketFailedWith(t, ns, "big", sourcev1.FetchFailedCondition, "ArchiveLimitExceeded")
+	o := bucketFailedWith(t, ns, "big", sourcev1.FetchFailedCondition, reconcilers.ArchiveLimitReason)
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "object 'blob.bin'") || !strings.Contains(msg, "limit") {
 		t.Errorf("FetchFailed message %q", msg)
 	}
@@ -375,7 +376,7 @@ func TestBucketOversizedObjectKeepsPreviousArtifact(t *testing.T) {
 	m.Remove(t, bucket, "blob.bin")
 	m.Put(t, bucket, many)
 	bucketRequestReconcile(t, ns, "big")
-	o = bucketFailedWith(t, ns, "big", sourcev1.FetchFailedCondition, "ArchiveLimitExceeded")
+	o = bucketFailedWith(t, ns, "big", sourcev1.FetchFailedCondition, reconcilers.ArchiveLimitReason)
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "files and directories") {
 		t.Errorf("FetchFailed message %q", msg)
 	}

@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sourceraft/sourceraft/metrics"
+	"github.com/sourceraft/sourceraft/reconcilers"
 )
 
 // untar returns the regular files of a tar.gz artifact, path → content.
@@ -537,7 +538,7 @@ func TestGitRepositoryOversizedKeepsPreviousArtifact(t *testing.T) {
 
 	big := repo.commit("too big", map[string]string{"blob.txt": strings.Repeat("0123456789abcdef", archiveMaxSize/16+1)})
 	requestReconcile(t, ns, "big")
-	o := failedWith(t, ns, "big", sourcev1.BuildFailedCondition, "ArchiveLimitExceeded")
+	o := failedWith(t, ns, "big", sourcev1.BuildFailedCondition, reconcilers.ArchiveLimitReason)
 	msg := conditionMessage(o, sourcev1.BuildFailedCondition)
 	if !strings.Contains(msg, "master@sha1:"+big) || !strings.Contains(msg, "archive limit exceeded") {
 		t.Errorf("BuildFailed message %q", msg)
@@ -683,7 +684,7 @@ func TestGitRepositoryUnsupportedFieldsStall(t *testing.T) {
 		o.Spec.Verification = &sourcev1.GitRepositoryVerification{Mode: sourcev1.ModeGitHEAD, SecretRef: meta.LocalObjectReference{Name: "keys"}}
 		o.Spec.Provider = sourcev1.GitProviderAzure
 	})
-	o := failedWith(t, ns, "verify", sourcev1.FetchFailedCondition, "UnsupportedField")
+	o := failedWith(t, ns, "verify", sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason)
 	if msg := conditionMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "spec.verify") || !strings.Contains(msg, "spec.provider 'azure'") {
 		t.Errorf("FetchFailed message %q", msg)
 	}

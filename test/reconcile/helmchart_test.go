@@ -152,7 +152,7 @@ func TestHelmChartValuesFiles(t *testing.T) {
 	// A missing values file is a build failure...
 	o = helmFailedWith(t, newHelmChart(t, ns, "missing", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
 		o.Spec.ValuesFiles = []string{"values.yaml", "values-absent.yaml"}
-	}), sourcev1.BuildFailedCondition, "ValuesFilesError")
+	}), sourcev1.BuildFailedCondition, string(helmsrc.ReasonValuesFiles))
 	if msg := conditions.GetMessage(o, sourcev1.BuildFailedCondition); !strings.Contains(msg, "no values file found at path 'values-absent.yaml'") {
 		t.Errorf("BuildFailed message %q", msg)
 	}
@@ -235,7 +235,7 @@ func TestHelmChartFromGitRepository(t *testing.T) {
 
 	// A chart path that is not in the source stalls.
 	bad := newHelmChart(t, ns, "bad-path", sourcev1.GitRepositoryKind, "source", "charts/none", nil)
-	helmFailedWith(t, bad, sourcev1.FetchFailedCondition, "InvalidChartReference")
+	helmFailedWith(t, bad, sourcev1.FetchFailedCondition, string(helmsrc.ReasonChartReference))
 }
 
 // TestHelmChartOversizedKeepsPreviousArtifact rejects a chart over
@@ -257,7 +257,7 @@ func TestHelmChartOversizedKeepsPreviousArtifact(t *testing.T) {
 	}
 	srv.Publish(helmserver.ChartSpec{Name: "big", Version: "2.0.0", Files: files})
 	helmRequestReconcile(t, repoObj)
-	o := helmFailedWith(t, hc, sourcev1.FetchFailedCondition, "ChartPullError")
+	o := helmFailedWith(t, hc, sourcev1.FetchFailedCondition, string(helmsrc.ReasonChartPull))
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "exceeds the maximum size") {
 		t.Fatalf("FetchFailed message %q", msg)
 	}

@@ -150,8 +150,8 @@ func TestHelmRepositoryInvalidURL(t *testing.T) {
 		"oci-scheme": "oci://registry.example.com/charts",
 		"no-host":    "http:///charts",
 	} {
-		o := newHelmRepository(t, ns, name, url, nil)
-		o = waitFailedAsFlux[*sourcev1.HelmRepository](t, ns, name, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true)
+		newHelmRepository(t, ns, name, url, nil)
+		o := waitFailedAsFlux[*sourcev1.HelmRepository](t, ns, name, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true)
 		if msg := conditions.GetMessage(o, meta.ReadyCondition); !strings.Contains(msg, "invalid Helm repository URL") {
 			t.Errorf("%s: Ready message %q", name, msg)
 		}

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sourceraft/sourceraft/internal/ociregistry"
+	"github.com/sourceraft/sourceraft/reconcilers"
 )
 
 func TestOCIRepositoryRefs(t *testing.T) {
@@ -322,7 +323,7 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 			o.Spec.Provider = sourcev1.AmazonOCIProvider
 			o.Spec.ServiceAccountName = "puller"
 			o.Spec.ProxySecretRef = &meta.LocalObjectReference{Name: "proxy"}
-		}, sourcev1.FetchFailedCondition, "UnsupportedField", true, "not supported by sourceraft yet: spec.verify, spec.provider 'aws', spec.proxySecretRef, spec.serviceAccountName"},
+		}, sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, true, "not supported by sourceraft yet: spec.verify, spec.provider 'aws', spec.proxySecretRef, spec.serviceAccountName"},
 	}
 	for _, tt := range tests {
 		ociNew(t, ns, strings.ReplaceAll(tt.name, " ", "-"), url, tt.mutate)
@@ -381,7 +382,7 @@ func TestOCIRepositoryUpdatesAndLimits(t *testing.T) {
 			// The previous subtest left BuildFailed too: wait for this revision's.
 			o := ociWaitFor(t, ns, "app", 60*time.Second, "BuildFailed for stable@"+big.String(), func(o *sourcev1.OCIRepository) bool {
 				return conditions.IsTrue(o, sourcev1.BuildFailedCondition) && conditions.IsFalse(o, meta.ReadyCondition) &&
-					conditions.GetReason(o, sourcev1.BuildFailedCondition) == "ArchiveLimitExceeded" &&
+					conditions.GetReason(o, sourcev1.BuildFailedCondition) == reconcilers.ArchiveLimitReason &&
 					strings.Contains(conditions.GetMessage(o, sourcev1.BuildFailedCondition), big.String())
 			})
 			msg := conditions.GetMessage(o, sourcev1.BuildFailedCondition)
