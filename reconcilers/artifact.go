@@ -159,7 +159,7 @@ func storeFailed(obj conditions.Setter, err error, revision, what, failCond stri
 	case errors.Is(err, errArchive):
 		e = NewGeneric(fmt.Errorf("failed to archive revision '%s': %w", revision, err), sourcev1.ArchiveOperationFailedReason)
 	default:
-		e = NewGeneric(fmt.Errorf("failed to store artifact of revision '%s': %w", revision, err), StoreFailedReason)
+		e = NewGeneric(fmt.Errorf("unable to archive artifact to storage: %w", err), sourcev1.ArchiveOperationFailedReason)
 		cond = sourcev1.StorageOperationFailedCondition
 	}
 	conditions.MarkTrue(obj, cond, e.Reason, "%s", e)

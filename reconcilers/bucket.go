@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sourceraft/sourceraft/archive"
+	bucketsrc "github.com/sourceraft/sourceraft/sources/bucket"
 )
 
 // InvalidObjectKeyReason: the bucket holds an object whose key cannot be
@@ -51,7 +52,7 @@ type bucketState struct {
 	// dir is the temporary directory the objects are downloaded into.
 	dir string
 	// index is the bucket's key → ETag index, set by reconcileSource.
-	index *bucketIndex
+	index *bucketsrc.Index
 }
 
 type bucketStep = step[*sourcev1.Bucket, bucketState]
@@ -104,11 +105,14 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 	if err := unsupportedBucketSpec(obj); err != nil {
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
-	if err := validateBucketEndpoint(obj.Spec.Endpoint); err != nil {
+	if err := bucketsrc.ValidateEndpoint(obj.Spec.Endpoint); err != nil {
 		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
 	}
 
-	var secret map[string][]byte
+	opts := bucketsrc.S3Options{
+		Endpoint: obj.Spec.Endpoint, Region: obj.Spec.Region, Insecure: obj.Spec.Insecure,
+		IAM: obj.Spec.Provider == sourcev1.BucketProviderAmazon,
+	}
 	if ref := obj.Spec.SecretRef; ref != nil {
 		s := &corev1.Secret{}
 		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, s); err != nil {
@@ -117,11 +121,11 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 		if len(s.Data["accesskey"]) == 0 || len(s.Data["secretkey"]) == 0 {
 			return fetchFailed(obj, NewGeneric(fmt.Errorf("invalid '%s' secret data: required fields 'accesskey' and 'secretkey'", ref.Name), sourcev1.AuthenticationFailedReason))
 		}
-		secret = s.Data
+		opts.AccessKey, opts.SecretKey = string(s.Data["accesskey"]), string(s.Data["secretkey"])
 	}
-	c, err := newS3Client(obj, secret)
+	c, err := bucketsrc.NewS3(opts)
 	if err != nil {
-		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), "ClientError"))
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), sourcev1.AuthenticationFailedReason))
 	}
 
 	timeout := defaultBucketTimeout
@@ -134,33 +138,33 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 
 	fetchErr := func(err error) (Result, error) {
 		switch {
-		case errors.Is(err, errBucketLimit):
+		case errors.Is(err, bucketsrc.ErrLimit):
 			return fetchFailed(obj, NewGeneric(err, ArchiveLimitReason))
-		case errors.Is(err, errObjectKey):
+		case errors.Is(err, bucketsrc.ErrObjectKey):
 			return fetchFailed(obj, NewGeneric(err, InvalidObjectKeyReason))
 		}
 		return fetchFailed(obj, NewGeneric(err, sourcev1.BucketOperationFailedReason))
 	}
-	if err := checkBucketExists(fetchCtx, c, obj.Spec.BucketName); err != nil {
+	if err := bucketsrc.CheckExists(fetchCtx, c, obj.Spec.BucketName); err != nil {
 		return fetchErr(err)
 	}
-	filter, err := bucketIgnoreFilter(fetchCtx, c, obj.Spec.BucketName, obj.Spec.Ignore, limits.MaxObjectSize)
+	filter, err := bucketsrc.IgnoreFilter(fetchCtx, c, obj.Spec.BucketName, obj.Spec.Ignore, limits.MaxObjectSize)
 	if err != nil {
 		return fetchErr(err)
 	}
-	idx, err := indexBucket(fetchCtx, c, obj.Spec.BucketName, obj.Spec.Prefix, filter, limits)
+	idx, err := bucketsrc.List(fetchCtx, c, obj.Spec.BucketName, obj.Spec.Prefix, filter, limits)
 	if err != nil {
 		return fetchErr(err)
 	}
 
 	cur := obj.GetArtifact()
-	if rev := idx.revision(); !cur.HasRevision(rev) {
-		if err := downloadBucket(fetchCtx, c, obj.Spec.BucketName, idx, st.dir, limits); err != nil {
+	if rev := idx.Revision(); !cur.HasRevision(rev) {
+		if err := bucketsrc.Download(fetchCtx, c, obj.Spec.BucketName, idx, st.dir, limits); err != nil {
 			return fetchErr(err)
 		}
 		// The revision of what was downloaded: objects may have changed
 		// since they were listed.
-		why := fmt.Sprintf("new upstream revision '%s'", idx.revision())
+		why := fmt.Sprintf("new upstream revision '%s'", idx.Revision())
 		if err := bucketKind.markOutdated(ctx, sp, obj, r.ControllerName, why); err != nil {
 			return ResultEmpty, err
 		}
@@ -180,7 +184,7 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 // ArtifactInStorage=True when the status names an artifact of the
 // bucket's revision.
 func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.SerialPatcher, obj *sourcev1.Bucket, st *bucketState) (Result, error) {
-	revision := st.index.revision()
+	revision := st.index.Revision()
 	defer func() {
 		if obj.GetArtifact().HasRevision(revision) {
 			conditions.Delete(obj, sourcev1.ArtifactOutdatedCondition)
@@ -208,8 +212,8 @@ func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.Seria
 }
 
 // limits are the fetch limits of one reconcile.
-func (r *BucketReconciler) limits() bucketLimits {
-	l := bucketLimits{MaxSize: r.ArchiveMaxSize, MaxObjectSize: r.MaxObjectSize, MaxEntries: r.ArchiveMaxEntries}
+func (r *BucketReconciler) limits() bucketsrc.Limits {
+	l := bucketsrc.Limits{MaxSize: r.ArchiveMaxSize, MaxObjectSize: r.MaxObjectSize, MaxEntries: r.ArchiveMaxEntries}
 	if l.MaxObjectSize <= 0 {
 		l.MaxObjectSize = l.MaxSize
 	}
@@ -240,18 +244,4 @@ func unsupportedBucketSpec(obj *sourcev1.Bucket) error {
 		fields = append(fields, "spec.serviceAccountName")
 	}
 	return notSupported(fields)
-}
-
-// validateBucketEndpoint accepts what minio-go takes: host[:port], without
-// a scheme or a path (spec.insecure chooses http).
-func validateBucketEndpoint(endpoint string) error {
-	switch {
-	case endpoint == "":
-		return errors.New("spec.endpoint is empty")
-	case strings.Contains(endpoint, "://"):
-		return fmt.Errorf("endpoint '%s' must be host[:port] without a scheme (set spec.insecure for plain HTTP)", endpoint)
-	case strings.ContainsAny(endpoint, "/?#@ "):
-		return fmt.Errorf("endpoint '%s' must be host[:port] without a path", endpoint)
-	}
-	return nil
 }

@@ -17,11 +17,11 @@
 //	metrics.go        gotk_reconcile_duration_seconds
 //	leaderclient.go   the leadership write gate
 //	runner.go         LeaderRunner and the manager it builds
-//	gitrepository.go  GitRepository, with git_checkout.go, git_auth.go and git_include.go
-//	helmrepository.go HelmRepository, with helm_fetch.go
-//	helmchart.go      HelmChart, with helm_build.go and helm_fetch.go
-//	ocirepository.go  OCIRepository, with oci_remote.go and oci_layer.go
-//	bucket.go         Bucket, with bucket_fetch.go
+//	gitrepository.go  GitRepository, with git_include.go (checkout and auth: sources/git)
+//	helmrepository.go HelmRepository (index fetching: sources/helm)
+//	helmchart.go      HelmChart (chart fetching and building: sources/helm)
+//	ocirepository.go  OCIRepository (registry pulls and layers: sources/oci)
+//	bucket.go         Bucket (listing and fetching: sources/bucket)
 //
 // A kind's file holds its reconciler, its sourceKind (how source.go reads
 // its spec and status) and its own steps; nothing shared is written again

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"reflect"
 	"time"
 
-	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
@@ -19,17 +17,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sourceraft/sourceraft/archive"
+	gitsrc "github.com/sourceraft/sourceraft/sources/git"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
 // Reasons of GitRepository conditions and events beyond the Flux API's.
 const (
-	// StoreFailedReason: the artifact could not be committed to the store.
-	StoreFailedReason = "StoreOperationFailed"
 	// ArchiveLimitReason: the source is over the archive size or entry limit.
 	ArchiveLimitReason = "ArchiveLimitExceeded"
-	// EmptyGitRepositoryReason: the remote has no commits.
-	EmptyGitRepositoryReason = "EmptyGitRepository"
 	// UnsupportedFieldReason: the spec uses a field this build cannot honour.
 	UnsupportedFieldReason = "UnsupportedField"
 )
@@ -57,7 +52,7 @@ type gitState struct {
 	// dir is the temporary checkout directory.
 	dir string
 	// commit is the checked out commit, set by reconcileSource.
-	commit *gitCommit
+	commit *gitsrc.Commit
 	// includes are the included artifacts, set by reconcileSource.
 	includes artifactSet
 }
@@ -109,7 +104,7 @@ func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
 // or the content configuration differs from the stored artifact's.
 func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository, st *gitState) (Result, error) {
-	u, err := parseGitURL(obj.Spec.URL)
+	u, err := gitsrc.ParseURL(obj.Spec.URL)
 	if err != nil {
 		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
 	}
@@ -128,7 +123,7 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 			data = map[string][]byte{}
 		}
 	}
-	auth, err := gitAuthFromSecret(u, data)
+	auth, err := gitsrc.AuthFromSecret(u, data)
 	if err != nil {
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason))
 	}
@@ -149,21 +144,15 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	}
 	gitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	commit, err := checkout(gitCtx, st.dir, checkoutOptions{
-		URL: obj.Spec.URL, Auth: auth, Ref: obj.Spec.Reference,
+	commit, err := gitsrc.Checkout(gitCtx, st.dir, gitsrc.CheckoutOptions{
+		URL: obj.Spec.URL, Auth: auth, Ref: gitReference(obj.Spec.Reference),
 		RecurseSubmodules: obj.Spec.RecurseSubmodules, SparseCheckout: obj.Spec.SparseCheckout,
 	})
 	if err != nil {
-		var e *Error
-		switch {
-		case errors.Is(err, errInvalidRef):
-			e = NewStalling(err, sourcev1.GitOperationFailedReason)
-		case isEmptyRemote(err):
-			e = NewGeneric(errors.New("git repository is empty"), EmptyGitRepositoryReason)
-		default:
-			e = NewGeneric(fmt.Errorf("failed to checkout and determine revision: %w", err), sourcev1.GitOperationFailedReason)
+		if errors.Is(err, gitsrc.ErrInvalidReference) {
+			return fetchFailed(obj, NewStalling(err, sourcev1.GitOperationFailedReason))
 		}
-		return fetchFailed(obj, e)
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to checkout and determine revision: %w", err), sourcev1.GitOperationFailedReason))
 	}
 	st.commit = commit
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
@@ -225,8 +214,7 @@ func (r *GitRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 		}
 	}()
 	if obj.GetArtifact().HasRevision(revision) && !gitContentConfigChanged(obj, st.includes) {
-		r.AnnotatedEventf(obj, artifactAnnotations(obj.GetArtifact()), eventv1.EventTypeTrace, sourcev1.GitOperationSucceedReason,
-			"no changes since last reconciliation: observed revision '%s'", revision)
+		r.notifyUpToDate(obj, revision)
 		return ResultSuccess, nil
 	}
 
@@ -304,22 +292,13 @@ func unsupportedGitSpec(obj *sourcev1.GitRepository) error {
 	return notSupported(fields)
 }
 
-// parseGitURL accepts the URLs a Git checkout can use: http, https and
-// ssh, with a host.
-func parseGitURL(raw string) (*url.URL, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("failed to parse url '%s': %w", raw, err)
+// gitReference is spec.ref as the checkout's Reference; nil is the zero
+// Reference, the default branch.
+func gitReference(ref *sourcev1.GitRepositoryRef) gitsrc.Reference {
+	if ref == nil {
+		return gitsrc.Reference{}
 	}
-	switch u.Scheme {
-	case "http", "https", "ssh":
-	default:
-		return nil, fmt.Errorf("url '%s' has unsupported scheme '%s': want http, https or ssh", raw, u.Scheme)
-	}
-	if u.Host == "" {
-		return nil, fmt.Errorf("url '%s' has no host", raw)
-	}
-	return u, nil
+	return gitsrc.Reference{Branch: ref.Branch, Tag: ref.Tag, SemVer: ref.SemVer, Name: ref.Name, Commit: ref.Commit}
 }
 
 // withoutGitDir also drops the checkout's .git directory, whatever the

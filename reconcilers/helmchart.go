@@ -18,8 +18,6 @@ import (
 	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
 	"github.com/fluxcd/pkg/tar"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
-	"helm.sh/helm/v3/pkg/chart/loader"
-	"helm.sh/helm/v3/pkg/repo"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -32,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	helmsrc "github.com/sourceraft/sourceraft/sources/helm"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -77,7 +76,7 @@ type helmChartState struct {
 	// dir is the temporary working directory.
 	dir string
 	// build is the chart build, set by reconcileSource.
-	build *helmBuild
+	build *helmsrc.Build
 }
 
 type helmChartStep = step[*sourcev1.HelmChart, helmChartState]
@@ -146,7 +145,7 @@ func (r *HelmChartReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		newState: func(dir string) *helmChartState { return &helmChartState{dir: dir} },
 		steps:    []helmChartStep{r.reconcileSource, r.reconcileArtifact},
 		notify: func(ctx context.Context, oldObj, obj *sourcev1.HelmChart, st *helmChartState) {
-			if st.build.complete() {
+			if st.build.Complete() {
 				r.notifyBuild(ctx, oldObj, obj, st.build)
 			}
 		},
@@ -156,14 +155,14 @@ func (r *HelmChartReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 
 // notifyBuild is notifySuccess with the build's reason, as Flux reports
 // chart builds (ChartPullSucceeded or ChartPackageSucceeded).
-func (r *HelmChartReconciler) notifyBuild(ctx context.Context, oldObj, obj *sourcev1.HelmChart, b *helmBuild) {
+func (r *HelmChartReconciler) notifyBuild(ctx context.Context, oldObj, obj *sourcev1.HelmChart, b *helmsrc.Build) {
 	art := obj.GetArtifact()
 	if art == nil {
 		return
 	}
 	if !oldObj.GetArtifact().HasDigest(art.Digest) || failureRecovery(oldObj, obj, helmChartConditions) {
-		r.AnnotatedEventf(obj, artifactAnnotations(art), corev1.EventTypeNormal, b.reason(), "%s", b.summary())
-		ctrl.LoggerFrom(ctx).Info(b.summary(), "revision", art.Revision, "digest", art.Digest)
+		r.AnnotatedEventf(obj, artifactAnnotations(art), corev1.EventTypeNormal, helmBuildReason(b), "%s", b.Summary())
+		ctrl.LoggerFrom(ctx).Info(b.Summary(), "revision", art.Revision, "digest", art.Digest)
 	}
 }
 
@@ -199,7 +198,7 @@ func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.Ser
 	}
 	obj.Status.ObservedSourceArtifactRevision = src.GetArtifact().Revision
 
-	var b *helmBuild
+	var b *helmsrc.Build
 	switch s := src.(type) {
 	case *sourcev1.HelmRepository:
 		b, err = r.buildFromHelmRepository(ctx, obj, s, st.dir)
@@ -208,33 +207,34 @@ func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.Ser
 	}
 	st.build = b
 
-	if b.hasMetadata() && (b.Name != obj.Status.ObservedChartName || !obj.GetArtifact().HasRevision(b.Version)) {
+	if b.HasMetadata() && (b.Name != obj.Status.ObservedChartName || !obj.GetArtifact().HasRevision(b.Version)) {
 		if obj.GetArtifact() != nil {
-			conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewChart", "%s", b.summary())
+			conditions.MarkTrue(obj, sourcev1.ArtifactOutdatedCondition, "NewChart", "%s", b.Summary())
 		}
-		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", b.summary())
+		rreconcile.ProgressiveStatus(true, obj, meta.ProgressingReason, "building artifact: %s", b.Summary())
 		if err := sp.Patch(ctx, obj, helmChartKind.patchOptions(r.ControllerName)...); err != nil {
 			ctrl.LoggerFrom(ctx).Error(err, "failed to patch")
 		}
 	}
 	if err != nil {
 		var e *Error
-		var be *helmBuildError
+		var be *helmsrc.BuildError
 		switch {
 		case errors.As(err, &e):
 			conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
 		case errors.As(err, &be):
-			if be.stalls() {
-				e = NewStalling(be, be.Reason)
+			cond, stalls := helmBuildFailure(be.Reason)
+			if stalls {
+				e = NewStalling(be, string(be.Reason))
 			} else {
-				e = NewGeneric(be, be.Reason)
+				e = NewGeneric(be, string(be.Reason))
 			}
 			other := sourcev1.BuildFailedCondition
-			if be.condition() == sourcev1.BuildFailedCondition {
+			if cond == sourcev1.BuildFailedCondition {
 				other = sourcev1.FetchFailedCondition
 			}
 			conditions.Delete(obj, other)
-			conditions.MarkTrue(obj, be.condition(), e.Reason, "%s", e)
+			conditions.MarkTrue(obj, cond, e.Reason, "%s", e)
 		default:
 			e = NewGeneric(err, meta.FailedReason)
 			conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
@@ -281,12 +281,43 @@ func helmUpToDate(obj *sourcev1.HelmChart, name, version string) bool {
 		obj.Status.ObservedChartName == name && obj.GetArtifact().HasRevision(version)
 }
 
+// helmBuildFailure is the negative condition a failed build part sets,
+// and whether retrying the same inputs cannot help (it stalls).
+func helmBuildFailure(reason helmsrc.BuildErrorReason) (condition string, stalls bool) {
+	switch reason {
+	case helmsrc.ReasonMetadataPatch, helmsrc.ReasonValuesFiles, helmsrc.ReasonDependencyBuild:
+		return sourcev1.BuildFailedCondition, true
+	case helmsrc.ReasonChartPackage:
+		return sourcev1.BuildFailedCondition, false
+	case helmsrc.ReasonChartReference:
+		return sourcev1.FetchFailedCondition, true
+	}
+	return sourcev1.FetchFailedCondition, false
+}
+
+// helmBuildReason is the condition and event reason of a complete build.
+func helmBuildReason(b *helmsrc.Build) string {
+	if b.Packaged {
+		return sourcev1.ChartPackageSucceededReason
+	}
+	return sourcev1.ChartPullSucceededReason
+}
+
+// helmBuildOptions are the build options of obj, building into dir.
+func helmBuildOptions(obj *sourcev1.HelmChart, dir string) helmsrc.BuildOptions {
+	return helmsrc.BuildOptions{
+		ValuesFiles: obj.GetValuesFiles(), IgnoreMissingValuesFiles: obj.Spec.IgnoreMissingValuesFiles,
+		UpToDate: func(name, version string) bool { return helmUpToDate(obj, name, version) },
+		Dir:      dir,
+	}
+}
+
 // buildFromHelmRepository picks the chart version from the repository's
 // index artifact in the store, downloads the chart from the repository
 // with its credentials and, when values files are set, merges them and
 // repackages it.
-func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *sourcev1.HelmChart, repoObj *sourcev1.HelmRepository, dir string) (*helmBuild, error) {
-	base, err := parseHelmRepoURL(repoObj.Spec.URL)
+func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *sourcev1.HelmChart, repoObj *sourcev1.HelmRepository, dir string) (*helmsrc.Build, error) {
+	base, err := helmsrc.ParseRepositoryURL(repoObj.Spec.URL)
 	if err != nil {
 		return nil, NewStalling(err, sourcev1.URLInvalidReason)
 	}
@@ -294,7 +325,7 @@ func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *
 	if err != nil {
 		return nil, NewGeneric(err, sourcev1.AuthenticationFailedReason)
 	}
-	defer hc.close()
+	defer hc.Close()
 
 	idx, err := r.loadIndexArtifact(ctx, repoObj.GetArtifact(), dir)
 	if err != nil {
@@ -302,85 +333,25 @@ func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *
 			return nil, NewWaiting(fmt.Errorf("index artifact of HelmRepository '%s' is not in storage: %w", repoObj.Name, err),
 				"NoSourceArtifact", r.RequeueDependency)
 		}
-		return nil, helmBuildErr(HelmChartPullReason, "could not load repository index for remote chart reference: %w", err)
-	}
-	cv, err := idx.Get(obj.Spec.Chart, obj.Spec.Version)
-	if err != nil {
-		return nil, helmBuildErr(HelmChartPullReason, "failed to get chart version for remote reference: %w", helmNoVersionErr(obj, err))
-	}
-
-	b := &helmBuild{Name: cv.Name, Version: cv.Version}
-	valuesFiles := obj.GetValuesFiles()
-	if len(valuesFiles) > 0 {
-		if b.Version, err = helmVersionWithMetadata(cv.Version, strconv.FormatInt(obj.Generation, 10)); err != nil {
-			return b, err
-		}
-	}
-	if helmUpToDate(obj, b.Name, b.Version) {
-		b.UpToDate, b.Packaged, b.ValuesFiles = true, len(valuesFiles) > 0, obj.Status.ObservedValuesFiles
-		return b, nil
-	}
-
-	if len(cv.URLs) == 0 {
-		return b, helmBuildErr(HelmChartPullReason, "chart '%s' has no downloadable URLs", cv.Name)
-	}
-	href, err := repo.ResolveReferenceURL(base.String(), cv.URLs[0])
-	if err != nil {
-		return b, helmBuildErr(HelmChartPullReason, "failed to resolve chart URL: %w", err)
+		return nil, &helmsrc.BuildError{Reason: helmsrc.ReasonChartPull, Err: fmt.Errorf("could not load repository index for remote chart reference: %w", err)}
 	}
 	fetchCtx, cancel := context.WithTimeout(ctx, helmTimeout(repoObj))
 	defer cancel()
-	file, _, err := hc.fetchToFile(fetchCtx, href, dir, "chart-*.tgz", helmLimits{ChartMaxSize: r.ChartMaxSize}.chart())
-	if err != nil {
-		return b, helmBuildErr(HelmChartPullReason, "failed to download chart for remote reference: %w", err)
+	b, err := helmsrc.BuildFromRepository(fetchCtx, hc, idx, helmsrc.RemoteBuildOptions{
+		BuildOptions: helmBuildOptions(obj, dir),
+		Chart:        obj.Spec.Chart, Version: obj.Spec.Version,
+		VersionMetadata: strconv.FormatInt(obj.Generation, 10),
+		MaxSize:         helmsrc.Limits{ChartMaxSize: r.ChartMaxSize}.Chart(),
+	})
+	if b != nil && b.UpToDate {
+		b.ValuesFiles = obj.Status.ObservedValuesFiles
 	}
-	ch, err := loader.LoadFile(file)
-	if err != nil {
-		return b, helmBuildErr(HelmChartPullReason, "failed to load downloaded chart: %w", err)
-	}
-	if err := ch.Validate(); err != nil {
-		return b, helmBuildErr(HelmChartPullReason, "failed to validate metadata of downloaded chart: %w", err)
-	}
-	if len(valuesFiles) == 0 {
-		// Stored exactly as published.
-		b.Path = file
-		return b, nil
-	}
-	ch.Metadata.Version = b.Version
-	merged, used, err := helmMergeValues(valuesFiles, obj.Spec.IgnoreMissingValuesFiles, helmChartFileReader(ch))
-	if err != nil {
-		return b, helmBuildErr(HelmValuesFilesReason, "failed to merge chart values: %w", err)
-	}
-	if err := helmSetValues(ch, merged); err != nil {
-		return b, helmBuildErr(HelmValuesFilesReason, "failed to set chart values: %w", err)
-	}
-	b.ValuesFiles = used
-	if b.Path, err = helmPackage(ch, dir); err != nil {
-		return b, helmBuildErr(HelmChartPackageReason, "failed to package chart: %w", err)
-	}
-	b.Packaged = true
-	return b, nil
-}
-
-// helmNoVersionErr names the chart and version when the index has no
-// match, instead of Helm's terser message.
-func helmNoVersionErr(obj *sourcev1.HelmChart, err error) error {
-	switch {
-	case errors.Is(err, repo.ErrNoChartName):
-		return fmt.Errorf("no chart name '%s' found in the repository index", obj.Spec.Chart)
-	case strings.Contains(err.Error(), "no chart version found"):
-		v := obj.Spec.Version
-		if v == "" {
-			v = "*"
-		}
-		return fmt.Errorf("no '%s' chart with version matching '%s' found", obj.Spec.Chart, v)
-	}
-	return err
+	return b, err
 }
 
 // loadIndexArtifact reads a HelmRepository's index artifact from the
 // store, bounded by the index size limit.
-func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Artifact, dir string) (*repo.IndexFile, error) {
+func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Artifact, dir string) (*helmsrc.Index, error) {
 	a, err := fromStatus(m)
 	if err != nil {
 		return nil, err
@@ -394,7 +365,7 @@ func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Art
 	if err != nil {
 		return nil, err
 	}
-	max := helmLimits{IndexMaxSize: r.IndexMaxSize}.index()
+	max := helmsrc.Limits{IndexMaxSize: r.IndexMaxSize}.Index()
 	n, err := io.Copy(f, io.LimitReader(rc, max+1))
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -403,15 +374,15 @@ func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Art
 		return nil, err
 	}
 	if n > max {
-		return nil, fmt.Errorf("index artifact %s %w of %d bytes", a.Path(), errHelmTooLarge, max)
+		return nil, fmt.Errorf("index artifact %s %w of %d bytes", a.Path(), helmsrc.ErrTooLarge, max)
 	}
-	return helmLoadIndex(f.Name())
+	return helmsrc.LoadIndex(f.Name())
 }
 
 // buildFromArtifact extracts a GitRepository or Bucket artifact from the
 // store, loads the chart at spec.chart (a directory or a packaged chart),
 // applies the reconcile strategy and values files, and packages it.
-func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *sourcev1.HelmChart, src *meta.Artifact, dir string) (*helmBuild, error) {
+func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *sourcev1.HelmChart, src *meta.Artifact, dir string) (*helmsrc.Build, error) {
 	sourceDir := filepath.Join(dir, "source")
 	if err := os.Mkdir(sourceDir, 0o700); err != nil {
 		return nil, NewGeneric(fmt.Errorf("failed to create directory to untar source into: %w", err), sourcev1.DirCreationFailedReason)
@@ -424,72 +395,22 @@ func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *source
 		return nil, NewGeneric(fmt.Errorf("artifact untar error: %w", err), meta.FailedReason)
 	}
 
-	rel := filepath.Clean(obj.Spec.Chart)
-	if !filepath.IsLocal(rel) {
-		return nil, helmBuildErr(HelmChartReferenceReason, "chart path '%s' is not inside the source", obj.Spec.Chart)
-	}
-	chartPath := filepath.Join(sourceDir, rel)
-	fi, err := os.Stat(chartPath)
-	if err != nil {
-		return nil, helmBuildErr(HelmChartReferenceReason, "no chart at path '%s' in the %s artifact: %w", obj.Spec.Chart, obj.Spec.SourceRef.Kind, err)
-	}
-	ch, err := loader.Load(chartPath)
-	if err != nil {
-		return nil, helmBuildErr(HelmChartReferenceReason, "failed to load chart at path '%s': %w", obj.Spec.Chart, err)
-	}
-	if err := ch.Validate(); err != nil {
-		return nil, helmBuildErr(HelmChartReferenceReason, "invalid chart at path '%s': %w", obj.Spec.Chart, err)
-	}
-
 	var metadata []string
 	if obj.Spec.ReconcileStrategy == sourcev1.ReconcileStrategyRevision {
-		metadata = append(metadata, helmShortRevision(src.Revision))
+		metadata = append(metadata, helmsrc.ShortRevision(src.Revision))
 	}
-	valuesFiles := obj.GetValuesFiles()
-	if len(valuesFiles) > 0 {
+	if len(obj.GetValuesFiles()) > 0 {
 		metadata = append(metadata, strconv.FormatInt(obj.Generation, 10))
 	}
-	b := &helmBuild{Name: ch.Name(), Version: ch.Metadata.Version}
-	if b.Version, err = helmVersionWithMetadata(ch.Metadata.Version, strings.Join(metadata, ".")); err != nil {
-		return b, err
+	b, err := helmsrc.BuildFromDirectory(sourceDir, helmsrc.LocalBuildOptions{
+		BuildOptions: helmBuildOptions(obj, dir),
+		Chart:        obj.Spec.Chart, SourceKind: obj.Spec.SourceRef.Kind,
+		VersionMetadata: strings.Join(metadata, "."),
+	})
+	if b != nil && b.UpToDate {
+		b.ValuesFiles = obj.Status.ObservedValuesFiles
 	}
-	requiresPackaging := fi.IsDir() || len(metadata) > 0
-	if helmUpToDate(obj, b.Name, b.Version) {
-		b.UpToDate, b.Packaged, b.ValuesFiles = true, requiresPackaging, obj.Status.ObservedValuesFiles
-		return b, nil
-	}
-	if !requiresPackaging {
-		// A packaged chart in the source is stored as it is.
-		b.Path = chartPath
-		return b, nil
-	}
-
-	if len(valuesFiles) > 0 {
-		root, err := os.OpenRoot(sourceDir)
-		if err != nil {
-			return b, NewGeneric(err, meta.FailedReason)
-		}
-		merged, used, err := helmMergeValues(valuesFiles, obj.Spec.IgnoreMissingValuesFiles, helmRootReader(root))
-		root.Close()
-		if err != nil {
-			return b, helmBuildErr(HelmValuesFilesReason, "failed to merge chart values: %w", err)
-		}
-		if err := helmSetValues(ch, merged); err != nil {
-			return b, helmBuildErr(HelmValuesFilesReason, "failed to set chart values: %w", err)
-		}
-		b.ValuesFiles = used
-	}
-	ch.Metadata.Version = b.Version
-	if fi.IsDir() {
-		if err := helmAddLocalDependencies(ch, chartPath, sourceDir); err != nil {
-			return b, helmBuildErr(HelmDependencyBuildReason, "failed to build dependencies: %w", err)
-		}
-	}
-	if b.Path, err = helmPackage(ch, dir); err != nil {
-		return b, helmBuildErr(HelmChartPackageReason, "failed to package chart: %w", err)
-	}
-	b.Packaged = true
-	return b, nil
+	return b, err
 }
 
 // extractArtifact untars a source artifact from the store into dir,
@@ -511,19 +432,6 @@ func (r *HelmChartReconciler) extractArtifact(ctx context.Context, m *meta.Artif
 	return tar.Untar(rc, dir, opts...)
 }
 
-// helmShortRevision is the first 12 hex characters of a source revision
-// (a Git commit in <ref>@sha1:<hex>, a Bucket's sha256:<hex> digest), the
-// build metadata Flux appends for reconcileStrategy Revision.
-func helmShortRevision(rev string) string {
-	if i := strings.LastIndex(rev, ":"); i >= 0 {
-		rev = rev[i+1:]
-	}
-	if len(rev) > 12 {
-		rev = rev[:12]
-	}
-	return rev
-}
-
 // reconcileArtifact stores the built chart as <name>-<version>.tgz unless
 // the stored artifact already is this build, records it in the status and
 // collects superseded artifacts.
@@ -533,13 +441,13 @@ func helmShortRevision(rev string) string {
 // the status names the built chart.
 func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.SerialPatcher, obj *sourcev1.HelmChart, st *helmChartState) (Result, error) {
 	b := st.build
-	if !b.complete() {
+	if !b.Complete() {
 		return ResultEmpty, NewGeneric(errors.New("chart build did not complete"), meta.FailedReason)
 	}
 	defer func() {
 		if obj.Status.ObservedChartName == b.Name && obj.GetArtifact().HasRevision(b.Version) {
 			conditions.Delete(obj, sourcev1.ArtifactOutdatedCondition)
-			conditions.MarkTrue(obj, sourcev1.ArtifactInStorageCondition, b.reason(), "%s", b.summary())
+			conditions.MarkTrue(obj, sourcev1.ArtifactInStorageCondition, helmBuildReason(b), "%s", b.Summary())
 		}
 	}()
 	if b.UpToDate {
@@ -549,7 +457,7 @@ func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.Se
 
 	art := newArtifactFor(sourcev1.HelmChartKind, obj, b.Version, b.Name+"-"+b.Version+".tgz")
 	if err := r.store.storeFile(ctx, &art, b.Path); err != nil {
-		e := NewGeneric(fmt.Errorf("unable to copy Helm chart to storage: %w", err), StoreFailedReason)
+		e := NewGeneric(fmt.Errorf("unable to copy Helm chart to storage: %w", err), sourcev1.ArchiveOperationFailedReason)
 		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
 		return ResultEmpty, e
 	}

@@ -3,17 +3,25 @@ package reconcilers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
+	"github.com/fluxcd/pkg/runtime/secrets"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	helmsrc "github.com/sourceraft/sourceraft/sources/helm"
 )
 
 // HelmRepositoryReconciler reconciles source.toolkit.fluxcd.io/v1
@@ -31,7 +39,7 @@ type HelmRepositoryReconciler struct {
 
 	ControllerName string
 	// IndexMaxSize bounds the fetched index.yaml; zero is
-	// DefaultHelmIndexMaxSize.
+	// helmsrc.DefaultIndexMaxSize.
 	IndexMaxSize int64
 }
 
@@ -132,7 +140,7 @@ func equalHelmRepoStatus(a, b sourcev1.HelmRepositoryStatus) bool {
 // success. Sets ArtifactOutdated, Reconciling and Ready=Unknown when the
 // index revision differs from the stored artifact's.
 func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmRepository, st *helmRepoState) (Result, error) {
-	base, err := parseHelmRepoURL(obj.Spec.URL)
+	base, err := helmsrc.ParseRepositoryURL(obj.Spec.URL)
 	if err != nil {
 		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
 	}
@@ -144,11 +152,11 @@ func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patc
 	if err != nil {
 		return fetchFailed(obj, NewGeneric(err, sourcev1.AuthenticationFailedReason))
 	}
-	defer hc.close()
+	defer hc.Close()
 
 	fetchCtx, cancel := context.WithTimeout(ctx, helmTimeout(obj))
 	defer cancel()
-	file, revision, err := hc.fetchToFile(fetchCtx, hc.indexURL(), "", "helmrepository-index-*.yaml", helmLimits{IndexMaxSize: r.IndexMaxSize}.index())
+	file, revision, err := hc.FetchToFile(fetchCtx, hc.IndexURL(), "", "helmrepository-index-*.yaml", helmsrc.Limits{IndexMaxSize: r.IndexMaxSize}.Index())
 	if err != nil {
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to fetch Helm repository index: %w", err), meta.FailedReason))
 	}
@@ -159,9 +167,9 @@ func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patc
 		conditions.Delete(obj, sourcev1.FetchFailedCondition)
 		return ResultSuccess, nil
 	}
-	idx, err := helmLoadIndex(file)
+	idx, err := helmsrc.LoadIndex(file)
 	if err == nil {
-		st.index, err = json.MarshalIndent(idx, "", "  ")
+		st.index, err = idx.JSON()
 	}
 	if err != nil {
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to load Helm repository from index YAML: %w", err), sourcev1.IndexationFailedReason))
@@ -198,7 +206,7 @@ func (r *HelmRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *pat
 	hex := strings.TrimPrefix(st.revision, "sha256:")
 	art := newArtifactFor(sourcev1.HelmRepositoryKind, obj, st.revision, "index-"+hex+".yaml")
 	if err := r.store.Store(ctx, &art, strings.NewReader(string(st.index))); err != nil {
-		e := NewGeneric(fmt.Errorf("unable to save artifact to storage: %w", err), StoreFailedReason)
+		e := NewGeneric(fmt.Errorf("unable to save artifact to storage: %w", err), sourcev1.ArchiveOperationFailedReason)
 		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
 		return ResultEmpty, e
 	}
@@ -234,4 +242,51 @@ func helmHumanSize(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.4g%cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
+
+// newHelmRepoClient configures the client of a HelmRepository from its
+// secretRef (username and password), certSecretRef (tls.crt, tls.key,
+// ca.crt), passCredentials and timeout. A secret that cannot be read or
+// parsed is an authentication failure.
+func newHelmRepoClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRepository, base *url.URL) (*helmsrc.Client, error) {
+	o := helmsrc.ClientOptions{PassCredentials: obj.Spec.PassCredentials, Timeout: obj.GetTimeout()}
+	if ref := obj.Spec.SecretRef; ref != nil {
+		secret, err := helmGetSecret(ctx, c, obj.Namespace, ref.Name)
+		if err != nil {
+			return nil, err
+		}
+		basic, err := secrets.BasicAuthFromSecret(ctx, secret)
+		switch {
+		case err == nil:
+			o.Username, o.Password = basic.Username, basic.Password
+		case !errors.Is(err, secrets.ErrKeyNotFound):
+			return nil, fmt.Errorf("invalid basic auth in secret '%s/%s': %w", obj.Namespace, ref.Name, err)
+		}
+	}
+	if ref := obj.Spec.CertSecretRef; ref != nil {
+		secret, err := helmGetSecret(ctx, c, obj.Namespace, ref.Name)
+		if err != nil {
+			return nil, err
+		}
+		if o.TLS, err = secrets.TLSConfigFromSecret(ctx, secret); err != nil {
+			return nil, fmt.Errorf("invalid TLS data in secret '%s/%s': %w", obj.Namespace, ref.Name, err)
+		}
+	}
+	return helmsrc.NewClient(base, o), nil
+}
+
+func helmGetSecret(ctx context.Context, c client.Reader, ns, name string) (*corev1.Secret, error) {
+	secret := &corev1.Secret{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, secret); err != nil {
+		return nil, fmt.Errorf("failed to get secret '%s/%s': %w", ns, name, err)
+	}
+	return secret, nil
+}
+
+// helmTimeout is the HelmRepository's spec.timeout, Flux's default when unset.
+func helmTimeout(obj *sourcev1.HelmRepository) time.Duration {
+	if t := obj.GetTimeout(); t > 0 {
+		return t
+	}
+	return time.Minute
 }

@@ -11,11 +11,15 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
+	"github.com/fluxcd/pkg/runtime/secrets"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sourceraft/sourceraft/archive"
+	ocisrc "github.com/sourceraft/sourceraft/sources/oci"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -54,8 +58,11 @@ type ociState struct {
 	// dir is the temporary working directory; the layer is extracted
 	// into its content directory or copied into its layer file.
 	dir string
-	// pulled is what reconcileSource resolved and fetched.
-	pulled *ociPulled
+	// ref is what reconcileSource resolved spec.ref to.
+	ref *ocisrc.Resolved
+	// pulled is what reconcileSource fetched; nil when the stored
+	// artifact is up to date.
+	pulled *ocisrc.Pulled
 }
 
 // contentDir is where an extracted layer goes.
@@ -125,10 +132,6 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	if err := unsupportedOCISpec(obj); err != nil {
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
-	repo, err := parseOCIURL(obj.Spec.URL, obj.Spec.Insecure)
-	if err != nil {
-		return fetchFailed(obj, NewStalling(fmt.Errorf("URL validation failed for '%s': %w", obj.Spec.URL, err), sourcev1.URLInvalidReason))
-	}
 	if op := obj.GetLayerOperation(); op != sourcev1.OCILayerExtract && op != sourcev1.OCILayerCopy {
 		return fetchFailed(obj, NewStalling(fmt.Errorf("unsupported layer operation: %s", op), sourcev1.OCILayerOperationFailedReason))
 	}
@@ -140,8 +143,11 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	rem, err := r.ociRemote(rctx, obj)
+	rem, err := r.ociClient(rctx, obj)
 	if err != nil {
+		if errors.Is(err, ocisrc.ErrInvalidURL) {
+			return fetchFailed(obj, NewStalling(fmt.Errorf("URL validation failed for '%s': %w", obj.Spec.URL, err), sourcev1.URLInvalidReason))
+		}
 		var e *Error
 		if !errors.As(err, &e) {
 			e = NewGeneric(err, sourcev1.AuthenticationFailedReason)
@@ -149,18 +155,18 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		return fetchFailed(obj, e)
 	}
 
-	ref, err := rem.resolve(repo, obj.Spec.Reference)
+	ref, err := rem.Resolve(ociReference(obj.Spec.Reference))
 	if err != nil {
 		switch {
-		case errors.Is(err, errInvalidRef):
+		case errors.Is(err, ocisrc.ErrInvalidReference):
 			return fetchFailed(obj, NewStalling(err, sourcev1.OCIPullFailedReason))
-		case errors.Is(err, errOCIList):
+		case errors.Is(err, ocisrc.ErrListTags):
 			return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to determine the artifact tag for '%s': %w", obj.Spec.URL, err), sourcev1.ReadOperationFailedReason))
 		}
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to determine artifact digest: %w", err), sourcev1.OCIPullFailedReason))
 	}
-	st.pulled = &ociPulled{ref: ref}
-	revision := ref.revision()
+	st.ref = ref
+	revision := ref.Revision()
 
 	// Skip pulling if the revision and the content configuration have not
 	// changed.
@@ -170,7 +176,7 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		return ResultSuccess, nil
 	}
 
-	why := fmt.Sprintf("new revision '%s' for '%s'", revision, ref.display)
+	why := fmt.Sprintf("new revision '%s' for '%s'", revision, ref.Display)
 	if obj.GetArtifact().HasRevision(revision) {
 		why = "content configuration differs from the last stored artifact"
 	}
@@ -178,8 +184,11 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		return ResultEmpty, err
 	}
 
-	lim := ociLimits{layer: r.layerMaxSize(), untar: r.ArchiveMaxSize, entries: r.ArchiveMaxEntries}
-	pulled, err := rem.pull(ref, obj.GetLayerMediaType(), obj.GetLayerOperation(), st, lim)
+	pulled, err := rem.Pull(ref, ocisrc.PullOptions{
+		MediaType: obj.GetLayerMediaType(), Copy: obj.GetLayerOperation() == sourcev1.OCILayerCopy,
+		Dir: st.contentDir(), File: st.layerFile(),
+		Limits: ocisrc.Limits{Layer: r.layerMaxSize(), Untar: r.ArchiveMaxSize, Entries: r.ArchiveMaxEntries},
+	})
 	if err != nil {
 		var limit *archive.LimitError
 		if errors.As(err, &limit) {
@@ -188,11 +197,10 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 			conditions.Delete(obj, sourcev1.FetchFailedCondition)
 			return ResultEmpty, e
 		}
-		var e *Error
-		if !errors.As(err, &e) {
-			e = NewGeneric(fmt.Errorf("failed to pull artifact from '%s': %w", obj.Spec.URL, err), sourcev1.OCIPullFailedReason)
+		if errors.Is(err, ocisrc.ErrLayer) {
+			return fetchFailed(obj, NewGeneric(err, sourcev1.OCILayerOperationFailedReason))
 		}
-		return fetchFailed(obj, e)
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to pull artifact from '%s': %w", obj.Spec.URL, err), sourcev1.OCIPullFailedReason))
 	}
 	st.pulled = pulled
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
@@ -209,7 +217,7 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 // and ArtifactOutdated on success, and sets ArtifactInStorage=True when
 // the status names an artifact of the resolved revision.
 func (r *OCIRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patch.SerialPatcher, obj *sourcev1.OCIRepository, st *ociState) (Result, error) {
-	revision := st.pulled.ref.revision()
+	revision := st.ref.Revision()
 	upToDate := func() bool { return obj.GetArtifact().HasRevision(revision) && !ociContentConfigChanged(obj) }
 	defer func() {
 		if upToDate() {
@@ -225,13 +233,13 @@ func (r *OCIRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *patc
 
 	// Flux names the file after the manifest digest, 'sha256:<hex>.tar.gz',
 	// for both operations.
-	art := newArtifactFor(sourcev1.OCIRepositoryKind, obj, revision, st.pulled.ref.digest.String()+".tar.gz")
-	art.Metadata = st.pulled.annotations
+	art := newArtifactFor(sourcev1.OCIRepositoryKind, obj, revision, st.ref.Digest+".tar.gz")
+	art.Metadata = st.pulled.Annotations
 
 	var err error
 	switch obj.GetLayerOperation() {
 	case sourcev1.OCILayerCopy:
-		err = r.storeLayerFile(ctx, &art, st.layerFile(), st.pulled.layerDigest)
+		err = r.storeLayerFile(ctx, &art, st.layerFile(), st.pulled.LayerDigest)
 	default:
 		var filter archive.Filter
 		filter, err = archive.IgnoreFilter(st.contentDir(), obj.Spec.Ignore)
@@ -285,10 +293,55 @@ func equalLayerSelector(a, b *sourcev1.OCILayerSelector) bool {
 func ociArtifactMessage(obj *sourcev1.OCIRepository) string {
 	a := obj.GetArtifact()
 	msg := fmt.Sprintf("stored artifact with revision '%s' from '%s'", a.Revision, obj.Spec.URL)
-	if src, rev := a.Metadata[ociSourceAnnotation], a.Metadata[ociRevisionAnnotation]; src != "" && rev != "" {
+	if src, rev := a.Metadata[ocisrc.SourceAnnotation], a.Metadata[ocisrc.RevisionAnnotation]; src != "" && rev != "" {
 		msg += fmt.Sprintf(", origin source '%s', origin revision '%s'", src, rev)
 	}
 	return msg
+}
+
+// ociClient builds the registry client of obj from spec.url,
+// spec.secretRef, spec.certSecretRef and spec.insecure.
+func (r *OCIRepositoryReconciler) ociClient(ctx context.Context, obj *sourcev1.OCIRepository) (*ocisrc.Client, error) {
+	opts := ocisrc.Options{Insecure: obj.Spec.Insecure}
+	if ref := obj.Spec.SecretRef; ref != nil {
+		secret := &corev1.Secret{}
+		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
+			return nil, NewGeneric(fmt.Errorf("failed to get credential: failed to get secret '%s/%s': %w", obj.Namespace, ref.Name, err),
+				sourcev1.AuthenticationFailedReason)
+		}
+		if len(secret.Data[corev1.DockerConfigJsonKey]) == 0 && len(secret.Data[corev1.DockerConfigKey]) == 0 {
+			return nil, NewGeneric(fmt.Errorf("failed to get credential: secret '%s/%s' has no '%s' key: it must be of type %s",
+				secret.Namespace, secret.Name, corev1.DockerConfigJsonKey, corev1.SecretTypeDockerConfigJson), sourcev1.AuthenticationFailedReason)
+		}
+		creds, err := ocisrc.ParseDockerConfig(secret.Data[corev1.DockerConfigJsonKey], secret.Data[corev1.DockerConfigKey])
+		if err != nil {
+			return nil, NewGeneric(fmt.Errorf("failed to get credential: secret '%s/%s': %w", secret.Namespace, secret.Name, err),
+				sourcev1.AuthenticationFailedReason)
+		}
+		opts.Credentials = creds
+	}
+	if ref := obj.Spec.CertSecretRef; ref != nil && ref.Name != "" {
+		secret := &corev1.Secret{}
+		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
+			return nil, NewGeneric(fmt.Errorf("failed to generate transport for '%s': failed to get secret '%s/%s': %w",
+				obj.Spec.URL, obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason)
+		}
+		tlsConfig, err := secrets.TLSConfigFromSecret(ctx, secret, secrets.WithSystemCertPool())
+		if err != nil {
+			return nil, NewGeneric(fmt.Errorf("failed to generate transport for '%s': %w", obj.Spec.URL, err), sourcev1.AuthenticationFailedReason)
+		}
+		opts.TLS = tlsConfig
+	}
+	return ocisrc.NewClient(ctx, obj.Spec.URL, opts)
+}
+
+// ociReference is spec.ref as the client's Reference; nil is the zero
+// Reference, the 'latest' tag.
+func ociReference(ref *sourcev1.OCIRepositoryRef) ocisrc.Reference {
+	if ref == nil {
+		return ocisrc.Reference{}
+	}
+	return ocisrc.Reference{Tag: ref.Tag, SemVer: ref.SemVer, SemverFilter: ref.SemverFilter, Digest: ref.Digest}
 }
 
 // unsupportedOCISpec names the spec fields this build cannot honour. They

@@ -61,7 +61,7 @@ type Options struct {
 	OCILayerMaxSize int64
 	// HelmIndexMaxSize and HelmChartMaxSize are Flux's
 	// --helm-index-max-size and --helm-chart-max-size; zero is Flux's
-	// default (DefaultHelmIndexMaxSize, DefaultHelmChartMaxSize).
+	// default (helm.DefaultIndexMaxSize, helm.DefaultChartMaxSize in sources/helm).
 	HelmIndexMaxSize int64
 	HelmChartMaxSize int64
 	// ControllerName defaults to DefaultControllerName.

@@ -51,9 +51,16 @@ func (n *notifier) summarizeAndPatch(ctx context.Context, obj sourceObject, sp *
 	}
 
 	// Success is a clean run that comes back at spec.interval; anything
-	// else leaves Reconciling in place so kstatus reports progress.
+	// else leaves Reconciling in place so kstatus reports progress, with
+	// Flux's ProgressingWithRetry reason: the work is not done and will be
+	// tried again (a stall removes Reconciling below).
 	isSuccess := func(r ctrl.Result, err error) bool {
 		return err == nil && r.RequeueAfter == interval
+	}
+	if !isSuccess(result, err) && conditions.IsReconciling(obj) {
+		reconciling := conditions.Get(obj, meta.ReconcilingCondition)
+		reconciling.Reason = meta.ProgressingWithRetryReason
+		conditions.Set(obj, reconciling)
 	}
 	err = rreconcile.NewResultFinalizer(isSuccess, "reconciliation succeeded", conds).Finalize(obj, result, err)
 

@@ -40,6 +40,9 @@ func TestSummarizeAndPatch(t *testing.T) {
 		wantStalled bool
 		wantObsGen  bool
 		wantEvent   string
+		// wantReconciling is the reason Reconciling is left with; "" is
+		// no Reconciling condition.
+		wantReconciling string
 	}{
 		{
 			name: "success",
@@ -58,7 +61,8 @@ func TestSummarizeAndPatch(t *testing.T) {
 			},
 			err:     NewGeneric(errors.New("fetch failed"), sourcev1.GitOperationFailedReason),
 			wantErr: true, wantReady: metav1.ConditionFalse, wantReason: sourcev1.GitOperationFailedReason,
-			wantEvent: "Warning GitOperationFailed fetch failed",
+			wantEvent:       "Warning GitOperationFailed fetch failed",
+			wantReconciling: meta.ProgressingWithRetryReason,
 		},
 		{
 			name: "stalling error is not retried",
@@ -73,16 +77,29 @@ func TestSummarizeAndPatch(t *testing.T) {
 		{
 			name: "waiting error requeues after its interval without an event",
 			mark: func(o *sourcev1.GitRepository) {
+				conditions.MarkReconciling(o, meta.ProgressingReason, "reconciliation in progress")
 				conditions.MarkTrue(o, sourcev1.IncludeUnavailableCondition, "NoArtifact", "no artifact for include")
 			},
 			err:        NewWaiting(errors.New("no artifact for include"), "NoArtifact", 7*time.Second),
 			wantResult: ctrl.Result{RequeueAfter: 7 * time.Second},
 			wantReady:  metav1.ConditionFalse, wantReason: "NoArtifact",
+			wantReconciling: meta.ProgressingWithRetryReason,
 		},
 		{
 			name:       "requeue",
 			res:        ResultRequeue,
 			wantResult: ctrl.Result{RequeueAfter: requeueNow},
+		},
+		{
+			name: "requeue while building leaves Reconciling as a retry, and Ready with its reason",
+			mark: func(o *sourcev1.GitRepository) {
+				conditions.MarkReconciling(o, meta.ProgressingReason, "building artifact: new upstream revision 'x'")
+				conditions.MarkUnknown(o, meta.ReadyCondition, meta.ProgressingReason, "building artifact: new upstream revision 'x'")
+			},
+			res:        ResultRequeue,
+			wantResult: ctrl.Result{RequeueAfter: requeueNow},
+			wantReady:  metav1.ConditionFalse, wantReason: meta.ProgressingWithRetryReason,
+			wantReconciling: meta.ProgressingWithRetryReason,
 		},
 	}
 	for _, tt := range tests {
@@ -124,8 +141,11 @@ func TestSummarizeAndPatch(t *testing.T) {
 			if conditions.IsTrue(got, meta.StalledCondition) != tt.wantStalled {
 				t.Errorf("Stalled %v, want %v", conditions.Get(got, meta.StalledCondition), tt.wantStalled)
 			}
-			if tt.wantReady == metav1.ConditionTrue && conditions.Has(got, meta.ReconcilingCondition) {
-				t.Error("Reconciling left on a successful reconcile")
+			switch r := conditions.Get(got, meta.ReconcilingCondition); {
+			case tt.wantReconciling == "" && r != nil:
+				t.Errorf("Reconciling %+v left, want none", r)
+			case tt.wantReconciling != "" && (r == nil || r.Status != metav1.ConditionTrue || r.Reason != tt.wantReconciling):
+				t.Errorf("Reconciling %+v, want True/%s", r, tt.wantReconciling)
 			}
 			if (got.Status.ObservedGeneration == 3) != tt.wantObsGen {
 				t.Errorf("observedGeneration %d (want it set: %v)", got.Status.ObservedGeneration, tt.wantObsGen)

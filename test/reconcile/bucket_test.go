@@ -18,6 +18,9 @@ import (
 	"github.com/minio/minio-go/v7"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sourceraft/sourceraft/internal/minioserver"
+	"github.com/sourceraft/sourceraft/reconcilers"
 )
 
 // bucketSecret creates a Secret with S3 keys in Flux's accesskey and
@@ -35,8 +38,8 @@ func bucketSecret(t *testing.T, ns, name string, data map[string]string) {
 // requestedAt annotations trigger reconciles.
 func newBucketSource(t *testing.T, ns, name, bucketName string, mutate func(*sourcev1.Bucket)) *sourcev1.Bucket {
 	t.Helper()
-	m := minioServer(t)
-	bucketSecret(t, ns, name+"-keys", map[string]string{"accesskey": bucketMinioUser, "secretkey": bucketMinioPassword})
+	m := minioserver.Shared(t)
+	bucketSecret(t, ns, name+"-keys", map[string]string{"accesskey": minioserver.User, "secretkey": minioserver.Password})
 	obj := &sourcev1.Bucket{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: sourcev1.BucketSpec{
@@ -78,7 +81,7 @@ func bucketRequestReconcile(t *testing.T, ns, name string) *sourcev1.Bucket {
 // the reconciler.
 func bucketRevision(t *testing.T, bucket, prefix string, keep func(key string) bool) string {
 	t.Helper()
-	m := minioServer(t)
+	m := minioserver.Shared(t)
 	var lines []string
 	for o := range m.Client.ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
 		if o.Err != nil {
@@ -136,9 +139,9 @@ func bucketCheckArtifact(t *testing.T, o *sourcev1.Bucket) map[string]string {
 }
 
 func TestBucketGeneric(t *testing.T) {
-	m := minioServer(t)
+	m := minioserver.Shared(t)
 	ns := newNamespace(t)
-	bucket := m.newBucket(t, map[string]string{
+	bucket := m.NewBucket(t, map[string]string{
 		"manifests/app.yaml": "kind: ConfigMap\n",
 		"manifests/ns.yaml":  "kind: Namespace\n",
 		"README.md":          "# readme\n",
@@ -172,7 +175,7 @@ func TestBucketGeneric(t *testing.T) {
 
 	// A new object: a new revision and artifact; the old one is kept by
 	// the retention (2 records).
-	m.put(t, bucket, map[string]string{"manifests/extra.yaml": "kind: Secret\n"})
+	m.Put(t, bucket, map[string]string{"manifests/extra.yaml": "kind: Secret\n"})
 	newRev := bucketRevision(t, bucket, "", func(k string) bool { return k != "dir-marker/" })
 	if newRev == rev {
 		t.Fatal("revision did not change with a new object")
@@ -187,7 +190,7 @@ func TestBucketGeneric(t *testing.T) {
 	}
 
 	// A changed object changes the revision too (its ETag changes).
-	m.put(t, bucket, map[string]string{"manifests/extra.yaml": "kind: Secret\ndata: {}\n"})
+	m.Put(t, bucket, map[string]string{"manifests/extra.yaml": "kind: Secret\ndata: {}\n"})
 	bucketRequestReconcile(t, ns, "generic")
 	o = bucketReadyAt(t, ns, "generic", bucketRevision(t, bucket, "", func(k string) bool { return k != "dir-marker/" }))
 	if files := bucketCheckArtifact(t, o); files["manifests/extra.yaml"] != "kind: Secret\ndata: {}\n" {
@@ -202,9 +205,9 @@ func TestBucketGeneric(t *testing.T) {
 }
 
 func TestBucketContentSelection(t *testing.T) {
-	m := minioServer(t)
+	m := minioserver.Shared(t)
 	ns := newNamespace(t)
-	bucket := m.newBucket(t, map[string]string{
+	bucket := m.NewBucket(t, map[string]string{
 		".sourceignore":         "*.txt\nsecret/\n",
 		"prod/app.yaml":         "prod",
 		"prod/notes.txt":        "notes",
@@ -264,12 +267,12 @@ func equalIgnore(a, b *string) bool {
 }
 
 func TestBucketFetchFailures(t *testing.T) {
-	m := minioServer(t)
+	m := minioserver.Shared(t)
 	ns := newNamespace(t)
-	bucket := m.newBucket(t, map[string]string{"a.yaml": "a"})
-	bucketSecret(t, ns, "wrong-keys", map[string]string{"accesskey": bucketMinioUser, "secretkey": "not-the-secret-key"})
+	bucket := m.NewBucket(t, map[string]string{"a.yaml": "a"})
+	bucketSecret(t, ns, "wrong-keys", map[string]string{"accesskey": minioserver.User, "secretkey": "not-the-secret-key"})
 	bucketSecret(t, ns, "unknown-user", map[string]string{"accesskey": "nobody", "secretkey": "not-the-secret-key"})
-	bucketSecret(t, ns, "incomplete-keys", map[string]string{"accesskey": bucketMinioUser})
+	bucketSecret(t, ns, "incomplete-keys", map[string]string{"accesskey": minioserver.User})
 	tests := []struct {
 		name    string
 		mutate  func(*sourcev1.Bucket)
@@ -293,9 +296,9 @@ func TestBucketFetchFailures(t *testing.T) {
 		{"endpoint with scheme", func(b *sourcev1.Bucket) { b.Spec.Endpoint = "http://" + m.Endpoint },
 			sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, "without a scheme", true},
 		{"gcp provider", func(b *sourcev1.Bucket) { b.Spec.Provider = sourcev1.BucketProviderGoogle },
-			sourcev1.FetchFailedCondition, "UnsupportedField", "not supported by sourceraft yet: spec.provider 'gcp'", true},
+			sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, "not supported by sourceraft yet: spec.provider 'gcp'", true},
 		{"azure provider", func(b *sourcev1.Bucket) { b.Spec.Provider = sourcev1.BucketProviderAzure },
-			sourcev1.FetchFailedCondition, "UnsupportedField", "not supported by sourceraft yet: spec.provider 'azure'", true},
+			sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, "not supported by sourceraft yet: spec.provider 'azure'", true},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -308,14 +311,7 @@ func TestBucketFetchFailures(t *testing.T) {
 			if msg := conditions.GetMessage(o, meta.ReadyCondition); !strings.Contains(msg, tt.message) {
 				t.Errorf("Ready message %q, want it to contain %q", msg, tt.message)
 			}
-			if tt.stalled {
-				o = bucketWaitFor(t, ns, name, 30*time.Second, "Stalled", func(o *sourcev1.Bucket) bool {
-					return conditions.IsStalled(o) && o.Status.ObservedGeneration == o.Generation
-				})
-				if conditions.GetReason(o, meta.StalledCondition) != tt.reason {
-					t.Errorf("Stalled reason %q, want %q", conditions.GetReason(o, meta.StalledCondition), tt.reason)
-				}
-			}
+			o = waitFailedAsFlux[*sourcev1.Bucket](t, ns, name, tt.cond, tt.reason, tt.stalled)
 			if o.Status.Artifact != nil {
 				t.Errorf("failed Bucket has an artifact: %+v", o.Status.Artifact)
 			}
@@ -324,19 +320,19 @@ func TestBucketFetchFailures(t *testing.T) {
 }
 
 func TestBucketHostileKeys(t *testing.T) {
-	m := minioServer(t)
+	m := minioserver.Shared(t)
 	ns := newNamespace(t)
-	bucket := m.newBucket(t, map[string]string{"ok.yaml": "ok"})
+	bucket := m.NewBucket(t, map[string]string{"ok.yaml": "ok"})
 	// MinIO itself refuses keys with ".." segments; a server that accepts
 	// them is covered by the reconcilers package's unit tests.
 	for _, key := range []string{"../../x", "a/../../x", "..\\..\\x"} {
-		if err := m.putErr(bucket, key, "MUST-NOT-ESCAPE"); err == nil {
+		if err := m.PutErr(bucket, key, "MUST-NOT-ESCAPE"); err == nil {
 			t.Errorf("MinIO accepted the key %q", key)
 		}
 	}
 	// A leading slash is dropped by MinIO and by the reconciler alike: the
 	// object lands inside the artifact, not at /etc.
-	m.put(t, bucket, map[string]string{"/etc/sourceraft-bucket-test": "inside"})
+	m.Put(t, bucket, map[string]string{"/etc/sourceraft-bucket-test": "inside"})
 	newBucketSource(t, ns, "hostile", bucket, nil)
 	o := bucketReadyAt(t, ns, "hostile", bucketRevision(t, bucket, "", nil))
 	files := bucketCheckArtifact(t, o)
@@ -349,15 +345,15 @@ func TestBucketHostileKeys(t *testing.T) {
 }
 
 func TestBucketOversizedObjectKeepsPreviousArtifact(t *testing.T) {
-	m := minioServer(t)
+	m := minioserver.Shared(t)
 	ns := newNamespace(t)
-	bucket := m.newBucket(t, map[string]string{"small.yaml": "small"})
+	bucket := m.NewBucket(t, map[string]string{"small.yaml": "small"})
 	newBucketSource(t, ns, "big", bucket, nil)
 	before := bucketReadyAt(t, ns, "big", bucketRevision(t, bucket, "", nil))
 
-	m.put(t, bucket, map[string]string{"blob.bin": strings.Repeat("0123456789abcdef", archiveMaxSize/16+1)})
+	m.Put(t, bucket, map[string]string{"blob.bin": strings.Repeat("0123456789abcdef", archiveMaxSize/16+1)})
 	bucketRequestReconcile(t, ns, "big")
-	o := bucketFailedWith(t, ns, "big", sourcev1.FetchFailedCondition, "ArchiveLimitExceeded")
+	o := bucketFailedWith(t, ns, "big", sourcev1.FetchFailedCondition, reconcilers.ArchiveLimitReason)
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "object 'blob.bin'") || !strings.Contains(msg, "limit") {
 		t.Errorf("FetchFailed message %q", msg)
 	}
@@ -377,19 +373,19 @@ func TestBucketOversizedObjectKeepsPreviousArtifact(t *testing.T) {
 	for i := range archiveMaxEntries {
 		many[fmt.Sprintf("many/%04d.yaml", i)] = "x"
 	}
-	m.remove(t, bucket, "blob.bin")
-	m.put(t, bucket, many)
+	m.Remove(t, bucket, "blob.bin")
+	m.Put(t, bucket, many)
 	bucketRequestReconcile(t, ns, "big")
-	o = bucketFailedWith(t, ns, "big", sourcev1.FetchFailedCondition, "ArchiveLimitExceeded")
+	o = bucketFailedWith(t, ns, "big", sourcev1.FetchFailedCondition, reconcilers.ArchiveLimitReason)
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "files and directories") {
 		t.Errorf("FetchFailed message %q", msg)
 	}
 
 	// Within the limits again: recovers.
 	for k := range many {
-		m.remove(t, bucket, k)
+		m.Remove(t, bucket, k)
 	}
-	m.put(t, bucket, map[string]string{"second.yaml": "second"})
+	m.Put(t, bucket, map[string]string{"second.yaml": "second"})
 	bucketRequestReconcile(t, ns, "big")
 	o = bucketReadyAt(t, ns, "big", bucketRevision(t, bucket, "", nil))
 	if conditions.Has(o, sourcev1.FetchFailedCondition) {
@@ -401,9 +397,9 @@ func TestBucketOversizedObjectKeepsPreviousArtifact(t *testing.T) {
 }
 
 func TestBucketSuspend(t *testing.T) {
-	m := minioServer(t)
+	m := minioserver.Shared(t)
 	ns := newNamespace(t)
-	bucket := m.newBucket(t, map[string]string{"a.yaml": "1"})
+	bucket := m.NewBucket(t, map[string]string{"a.yaml": "1"})
 	newBucketSource(t, ns, "suspended", bucket, nil)
 	first := bucketReadyAt(t, ns, "suspended", "")
 
@@ -412,7 +408,7 @@ func TestBucketSuspend(t *testing.T) {
 	if err := env.Client.Update(context.Background(), o); err != nil {
 		t.Fatal(err)
 	}
-	m.put(t, bucket, map[string]string{"b.yaml": "2"})
+	m.Put(t, bucket, map[string]string{"b.yaml": "2"})
 	if o := bucketRequestReconcile(t, ns, "suspended"); o.Status.Artifact.Revision != first.Status.Artifact.Revision {
 		t.Fatalf("suspended Bucket moved to %s", o.Status.Artifact.Revision)
 	}

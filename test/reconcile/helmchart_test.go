@@ -14,6 +14,9 @@ import (
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
+
+	"github.com/sourceraft/sourceraft/internal/helmserver"
+	helmsrc "github.com/sourceraft/sourceraft/sources/helm"
 )
 
 // helmLoadArtifact downloads a chart artifact, digest-verified, and loads
@@ -45,11 +48,11 @@ func helmCheckChartArtifact(t *testing.T, o *sourcev1.HelmChart, name, version s
 // repository's index changes, and is consumable by Flux's ArchiveFetcher.
 func TestHelmChartFromHelmRepository(t *testing.T) {
 	ns := helmNamespace(t)
-	srv := newHelmRepoServer(t, true)
-	newHelmSecret(t, ns, "creds", map[string]string{"username": helmUser, "password": helmPass})
-	srv.publish(helmChartSpec{name: "app", version: "1.0.0"})
-	published := srv.publish(helmChartSpec{name: "app", version: "1.2.0"})
-	srv.publish(helmChartSpec{name: "app", version: "2.0.0"})
+	srv := helmserver.Start(t, true)
+	newHelmSecret(t, ns, "creds", map[string]string{"username": helmserver.User, "password": helmserver.Password})
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
+	published := srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.2.0"})
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "2.0.0"})
 	repoObj := helmReady(t, newHelmRepository(t, ns, "repo", srv.URL(), func(o *sourcev1.HelmRepository) {
 		o.Spec.SecretRef = &meta.LocalObjectReference{Name: "creds"}
 	}), "")
@@ -88,7 +91,7 @@ func TestHelmChartFromHelmRepository(t *testing.T) {
 
 	// A new matching version in the index: the HelmRepository's new
 	// revision alone brings the chart to it.
-	srv.publish(helmChartSpec{name: "app", version: "1.3.0"})
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.3.0"})
 	helmRequestReconcile(t, repoObj)
 	o = helmReady(t, hc, "1.3.0")
 	helmCheckChartArtifact(t, o, "app", "1.3.0")
@@ -98,18 +101,19 @@ func TestHelmChartFromHelmRepository(t *testing.T) {
 // keeps nothing in the store.
 func TestHelmChartMissingVersion(t *testing.T) {
 	ns := helmNamespace(t)
-	srv := newHelmRepoServer(t, false)
-	srv.publish(helmChartSpec{name: "app", version: "1.0.0"})
+	srv := helmserver.Start(t, false)
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
 	helmReady(t, newHelmRepository(t, ns, "repo", srv.URL(), nil), "")
 
-	o := helmFailedWith(t, newHelmChart(t, ns, "nine", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
+	newHelmChart(t, ns, "nine", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
 		o.Spec.Version = "9.x"
-	}), sourcev1.FetchFailedCondition, "ChartPullError")
+	})
+	o := waitFailedAsFlux[*sourcev1.HelmChart](t, ns, "nine", sourcev1.FetchFailedCondition, string(helmsrc.ReasonChartPull), false)
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "no 'app' chart with version matching '9.x' found") {
 		t.Errorf("FetchFailed message %q", msg)
 	}
 	o = helmFailedWith(t, newHelmChart(t, ns, "other", sourcev1.HelmRepositoryKind, "repo", "nosuchchart", nil),
-		sourcev1.FetchFailedCondition, "ChartPullError")
+		sourcev1.FetchFailedCondition, string(helmsrc.ReasonChartPull))
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "no chart name 'nosuchchart'") {
 		t.Errorf("FetchFailed message %q", msg)
 	}
@@ -123,10 +127,10 @@ func TestHelmChartMissingVersion(t *testing.T) {
 // fails on a missing file and skips it with ignoreMissingValuesFiles.
 func TestHelmChartValuesFiles(t *testing.T) {
 	ns := helmNamespace(t)
-	srv := newHelmRepoServer(t, false)
-	srv.publish(helmChartSpec{name: "app", version: "1.0.0",
-		values: "replicas: 1\nimage:\n  repo: app\n  tag: v1\n",
-		files:  map[string][]byte{"values-prod.yaml": []byte("replicas: 3\nimage:\n  tag: v2\nprod: true\n")}})
+	srv := helmserver.Start(t, false)
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0",
+		Values: "replicas: 1\nimage:\n  repo: app\n  tag: v1\n",
+		Files:  map[string][]byte{"values-prod.yaml": []byte("replicas: 3\nimage:\n  tag: v2\nprod: true\n")}})
 	helmReady(t, newHelmRepository(t, ns, "repo", srv.URL(), nil), "")
 
 	o := helmReady(t, newHelmChart(t, ns, "merged", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
@@ -148,7 +152,7 @@ func TestHelmChartValuesFiles(t *testing.T) {
 	// A missing values file is a build failure...
 	o = helmFailedWith(t, newHelmChart(t, ns, "missing", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
 		o.Spec.ValuesFiles = []string{"values.yaml", "values-absent.yaml"}
-	}), sourcev1.BuildFailedCondition, "ValuesFilesError")
+	}), sourcev1.BuildFailedCondition, string(helmsrc.ReasonValuesFiles))
 	if msg := conditions.GetMessage(o, sourcev1.BuildFailedCondition); !strings.Contains(msg, "no values file found at path 'values-absent.yaml'") {
 		t.Errorf("BuildFailed message %q", msg)
 	}
@@ -231,7 +235,7 @@ func TestHelmChartFromGitRepository(t *testing.T) {
 
 	// A chart path that is not in the source stalls.
 	bad := newHelmChart(t, ns, "bad-path", sourcev1.GitRepositoryKind, "source", "charts/none", nil)
-	helmFailedWith(t, bad, sourcev1.FetchFailedCondition, "InvalidChartReference")
+	helmFailedWith(t, bad, sourcev1.FetchFailedCondition, string(helmsrc.ReasonChartReference))
 }
 
 // TestHelmChartOversizedKeepsPreviousArtifact rejects a chart over
@@ -239,8 +243,8 @@ func TestHelmChartFromGitRepository(t *testing.T) {
 // previous artifact.
 func TestHelmChartOversizedKeepsPreviousArtifact(t *testing.T) {
 	ns := helmNamespace(t)
-	srv := newHelmRepoServer(t, false)
-	srv.publish(helmChartSpec{name: "big", version: "1.0.0"})
+	srv := helmserver.Start(t, false)
+	srv.Publish(helmserver.ChartSpec{Name: "big", Version: "1.0.0"})
 	repoObj := helmReady(t, newHelmRepository(t, ns, "repo", srv.URL(), nil), "")
 	hc := newHelmChart(t, ns, "big", sourcev1.HelmRepositoryKind, "repo", "big", nil)
 	prev := helmReady(t, hc, "1.0.0").Status.Artifact.DeepCopy()
@@ -251,9 +255,9 @@ func TestHelmChartOversizedKeepsPreviousArtifact(t *testing.T) {
 	for _, n := range []string{"a", "b", "c"} {
 		files["blobs/"+n+".bin"] = helmRandom(t, 4<<20)
 	}
-	srv.publish(helmChartSpec{name: "big", version: "2.0.0", files: files})
+	srv.Publish(helmserver.ChartSpec{Name: "big", Version: "2.0.0", Files: files})
 	helmRequestReconcile(t, repoObj)
-	o := helmFailedWith(t, hc, sourcev1.FetchFailedCondition, "ChartPullError")
+	o := helmFailedWith(t, hc, sourcev1.FetchFailedCondition, string(helmsrc.ReasonChartPull))
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "exceeds the maximum size") {
 		t.Fatalf("FetchFailed message %q", msg)
 	}

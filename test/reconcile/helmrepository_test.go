@@ -15,6 +15,8 @@ import (
 	"helm.sh/helm/v3/pkg/repo"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	"github.com/sourceraft/sourceraft/internal/helmserver"
 )
 
 // helmIndexRevision is Flux's revision of an index: the sha256 of the
@@ -30,10 +32,10 @@ func helmIndexRevision(b []byte) string {
 // artifacts with the object.
 func TestHelmRepositoryIndex(t *testing.T) {
 	ns := helmNamespace(t)
-	srv := newHelmRepoServer(t, false)
-	srv.publish(helmChartSpec{name: "app", version: "1.0.0"})
-	srv.publish(helmChartSpec{name: "db", version: "0.1.0"})
-	rev1 := helmIndexRevision(srv.indexBytes())
+	srv := helmserver.Start(t, false)
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
+	srv.Publish(helmserver.ChartSpec{Name: "db", Version: "0.1.0"})
+	rev1 := helmIndexRevision(srv.IndexBytes())
 
 	obj := newHelmRepository(t, ns, "charts", srv.URL(), nil)
 	o := helmReady(t, obj, rev1)
@@ -58,8 +60,8 @@ func TestHelmRepositoryIndex(t *testing.T) {
 
 	// The index grows: a new revision, a new artifact, entries sorted
 	// newest first.
-	srv.publish(helmChartSpec{name: "app", version: "1.1.0"})
-	rev2 := helmIndexRevision(srv.indexBytes())
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.1.0"})
+	rev2 := helmIndexRevision(srv.IndexBytes())
 	helmRequestReconcile(t, o)
 	o = helmReady(t, o, rev2)
 	idx = repo.IndexFile{}
@@ -74,8 +76,8 @@ func TestHelmRepositoryIndex(t *testing.T) {
 	}
 
 	// A third revision: GC keeps at most 2 records, the current included.
-	srv.publish(helmChartSpec{name: "app", version: "1.2.0"})
-	rev3 := helmIndexRevision(srv.indexBytes())
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.2.0"})
+	rev3 := helmIndexRevision(srv.IndexBytes())
 	helmRequestReconcile(t, o)
 	o = helmReady(t, o, rev3)
 	arts := storedAfterGC[*sourcev1.HelmRepository](t, ns, "charts", 2)
@@ -103,10 +105,10 @@ func TestHelmRepositoryIndex(t *testing.T) {
 // with wrong credentials and with a missing secret.
 func TestHelmRepositoryAuth(t *testing.T) {
 	ns := helmNamespace(t)
-	srv := newHelmRepoServer(t, true)
-	srv.publish(helmChartSpec{name: "app", version: "1.0.0"})
-	newHelmSecret(t, ns, "good", map[string]string{"username": helmUser, "password": helmPass})
-	newHelmSecret(t, ns, "bad", map[string]string{"username": helmUser, "password": "wrong"})
+	srv := helmserver.Start(t, true)
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
+	newHelmSecret(t, ns, "good", map[string]string{"username": helmserver.User, "password": helmserver.Password})
+	newHelmSecret(t, ns, "bad", map[string]string{"username": helmserver.User, "password": "wrong"})
 
 	good := newHelmRepository(t, ns, "good", srv.URL(), func(o *sourcev1.HelmRepository) {
 		o.Spec.SecretRef = &meta.LocalObjectReference{Name: "good"}
@@ -119,9 +121,9 @@ func TestHelmRepositoryAuth(t *testing.T) {
 		o.Spec.SecretRef = &meta.LocalObjectReference{Name: "nope"}
 	})
 
-	helmReady(t, good, helmIndexRevision(srv.indexBytes()))
+	helmReady(t, good, helmIndexRevision(srv.IndexBytes()))
 	for _, o := range []*sourcev1.HelmRepository{bad, anon} {
-		o = helmFailedWith(t, o, sourcev1.FetchFailedCondition, meta.FailedReason)
+		o = waitFailedAsFlux[*sourcev1.HelmRepository](t, ns, o.Name, sourcev1.FetchFailedCondition, meta.FailedReason, false)
 		if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "401") {
 			t.Errorf("%s: FetchFailed message %q does not report the 401", o.Name, msg)
 		}
@@ -135,7 +137,7 @@ func TestHelmRepositoryAuth(t *testing.T) {
 	}
 
 	// Creating the secret recovers on the next reconcile.
-	newHelmSecret(t, ns, "nope", map[string]string{"username": helmUser, "password": helmPass})
+	newHelmSecret(t, ns, "nope", map[string]string{"username": helmserver.User, "password": helmserver.Password})
 	helmRequestReconcile(t, m)
 	helmReady(t, missing, "")
 }
@@ -148,13 +150,8 @@ func TestHelmRepositoryInvalidURL(t *testing.T) {
 		"oci-scheme": "oci://registry.example.com/charts",
 		"no-host":    "http:///charts",
 	} {
-		o := newHelmRepository(t, ns, name, url, nil)
-		o = helmWaitFor(t, o, 60*time.Second, "Stalled", func(o *sourcev1.HelmRepository) bool {
-			return conditions.IsTrue(o, meta.StalledCondition) && o.Status.ObservedGeneration == o.Generation
-		})
-		if r := conditions.GetReason(o, sourcev1.FetchFailedCondition); r != sourcev1.URLInvalidReason {
-			t.Errorf("%s: FetchFailed reason %q, want %s", name, r, sourcev1.URLInvalidReason)
-		}
+		newHelmRepository(t, ns, name, url, nil)
+		o := waitFailedAsFlux[*sourcev1.HelmRepository](t, ns, name, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true)
 		if msg := conditions.GetMessage(o, meta.ReadyCondition); !strings.Contains(msg, "invalid Helm repository URL") {
 			t.Errorf("%s: Ready message %q", name, msg)
 		}
@@ -166,8 +163,8 @@ func TestHelmRepositoryInvalidURL(t *testing.T) {
 // its finalizer and its status.
 func TestHelmRepositoryOCIIsStatic(t *testing.T) {
 	ns := helmNamespace(t)
-	srv := newHelmRepoServer(t, false)
-	srv.publish(helmChartSpec{name: "app", version: "1.0.0"})
+	srv := helmserver.Start(t, false)
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
 	o := helmReady(t, newHelmRepository(t, ns, "switch", srv.URL(), nil), "")
 
 	o.Spec.Type = sourcev1.HelmRepositoryTypeOCI

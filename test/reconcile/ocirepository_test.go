@@ -20,17 +20,20 @@ import (
 	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sourceraft/sourceraft/internal/ociregistry"
+	"github.com/sourceraft/sourceraft/reconcilers"
 )
 
 func TestOCIRepositoryRefs(t *testing.T) {
 	ns := newNamespace(t)
-	reg, _, _ := ociRegs(t)
+	reg := ociregistry.Shared(t).Open
 	repo := "refs/" + ns
-	v100 := reg.pushFiles(t, repo, "v1.0.0", map[string]string{"app.yaml": "v: 1.0.0"})
-	v110 := reg.pushFiles(t, repo, "v1.1.0", map[string]string{"app.yaml": "v: 1.1.0"})
-	reg.pushFiles(t, repo, "v2.0.0-rc.1", map[string]string{"app.yaml": "v: rc"})
-	beta := reg.pushFiles(t, repo, "1.2.0-beta", map[string]string{"app.yaml": "v: beta"})
-	latest := reg.pushFiles(t, repo, "latest", map[string]string{"app.yaml": "v: latest", "sub/dir.yaml": "sub"})
+	v100 := reg.PushFiles(t, repo, "v1.0.0", map[string]string{"app.yaml": "v: 1.0.0"})
+	v110 := reg.PushFiles(t, repo, "v1.1.0", map[string]string{"app.yaml": "v: 1.1.0"})
+	reg.PushFiles(t, repo, "v2.0.0-rc.1", map[string]string{"app.yaml": "v: rc"})
+	beta := reg.PushFiles(t, repo, "1.2.0-beta", map[string]string{"app.yaml": "v: beta"})
+	latest := reg.PushFiles(t, repo, "latest", map[string]string{"app.yaml": "v: latest", "sub/dir.yaml": "sub"})
 
 	tests := []struct {
 		name     string
@@ -47,7 +50,7 @@ func TestOCIRepositoryRefs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		name := strings.ReplaceAll(tt.name, " ", "-")
-		ociNew(t, ns, name, reg.url(repo), func(o *sourcev1.OCIRepository) { o.Spec.Reference = tt.ref })
+		ociNew(t, ns, name, reg.URL(repo), func(o *sourcev1.OCIRepository) { o.Spec.Reference = tt.ref })
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -73,7 +76,7 @@ func TestOCIRepositoryRefs(t *testing.T) {
 		o := ociGet(t, ns, "tag")
 		evs := eventSink.await(t, ns, "tag", "NewArtifact", 10*time.Second)
 		ev := evs[len(evs)-1]
-		want := "stored artifact with revision '" + o.Status.Artifact.Revision + "' from '" + reg.url(repo) +
+		want := "stored artifact with revision '" + o.Status.Artifact.Revision + "' from '" + reg.URL(repo) +
 			"', origin source 'https://example.com/" + repo + "', origin revision 'v1.0.0@sha1:0123456789abcdef0123456789abcdef01234567'"
 		if ev.Message != want {
 			t.Errorf("event message %q, want %q", ev.Message, want)
@@ -98,26 +101,26 @@ func TestOCIRepositoryRefs(t *testing.T) {
 
 func TestOCIRepositoryLayerSelector(t *testing.T) {
 	ns := newNamespace(t)
-	reg, _, _ := ociRegs(t)
+	reg := ociregistry.Shared(t).Open
 	repo := "layers/" + ns
 	readme := []byte("not a tarball")
-	content := ociTarGz(t, map[string]string{"deploy/app.yaml": "app", "docs/readme.md": "docs", "logo.png": "png"})
-	digest := reg.push(t, repo, "v1", ociLayer{"text/markdown", readme}, ociLayer{ociFluxContentType, content})
+	content := ociregistry.TarGz(t, map[string]string{"deploy/app.yaml": "app", "docs/readme.md": "docs", "logo.png": "png"})
+	digest := reg.Push(t, repo, "v1", ociregistry.Layer{MediaType: "text/markdown", Data: readme}, ociregistry.Layer{MediaType: ociregistry.FluxContentType, Data: content})
 	revision := "v1@" + digest.String()
 	ignore := "docs/\n"
-	ociNew(t, ns, "extract", reg.url(repo), func(o *sourcev1.OCIRepository) {
+	ociNew(t, ns, "extract", reg.URL(repo), func(o *sourcev1.OCIRepository) {
 		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
-		o.Spec.LayerSelector = &sourcev1.OCILayerSelector{MediaType: ociFluxContentType}
+		o.Spec.LayerSelector = &sourcev1.OCILayerSelector{MediaType: ociregistry.FluxContentType}
 		o.Spec.Ignore = &ignore
 	})
-	ociNew(t, ns, "copy", reg.url(repo), func(o *sourcev1.OCIRepository) {
+	ociNew(t, ns, "copy", reg.URL(repo), func(o *sourcev1.OCIRepository) {
 		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
-		o.Spec.LayerSelector = &sourcev1.OCILayerSelector{MediaType: ociFluxContentType, Operation: sourcev1.OCILayerCopy}
+		o.Spec.LayerSelector = &sourcev1.OCILayerSelector{MediaType: ociregistry.FluxContentType, Operation: sourcev1.OCILayerCopy}
 	})
-	ociNew(t, ns, "first-layer", reg.url(repo), func(o *sourcev1.OCIRepository) {
+	ociNew(t, ns, "first-layer", reg.URL(repo), func(o *sourcev1.OCIRepository) {
 		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
 	})
-	ociNew(t, ns, "missing-type", reg.url(repo), func(o *sourcev1.OCIRepository) {
+	ociNew(t, ns, "missing-type", reg.URL(repo), func(o *sourcev1.OCIRepository) {
 		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
 		o.Spec.LayerSelector = &sourcev1.OCILayerSelector{MediaType: "application/x-nope"}
 	})
@@ -129,7 +132,7 @@ func TestOCIRepositoryLayerSelector(t *testing.T) {
 			t.Errorf("artifact files %q, want only deploy/app.yaml (docs/ by spec.ignore, *.png by default)", got)
 		}
 		if o.Status.ObservedIgnore == nil || *o.Status.ObservedIgnore != ignore ||
-			o.Status.ObservedLayerSelector == nil || o.Status.ObservedLayerSelector.MediaType != ociFluxContentType {
+			o.Status.ObservedLayerSelector == nil || o.Status.ObservedLayerSelector.MediaType != ociregistry.FluxContentType {
 			t.Errorf("observed ignore %v, layer selector %+v", o.Status.ObservedIgnore, o.Status.ObservedLayerSelector)
 		}
 		// Deterministic: the same content gives the same artifact digest.
@@ -180,11 +183,11 @@ func TestOCIRepositoryLayerSelector(t *testing.T) {
 
 func TestOCIRepositoryAuth(t *testing.T) {
 	ns := newNamespace(t)
-	_, priv, _ := ociRegs(t)
-	digest := priv.pushFiles(t, "private/app", "v1", map[string]string{"secret.yaml": "private"})
-	ociDockerConfigSecret(t, ns, "good", priv.host, ociUser, ociPass)
-	ociDockerConfigSecret(t, ns, "bad", priv.host, ociUser, "wrong")
-	opaque := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "opaque"}, StringData: map[string]string{"username": ociUser}}
+	priv := ociregistry.Shared(t).Private
+	digest := priv.PushFiles(t, "private/app", "v1", map[string]string{"secret.yaml": "private"})
+	ociDockerConfigSecret(t, ns, "good", priv.Host, ociregistry.User, ociregistry.Password)
+	ociDockerConfigSecret(t, ns, "bad", priv.Host, ociregistry.User, "wrong")
+	opaque := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "opaque"}, StringData: map[string]string{"username": ociregistry.User}}
 	if err := env.Client.Create(context.Background(), opaque); err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +204,7 @@ func TestOCIRepositoryAuth(t *testing.T) {
 		{"not a docker config", "opaque", sourcev1.AuthenticationFailedReason, "has no '.dockerconfigjson' key"},
 	}
 	for _, tt := range tests {
-		ociNew(t, ns, strings.ReplaceAll(tt.name, " ", "-"), priv.url("private/app"), func(o *sourcev1.OCIRepository) {
+		ociNew(t, ns, strings.ReplaceAll(tt.name, " ", "-"), priv.URL("private/app"), func(o *sourcev1.OCIRepository) {
 			o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
 			if tt.secret != "" {
 				o.Spec.SecretRef = &meta.LocalObjectReference{Name: tt.secret}
@@ -229,12 +232,12 @@ func TestOCIRepositoryAuth(t *testing.T) {
 	}
 
 	t.Run("secret created later recovers", func(t *testing.T) {
-		ociNew(t, ns, "late", priv.url("private/app"), func(o *sourcev1.OCIRepository) {
+		ociNew(t, ns, "late", priv.URL("private/app"), func(o *sourcev1.OCIRepository) {
 			o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
 			o.Spec.SecretRef = &meta.LocalObjectReference{Name: "late"}
 		})
 		ociFailedWith(t, ns, "late", sourcev1.FetchFailedCondition, sourcev1.AuthenticationFailedReason)
-		ociDockerConfigSecret(t, ns, "late", "https://"+priv.host+"/v1/", ociUser, ociPass)
+		ociDockerConfigSecret(t, ns, "late", "https://"+priv.Host+"/v1/", ociregistry.User, ociregistry.Password)
 		o := ociReadyAt(t, ns, "late", "v1@"+digest.String())
 		if conditions.Has(o, sourcev1.FetchFailedCondition) {
 			t.Errorf("FetchFailed left after recovery: %v", o.Status.Conditions)
@@ -244,10 +247,11 @@ func TestOCIRepositoryAuth(t *testing.T) {
 
 func TestOCIRepositoryTLS(t *testing.T) {
 	ns := newNamespace(t)
-	open, _, tlsReg := ociRegs(t)
+	open := ociregistry.Shared(t).Open
+	tlsReg := ociregistry.Shared(t).TLS
 	// Pushed over plain HTTP: the TLS front serves the same storage.
-	digest := open.pushFiles(t, "tls/"+ns, "v1", map[string]string{"a.yaml": "tls"})
-	ca := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ca"}, Data: map[string][]byte{"ca.crt": ociRegistries.tlsCA}}
+	digest := open.PushFiles(t, "tls/"+ns, "v1", map[string]string{"a.yaml": "tls"})
+	ca := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ca"}, Data: map[string][]byte{"ca.crt": ociregistry.Shared(t).TLSCA}}
 	if err := env.Client.Create(context.Background(), ca); err != nil {
 		t.Fatal(err)
 	}
@@ -255,14 +259,14 @@ func TestOCIRepositoryTLS(t *testing.T) {
 		o.Spec.Insecure = false
 		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
 	}
-	ociNew(t, ns, "with-ca", tlsReg.url("tls/"+ns), func(o *sourcev1.OCIRepository) {
+	ociNew(t, ns, "with-ca", tlsReg.URL("tls/"+ns), func(o *sourcev1.OCIRepository) {
 		secure(o)
 		o.Spec.CertSecretRef = &meta.LocalObjectReference{Name: "ca"}
 	})
-	ociNew(t, ns, "unknown-ca", tlsReg.url("tls/"+ns), secure)
+	ociNew(t, ns, "unknown-ca", tlsReg.URL("tls/"+ns), secure)
 	// The plain HTTP registry without spec.insecure: refused, although
 	// go-containerregistry would fall back to HTTP for a loopback host.
-	ociNew(t, ns, "plain-http", open.url("tls/"+ns), secure)
+	ociNew(t, ns, "plain-http", open.URL("tls/"+ns), secure)
 
 	o := ociReadyAt(t, ns, "with-ca", "v1@"+digest.String())
 	if files := untar(t, ociCheckArtifact(t, o, digest)); files["a.yaml"] != "tls" {
@@ -280,9 +284,9 @@ func TestOCIRepositoryTLS(t *testing.T) {
 
 func TestOCIRepositoryInvalid(t *testing.T) {
 	ns := newNamespace(t)
-	reg, _, _ := ociRegs(t)
-	reg.pushFiles(t, "invalid/"+ns, "v1", map[string]string{"a": "a"})
-	url := reg.url("invalid/" + ns)
+	reg := ociregistry.Shared(t).Open
+	reg.PushFiles(t, "invalid/"+ns, "v1", map[string]string{"a": "a"})
+	url := reg.URL("invalid/" + ns)
 	// A registry that answers nothing before the client gives up.
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -300,8 +304,8 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 		message string
 	}{
 		{"tag in url", func(o *sourcev1.OCIRepository) { o.Spec.URL = url + ":v1" }, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true, "URL must not contain a tag; remove ':v1'"},
-		{"no repository", func(o *sourcev1.OCIRepository) { o.Spec.URL = "oci://" + reg.host }, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true, "URL validation failed"},
-		{"upper case", func(o *sourcev1.OCIRepository) { o.Spec.URL = "oci://" + reg.host + "/Invalid/Repo" }, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true, "repository can only contain"},
+		{"no repository", func(o *sourcev1.OCIRepository) { o.Spec.URL = "oci://" + reg.Host }, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true, "URL validation failed"},
+		{"upper case", func(o *sourcev1.OCIRepository) { o.Spec.URL = "oci://" + reg.Host + "/Invalid/Repo" }, sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true, "repository can only contain"},
 		{"unknown tag", func(o *sourcev1.OCIRepository) { o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v9"} }, sourcev1.FetchFailedCondition, sourcev1.OCIPullFailedReason, false, "MANIFEST_UNKNOWN"},
 		{"no semver match", func(o *sourcev1.OCIRepository) { o.Spec.Reference = &sourcev1.OCIRepositoryRef{SemVer: ">=5.0.0"} }, sourcev1.FetchFailedCondition, sourcev1.ReadOperationFailedReason, false, "no match found for semver: >=5.0.0"},
 		{"invalid semver", func(o *sourcev1.OCIRepository) { o.Spec.Reference = &sourcev1.OCIRepositoryRef{SemVer: "not a range"} }, sourcev1.FetchFailedCondition, sourcev1.OCIPullFailedReason, true, "semver 'not a range' parse error"},
@@ -319,7 +323,7 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 			o.Spec.Provider = sourcev1.AmazonOCIProvider
 			o.Spec.ServiceAccountName = "puller"
 			o.Spec.ProxySecretRef = &meta.LocalObjectReference{Name: "proxy"}
-		}, sourcev1.FetchFailedCondition, "UnsupportedField", true, "not supported by sourceraft yet: spec.verify, spec.provider 'aws', spec.proxySecretRef, spec.serviceAccountName"},
+		}, sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, true, "not supported by sourceraft yet: spec.verify, spec.provider 'aws', spec.proxySecretRef, spec.serviceAccountName"},
 	}
 	for _, tt := range tests {
 		ociNew(t, ns, strings.ReplaceAll(tt.name, " ", "-"), url, tt.mutate)
@@ -330,16 +334,7 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 			if msg := conditions.GetMessage(o, tt.cond); !strings.Contains(msg, tt.message) {
 				t.Errorf("%s message %q does not mention %q", tt.cond, msg, tt.message)
 			}
-			if conditions.IsTrue(o, meta.StalledCondition) != tt.stalled {
-				t.Errorf("Stalled = %v, want %v: %v", conditions.IsTrue(o, meta.StalledCondition), tt.stalled, o.Status.Conditions)
-			}
-			if tt.stalled {
-				// Conditions and the rest of the status are patched in two
-				// requests: observedGeneration may trail the conditions.
-				o = ociWaitFor(t, ns, o.Name, 10*time.Second, "observedGeneration of a stalled object", func(o *sourcev1.OCIRepository) bool {
-					return o.Status.ObservedGeneration == o.Generation
-				})
-			}
+			o = waitFailedAsFlux[*sourcev1.OCIRepository](t, ns, o.Name, tt.cond, tt.reason, tt.stalled)
 			if conditions.GetMessage(o, meta.ReadyCondition) != conditions.GetMessage(o, tt.cond) || o.Status.Artifact != nil {
 				t.Errorf("Ready message %q, artifact %v", conditions.GetMessage(o, meta.ReadyCondition), o.Status.Artifact)
 			}
@@ -353,15 +348,15 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 // suspension and deletion.
 func TestOCIRepositoryUpdatesAndLimits(t *testing.T) {
 	ns := newNamespace(t)
-	reg, _, _ := ociRegs(t)
+	reg := ociregistry.Shared(t).Open
 	repo := "updates/" + ns
-	first := reg.pushFiles(t, repo, "stable", map[string]string{"a.txt": "first"})
-	ociNew(t, ns, "app", reg.url(repo), func(o *sourcev1.OCIRepository) {
+	first := reg.PushFiles(t, repo, "stable", map[string]string{"a.txt": "first"})
+	ociNew(t, ns, "app", reg.URL(repo), func(o *sourcev1.OCIRepository) {
 		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "stable"}
 	})
 	ociReadyAt(t, ns, "app", "stable@"+first.String())
 
-	second := reg.pushFiles(t, repo, "stable", map[string]string{"a.txt": "second"})
+	second := reg.PushFiles(t, repo, "stable", map[string]string{"a.txt": "second"})
 	ociRequestReconcile(t, ns, "app")
 	before := ociReadyAt(t, ns, "app", "stable@"+second.String())
 	if files := untar(t, ociCheckArtifact(t, before, second)); files["a.txt"] != "second" {
@@ -382,12 +377,12 @@ func TestOCIRepositoryUpdatesAndLimits(t *testing.T) {
 		{"content over the limit once extracted", map[string]string{"zeros.txt": bomb}, "bigger than max archive size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			big := reg.pushFiles(t, repo, "stable", tc.files)
+			big := reg.PushFiles(t, repo, "stable", tc.files)
 			ociRequestReconcile(t, ns, "app")
 			// The previous subtest left BuildFailed too: wait for this revision's.
 			o := ociWaitFor(t, ns, "app", 60*time.Second, "BuildFailed for stable@"+big.String(), func(o *sourcev1.OCIRepository) bool {
 				return conditions.IsTrue(o, sourcev1.BuildFailedCondition) && conditions.IsFalse(o, meta.ReadyCondition) &&
-					conditions.GetReason(o, sourcev1.BuildFailedCondition) == "ArchiveLimitExceeded" &&
+					conditions.GetReason(o, sourcev1.BuildFailedCondition) == reconcilers.ArchiveLimitReason &&
 					strings.Contains(conditions.GetMessage(o, sourcev1.BuildFailedCondition), big.String())
 			})
 			msg := conditions.GetMessage(o, sourcev1.BuildFailedCondition)
@@ -409,7 +404,7 @@ func TestOCIRepositoryUpdatesAndLimits(t *testing.T) {
 		})
 	}
 
-	fixed := reg.pushFiles(t, repo, "stable", map[string]string{"a.txt": "fixed"})
+	fixed := reg.PushFiles(t, repo, "stable", map[string]string{"a.txt": "fixed"})
 	ociRequestReconcile(t, ns, "app")
 	o := ociReadyAt(t, ns, "app", "stable@"+fixed.String())
 	if conditions.Has(o, sourcev1.BuildFailedCondition) || conditions.Has(o, sourcev1.ArtifactOutdatedCondition) {
@@ -433,7 +428,7 @@ func TestOCIRepositoryUpdatesAndLimits(t *testing.T) {
 			})
 		}
 		handled(ociRequestReconcile(t, ns, "app"))
-		reg.pushFiles(t, repo, "stable", map[string]string{"a.txt": "while suspended"})
+		reg.PushFiles(t, repo, "stable", map[string]string{"a.txt": "while suspended"})
 		handled(ociRequestReconcile(t, ns, "app"))
 		time.Sleep(500 * time.Millisecond)
 		if o := ociGet(t, ns, "app"); o.Status.Artifact.Revision != "stable@"+fixed.String() {

@@ -1,4 +1,4 @@
-package reconcilers
+package bucket
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"github.com/sourceraft/sourceraft/archive"
 )
 
-// bucketMemClient is a bucketClient over a map, for what a real S3 server
+// bucketMemClient is a Client over a map, for what a real S3 server
 // such as MinIO refuses to hold (keys with ".." segments, which AWS S3
 // accepts) or cannot be made to do on cue (objects that change between
 // listing and download).
@@ -23,14 +23,14 @@ type bucketMemClient struct {
 	objects map[string]string
 	// listed overrides the listing's sizes and ETags (key → object), as
 	// when an object changed after it was listed.
-	listed map[string]bucketObject
+	listed map[string]Object
 }
 
 var errBucketMemNotFound = errors.New("NoSuchKey")
 
 func (c *bucketMemClient) BucketExists(context.Context, string) (bool, error) { return true, nil }
 
-func (c *bucketMemClient) ListObjects(_ context.Context, _, prefix string, visit func(bucketObject) error) error {
+func (c *bucketMemClient) ListObjects(_ context.Context, _, prefix string, visit func(Object) error) error {
 	keys := make([]string, 0, len(c.objects))
 	for k := range c.objects {
 		keys = append(keys, k)
@@ -42,7 +42,7 @@ func (c *bucketMemClient) ListObjects(_ context.Context, _, prefix string, visit
 		}
 		o, ok := c.listed[k]
 		if !ok {
-			o = bucketObject{Key: k, ETag: bucketMemETag(c.objects[k]), Size: int64(len(c.objects[k]))}
+			o = Object{Key: k, ETag: bucketMemETag(c.objects[k]), Size: int64(len(c.objects[k]))}
 		}
 		if err := visit(o); err != nil {
 			return err
@@ -67,18 +67,18 @@ func bucketMemETag(content string) string {
 }
 
 // bucketFetch runs what reconcileSource does: ignore rules, index, download.
-func bucketFetch(t *testing.T, c bucketClient, dir string, ignore *string, limits bucketLimits) (*bucketIndex, error) {
+func bucketFetch(t *testing.T, c Client, dir string, ignore *string, limits Limits) (*Index, error) {
 	t.Helper()
 	ctx := context.Background()
-	filter, err := bucketIgnoreFilter(ctx, c, "b", ignore, limits.MaxObjectSize)
+	filter, err := IgnoreFilter(ctx, c, "b", ignore, limits.MaxObjectSize)
 	if err != nil {
 		return nil, err
 	}
-	idx, err := indexBucket(ctx, c, "b", "", filter, limits)
+	idx, err := List(ctx, c, "b", "", filter, limits)
 	if err != nil {
 		return nil, err
 	}
-	return idx, downloadBucket(ctx, c, "b", idx, dir, limits)
+	return idx, Download(ctx, c, "b", idx, dir, limits)
 }
 
 // bucketTree lists the files under dir, slash path → content.
@@ -101,15 +101,15 @@ func bucketTree(t *testing.T, dir string) map[string]string {
 }
 
 func TestBucketRevisionIsFluxIndexDigest(t *testing.T) {
-	idx := newBucketIndex()
-	idx.add("b/y.yaml", "etag-2", 1)
-	idx.add("a.yaml", "etag-1", 1)
+	idx := NewIndex()
+	idx.Add("b/y.yaml", "etag-2", 1)
+	idx.Add("a.yaml", "etag-1", 1)
 	sum := sha256.Sum256([]byte("a.yaml etag-1\nb/y.yaml etag-2\n"))
-	if got, want := idx.revision(), "sha256:"+hex.EncodeToString(sum[:]); got != want {
+	if got, want := idx.Revision(), "sha256:"+hex.EncodeToString(sum[:]); got != want {
 		t.Fatalf("revision %s, want %s", got, want)
 	}
 	empty := sha256.Sum256(nil)
-	if got := newBucketIndex().revision(); got != "sha256:"+hex.EncodeToString(empty[:]) {
+	if got := NewIndex().Revision(); got != "sha256:"+hex.EncodeToString(empty[:]) {
 		t.Fatalf("empty revision %s", got)
 	}
 }
@@ -118,15 +118,15 @@ func TestBucketObjectPath(t *testing.T) {
 	for key, want := range map[string]string{
 		"a.yaml": "a.yaml", "dir/a.yaml": "dir/a.yaml", "/etc/x": "etc/x", "//etc/x": "etc/x", "a..b/c": "a..b/c",
 	} {
-		if got, err := bucketObjectPath(key); err != nil || got != want {
-			t.Errorf("bucketObjectPath(%q) = %q, %v; want %q", key, got, err, want)
+		if got, err := ObjectPath(key); err != nil || got != want {
+			t.Errorf("ObjectPath(%q) = %q, %v; want %q", key, got, err, want)
 		}
 	}
 	for _, key := range []string{
 		"../../x", "..", "a/../../x", "a/..", "./a", "a/./b", "a//b", "/", "", "..\\..\\x", "a\x00b", "/../x",
 	} {
-		if got, err := bucketObjectPath(key); !errors.Is(err, errObjectKey) {
-			t.Errorf("bucketObjectPath(%q) = %q, %v; want an invalid key error", key, got, err)
+		if got, err := ObjectPath(key); !errors.Is(err, ErrObjectKey) {
+			t.Errorf("ObjectPath(%q) = %q, %v; want an invalid key error", key, got, err)
 		}
 	}
 }
@@ -139,8 +139,8 @@ func TestBucketHostileKeysNeverEscape(t *testing.T) {
 	}
 	for _, key := range []string{"../../x", "../escaped", "a/../../../x", "/../x"} {
 		c := &bucketMemClient{objects: map[string]string{"ok.yaml": "ok", key: "MUST-NOT-ESCAPE"}}
-		_, err := bucketFetch(t, c, dir, nil, bucketLimits{})
-		if !errors.Is(err, errObjectKey) || !strings.Contains(err.Error(), key) {
+		_, err := bucketFetch(t, c, dir, nil, Limits{})
+		if !errors.Is(err, ErrObjectKey) || !strings.Contains(err.Error(), key) {
 			t.Errorf("key %q: error %v, want an invalid key error naming it", key, err)
 		}
 	}
@@ -149,10 +149,10 @@ func TestBucketHostileKeysNeverEscape(t *testing.T) {
 		t.Fatalf("files written: %v", files)
 	}
 
-	// Excluded by spec.ignore, the same keys are harmless.
+	// Excluded by the ignore rules, the same keys are harmless.
 	ignore := "x\nescaped\n"
 	c := &bucketMemClient{objects: map[string]string{"ok.yaml": "ok", "../../x": "no", "../escaped": "no"}}
-	if _, err := bucketFetch(t, c, dir, &ignore, bucketLimits{}); err != nil {
+	if _, err := bucketFetch(t, c, dir, &ignore, Limits{}); err != nil {
 		t.Fatalf("ignored hostile keys: %v", err)
 	}
 	if files := bucketTree(t, parent); len(files) != 1 || files["work/dir/ok.yaml"] != "ok" {
@@ -172,9 +172,9 @@ func TestBucketDownloadWritesOnlyInsideRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := &bucketMemClient{objects: map[string]string{"link/x": "MUST-NOT-ESCAPE"}}
-	idx := newBucketIndex()
-	idx.add("link/x", bucketMemETag("MUST-NOT-ESCAPE"), 15)
-	if err := downloadBucket(context.Background(), c, "b", idx, dir, bucketLimits{}); err == nil {
+	idx := NewIndex()
+	idx.Add("link/x", bucketMemETag("MUST-NOT-ESCAPE"), 15)
+	if err := Download(context.Background(), c, "b", idx, dir, Limits{}); err == nil {
 		t.Fatal("download through a symlink out of the directory succeeded")
 	}
 	if _, err := os.Stat(filepath.Join(parent, "x")); err == nil {
@@ -188,8 +188,8 @@ func TestBucketKeyConflicts(t *testing.T) {
 		"file and directory":  {"a": "1", "a/b": "2"},
 		"file and deeper dir": {"a/b": "1", "a/b/c/d": "2"},
 	} {
-		_, err := bucketFetch(t, &bucketMemClient{objects: objects}, t.TempDir(), nil, bucketLimits{})
-		if !errors.Is(err, errObjectKey) {
+		_, err := bucketFetch(t, &bucketMemClient{objects: objects}, t.TempDir(), nil, Limits{})
+		if !errors.Is(err, ErrObjectKey) {
 			t.Errorf("%s: error %v, want an invalid key error", name, err)
 		}
 	}
@@ -199,22 +199,22 @@ func TestBucketLimits(t *testing.T) {
 	objects := map[string]string{"a/1.yaml": "1234", "a/2.yaml": "5678", "b.yaml": "90"}
 	tests := []struct {
 		name    string
-		limits  bucketLimits
-		listed  map[string]bucketObject
+		limits  Limits
+		listed  map[string]Object
 		wantErr string
 	}{
-		{"within limits", bucketLimits{MaxSize: 10, MaxObjectSize: 4, MaxEntries: 4}, nil, ""},
-		{"total size", bucketLimits{MaxSize: 9}, nil, "objects hold at least 10 bytes, the limit is 9"},
-		{"object size", bucketLimits{MaxObjectSize: 3}, nil, "object 'a/1.yaml' is 4 bytes, the per-object limit is 3"},
-		{"entries count directories", bucketLimits{MaxEntries: 3}, nil, "at least 4 files and directories, the limit is 3"},
+		{"within limits", Limits{MaxSize: 10, MaxObjectSize: 4, MaxEntries: 4}, nil, ""},
+		{"total size", Limits{MaxSize: 9}, nil, "objects hold at least 10 bytes, the limit is 9"},
+		{"object size", Limits{MaxObjectSize: 3}, nil, "object 'a/1.yaml' is 4 bytes, the per-object limit is 3"},
+		{"entries count directories", Limits{MaxEntries: 3}, nil, "at least 4 files and directories, the limit is 3"},
 		// The server listed smaller objects than it then served.
-		{"object grew after listing", bucketLimits{MaxObjectSize: 4},
-			map[string]bucketObject{"b.yaml": {Key: "b.yaml", ETag: "old", Size: 1}}, ""},
-		{"object over limit after listing", bucketLimits{MaxObjectSize: 3},
-			map[string]bucketObject{"a/1.yaml": {Key: "a/1.yaml", ETag: "old", Size: 1}, "a/2.yaml": {Key: "a/2.yaml", ETag: "old", Size: 1}},
+		{"object grew after listing", Limits{MaxObjectSize: 4},
+			map[string]Object{"b.yaml": {Key: "b.yaml", ETag: "old", Size: 1}}, ""},
+		{"object over limit after listing", Limits{MaxObjectSize: 3},
+			map[string]Object{"a/1.yaml": {Key: "a/1.yaml", ETag: "old", Size: 1}, "a/2.yaml": {Key: "a/2.yaml", ETag: "old", Size: 1}},
 			"over the per-object limit of 3 bytes"},
-		{"total over limit after listing", bucketLimits{MaxSize: 8},
-			map[string]bucketObject{"a/1.yaml": {Key: "a/1.yaml", ETag: "old", Size: 1}},
+		{"total over limit after listing", Limits{MaxSize: 8},
+			map[string]Object{"a/1.yaml": {Key: "a/1.yaml", ETag: "old", Size: 1}},
 			"the limit is 8"},
 	}
 	for _, tt := range tests {
@@ -230,16 +230,16 @@ func TestBucketLimits(t *testing.T) {
 					t.Fatalf("files %v", got)
 				}
 				// The revision names what was downloaded, not what was listed.
-				want := newBucketIndex()
+				want := NewIndex()
 				for k, v := range objects {
-					want.add(k, bucketMemETag(v), int64(len(v)))
+					want.Add(k, bucketMemETag(v), int64(len(v)))
 				}
-				if idx.revision() != want.revision() {
-					t.Fatalf("revision %s, want that of the downloaded objects %s", idx.revision(), want.revision())
+				if idx.Revision() != want.Revision() {
+					t.Fatalf("revision %s, want that of the downloaded objects %s", idx.Revision(), want.Revision())
 				}
 				return
 			}
-			if !errors.Is(err, errBucketLimit) || !strings.Contains(err.Error(), tt.wantErr) {
+			if !errors.Is(err, ErrLimit) || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("error %v, want a limit error with %q", err, tt.wantErr)
 			}
 		})
@@ -249,15 +249,15 @@ func TestBucketLimits(t *testing.T) {
 func TestBucketObjectGoneAfterListing(t *testing.T) {
 	c := &bucketMemClient{
 		objects: map[string]string{"a.yaml": "a"},
-		listed:  map[string]bucketObject{},
+		listed:  map[string]Object{},
 	}
 	ctx := context.Background()
-	idx, err := indexBucket(ctx, c, "b", "", archive.Filter(func(string, bool) bool { return false }), bucketLimits{})
+	idx, err := List(ctx, c, "b", "", archive.Filter(func(string, bool) bool { return false }), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx.add("gone.yaml", "e", 1)
-	if err := downloadBucket(ctx, c, "b", idx, t.TempDir(), bucketLimits{}); err != nil {
+	idx.Add("gone.yaml", "e", 1)
+	if err := Download(ctx, c, "b", idx, t.TempDir(), Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	if keys := idx.keys(); len(keys) != 1 || keys[0] != "a.yaml" {
@@ -272,7 +272,7 @@ func TestBucketSourceIgnore(t *testing.T) {
 	}}
 	dir := t.TempDir()
 	extra := "a.yaml\n"
-	if _, err := bucketFetch(t, c, dir, &extra, bucketLimits{}); err != nil {
+	if _, err := bucketFetch(t, c, dir, &extra, Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	got := bucketTree(t, dir)
@@ -282,15 +282,15 @@ func TestBucketSourceIgnore(t *testing.T) {
 }
 
 func TestBucketEndpointValidation(t *testing.T) {
-	if err := validateBucketEndpoint("s3.amazonaws.com"); err != nil {
+	if err := ValidateEndpoint("s3.amazonaws.com"); err != nil {
 		t.Errorf("plain endpoint: %v", err)
 	}
-	if err := validateBucketEndpoint("minio.local:9000"); err != nil {
+	if err := ValidateEndpoint("minio.local:9000"); err != nil {
 		t.Errorf("endpoint with port: %v", err)
 	}
 	for _, e := range []string{"", "https://s3.amazonaws.com", "minio:9000/bucket", "user@minio"} {
-		if validateBucketEndpoint(e) == nil {
-			t.Errorf("endpoint %q accepted", e)
+		if err := ValidateEndpoint(e); !errors.Is(err, ErrInvalidEndpoint) {
+			t.Errorf("endpoint %q: error %v, want ErrInvalidEndpoint", e, err)
 		}
 	}
 }

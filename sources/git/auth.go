@@ -1,4 +1,4 @@
-package reconcilers
+package git
 
 import (
 	"errors"
@@ -13,21 +13,22 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
-// gitAuth is how a checkout authenticates: the transport's auth method
-// and, for HTTPS, extra CA certificates.
-type gitAuth struct {
+// Auth is how a checkout authenticates: the transport's auth method and,
+// for HTTPS, extra CA certificates.
+type Auth struct {
 	method   transport.AuthMethod
 	caBundle []byte
 }
 
-// gitAuthFromSecret builds the auth of u from a secretRef's data, with
-// Flux's keys: username and password, or bearerToken, plus ca.crt (or
-// caFile) for HTTP(S); identity, known_hosts and an optional password for
-// SSH. A nil data map uses the credentials in the URL, if any.
-func gitAuthFromSecret(u *url.URL, data map[string][]byte) (*gitAuth, error) {
+// AuthFromSecret builds the auth of u from the data of a Flux Git secret,
+// with Flux's keys: username and password, or bearerToken, plus ca.crt
+// (or caFile) for HTTP(S); identity, known_hosts and an optional password
+// for SSH. A nil data map uses the credentials in the URL, if any. Missing
+// or unusable credentials fail with ErrInvalidAuth.
+func AuthFromSecret(u *url.URL, data map[string][]byte) (*Auth, error) {
 	switch u.Scheme {
 	case "http", "https":
-		a := &gitAuth{caBundle: data["ca.crt"]}
+		a := &Auth{caBundle: data["ca.crt"]}
 		if len(a.caBundle) == 0 {
 			a.caBundle = data["caFile"]
 		}
@@ -43,7 +44,7 @@ func gitAuthFromSecret(u *url.URL, data map[string][]byte) (*gitAuth, error) {
 			pass, _ = u.User.Password()
 		}
 		if user == "" && pass != "" {
-			return nil, fmt.Errorf("invalid '%s' auth option: 'password' requires 'username' to be set", u.Scheme)
+			return nil, fmt.Errorf("%w: '%s' auth option 'password' requires 'username' to be set", ErrInvalidAuth, u.Scheme)
 		}
 		if user != "" {
 			a.method = &githttp.BasicAuth{Username: user, Password: pass}
@@ -52,10 +53,10 @@ func gitAuthFromSecret(u *url.URL, data map[string][]byte) (*gitAuth, error) {
 	case "ssh":
 		identity, hosts := data["identity"], data["known_hosts"]
 		if len(identity) == 0 {
-			return nil, errors.New("invalid 'ssh' auth option: 'identity' is required in the secret")
+			return nil, fmt.Errorf("%w: 'ssh' auth option 'identity' is required in the secret", ErrInvalidAuth)
 		}
 		if len(hosts) == 0 {
-			return nil, errors.New("invalid 'ssh' auth option: 'known_hosts' is required in the secret")
+			return nil, fmt.Errorf("%w: 'ssh' auth option 'known_hosts' is required in the secret", ErrInvalidAuth)
 		}
 		user := "git"
 		if u.User != nil && u.User.Username() != "" {
@@ -73,20 +74,38 @@ func gitAuthFromSecret(u *url.URL, data map[string][]byte) (*gitAuth, error) {
 		if err != nil {
 			var missing *gossh.PassphraseMissingError
 			if errors.As(err, &missing) {
-				return nil, errors.New("SSH identity key is encrypted but no 'password' field was provided in the secret")
+				return nil, fmt.Errorf("%w: SSH identity key is encrypted but no 'password' field was provided in the secret", ErrInvalidAuth)
 			}
-			return nil, fmt.Errorf("parse SSH identity: %w", err)
+			return nil, fmt.Errorf("%w: parse SSH identity: %w", ErrInvalidAuth, err)
 		}
 		cb, err := knownHostsCallback(hosts)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", ErrInvalidAuth, err)
 		}
-		return &gitAuth{method: &gitssh.PublicKeys{
+		return &Auth{method: &gitssh.PublicKeys{
 			User: user, Signer: signer,
 			HostKeyCallbackHelper: gitssh.HostKeyCallbackHelper{HostKeyCallback: cb},
 		}}, nil
 	}
-	return nil, fmt.Errorf("unsupported URL scheme '%s'", u.Scheme)
+	return nil, fmt.Errorf("%w: unsupported URL scheme '%s'", ErrInvalidURL, u.Scheme)
+}
+
+// ParseURL accepts the URLs a checkout can use: http, https and ssh, with
+// a host; anything else fails with ErrInvalidURL.
+func ParseURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: failed to parse url '%s': %w", ErrInvalidURL, raw, err)
+	}
+	switch u.Scheme {
+	case "http", "https", "ssh":
+	default:
+		return nil, fmt.Errorf("%w: url '%s' has unsupported scheme '%s': want http, https or ssh", ErrInvalidURL, raw, u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("%w: url '%s' has no host", ErrInvalidURL, raw)
+	}
+	return u, nil
 }
 
 // knownHostsCallback checks host keys against known_hosts content.

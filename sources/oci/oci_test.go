@@ -1,4 +1,4 @@
-package reconcilers
+package oci
 
 import (
 	"archive/tar"
@@ -10,12 +10,9 @@ import (
 	"strings"
 	"testing"
 
-	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sourceraft/sourceraft/archive"
 )
@@ -40,25 +37,25 @@ func TestParseOCIURL(t *testing.T) {
 		{url: "oci://ghcr.io/Org/App", err: "repository can only contain"},
 	}
 	for _, tt := range tests {
-		repo, err := parseOCIURL(tt.url, tt.insecure)
+		repo, err := parseURL(tt.url, tt.insecure)
 		if tt.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("parseOCIURL(%q) = %v, %v; want an error with %q", tt.url, repo, err, tt.err)
+				t.Errorf("parseURL(%q) = %v, %v; want an error with %q", tt.url, repo, err, tt.err)
 			}
 			continue
 		}
 		if err != nil || repo.String() != tt.repo || repo.Scheme() != tt.scheme {
-			t.Errorf("parseOCIURL(%q) = %q (%s), %v; want %q (%s)", tt.url, repo.String(), repo.Scheme(), err, tt.repo, tt.scheme)
+			t.Errorf("parseURL(%q) = %q (%s), %v; want %q (%s)", tt.url, repo.String(), repo.Scheme(), err, tt.repo, tt.scheme)
 		}
 	}
 }
 
 func TestOCIRevision(t *testing.T) {
 	h := gcrv1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
-	if got := (ociRef{tag: "v1.0.0", digest: h}).revision(); got != "v1.0.0@sha256:"+h.Hex {
+	if got := (&Resolved{Tag: "v1.0.0", Digest: h.String()}).Revision(); got != "v1.0.0@sha256:"+h.Hex {
 		t.Errorf("tag revision %q", got)
 	}
-	if got := (ociRef{digest: h}).revision(); got != "sha256:"+h.Hex {
+	if got := (&Resolved{Digest: h.String()}).Revision(); got != "sha256:"+h.Hex {
 		t.Errorf("digest revision %q", got)
 	}
 }
@@ -78,7 +75,7 @@ func TestOCITagSelector(t *testing.T) {
 		{rng: "*", filter: "(", err: "semverFilter '('"},
 	}
 	for _, tt := range tests {
-		sel, err := newOCITagSelector(tt.rng, tt.filter)
+		sel, err := newTagSelector(tt.rng, tt.filter)
 		var got string
 		if err == nil {
 			got, err = sel.latest(tags)
@@ -94,16 +91,13 @@ func TestOCITagSelector(t *testing.T) {
 		}
 	}
 	// A range that cannot parse is a spec error: it stalls.
-	if _, err := newOCITagSelector("not a range", ""); !errors.Is(err, errInvalidRef) {
-		t.Errorf("invalid range error %v is not errInvalidRef", err)
+	if _, err := newTagSelector("not a range", ""); !errors.Is(err, ErrInvalidReference) {
+		t.Errorf("invalid range error %v is not ErrInvalidReference", err)
 	}
 }
 
-func TestOCIKeychainFromSecret(t *testing.T) {
+func TestParseDockerConfig(t *testing.T) {
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-	secret := func(key, data string) *corev1.Secret {
-		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "creds"}, Data: map[string][]byte{key: []byte(data)}}
-	}
 	resolve := func(t *testing.T, kc authn.Keychain, ref string) *authn.AuthConfig {
 		t.Helper()
 		r, err := name.NewRepository(ref)
@@ -121,10 +115,10 @@ func TestOCIKeychainFromSecret(t *testing.T) {
 		return c
 	}
 
-	kc, err := ociKeychainFromSecret(secret(corev1.DockerConfigJsonKey, `{"auths":{
+	kc, err := ParseDockerConfig([]byte(`{"auths":{
 		"ghcr.io":{"username":"u1","password":"p1"},
 		"https://registry.example.com:5000/v1/":{"auth":"`+b64("u2:p:2")+`"},
-		"https://index.docker.io/v1/":{"auth":"`+b64("hub:hubpass")+`"}}}`))
+		"https://index.docker.io/v1/":{"auth":"`+b64("hub:hubpass")+`"}}}`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +135,7 @@ func TestOCIKeychainFromSecret(t *testing.T) {
 		t.Errorf("unknown registry should be anonymous: %+v", c)
 	}
 
-	legacy, err := ociKeychainFromSecret(secret(corev1.DockerConfigKey, `{"quay.io":{"auth":"`+b64("q:qp")+`"}}`))
+	legacy, err := ParseDockerConfig(nil, []byte(`{"quay.io":{"auth":"`+b64("q:qp")+`"}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,12 +148,12 @@ func TestOCIKeychainFromSecret(t *testing.T) {
 		`{"auths":{"ghcr.io":{"auth":"%%%"}}}`:              "invalid auth for 'ghcr.io'",
 		`{"auths":{"ghcr.io":{"auth":"` + b64("x") + `"}}}`: "is not 'user:password'",
 	} {
-		if _, err := ociKeychainFromSecret(secret(corev1.DockerConfigJsonKey, data)); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := ParseDockerConfig([]byte(data), nil); !errors.Is(err, ErrInvalidAuth) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want %q", data, err, want)
 		}
 	}
-	if _, err := ociKeychainFromSecret(secret("username", "u")); err == nil || !strings.Contains(err.Error(), "has no '.dockerconfigjson' key") {
-		t.Errorf("opaque secret: %v", err)
+	if _, err := ParseDockerConfig(nil, nil); !errors.Is(err, ErrInvalidAuth) {
+		t.Errorf("no Docker config: %v", err)
 	}
 }
 
@@ -183,22 +177,22 @@ func tarGz(t *testing.T, files map[string]int) []byte {
 }
 
 // TestExtractOCILayerLimits also pins fluxcd/pkg/tar's size-limit message,
-// which extractOCILayer relies on to report a typed limit error.
-func TestExtractOCILayerLimits(t *testing.T) {
+// which extractLayer relies on to report a typed limit error.
+func TestExtractLayerLimits(t *testing.T) {
 	layer := tarGz(t, map[string]int{"a": 600, "b": 600, "c": 10})
 	tests := []struct {
 		name  string
-		lim   ociLimits
+		lim   Limits
 		limit string
 	}{
-		{"within limits", ociLimits{untar: 2000, entries: 3}, ""},
-		{"unbounded", ociLimits{}, ""},
-		{"size", ociLimits{untar: 1000}, archive.LimitSize},
-		{"entries", ociLimits{entries: 2}, archive.LimitEntries},
+		{"within limits", Limits{Untar: 2000, Entries: 3}, ""},
+		{"unbounded", Limits{}, ""},
+		{"size", Limits{Untar: 1000}, archive.LimitSize},
+		{"entries", Limits{Entries: 2}, archive.LimitEntries},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := extractOCILayer(bytes.NewReader(layer), t.TempDir(), tt.lim)
+			err := extractLayer(bytes.NewReader(layer), t.TempDir(), tt.lim)
 			var le *archive.LimitError
 			switch {
 			case tt.limit == "" && err != nil:
@@ -208,61 +202,23 @@ func TestExtractOCILayerLimits(t *testing.T) {
 			}
 		})
 	}
-	err := extractOCILayer(strings.NewReader("not gzip"), t.TempDir(), ociLimits{})
-	var e *Error
-	if !errors.As(err, &e) || e.Reason != sourcev1.OCILayerOperationFailedReason {
+	err := extractLayer(strings.NewReader("not gzip"), t.TempDir(), Limits{})
+	if !errors.Is(err, ErrLayer) {
 		t.Errorf("a layer that is not tar.gz: %v", err)
 	}
 }
 
-func TestOCILimitReader(t *testing.T) {
+func TestLimitReader(t *testing.T) {
 	data := bytes.Repeat([]byte("y"), 100)
 	for _, tt := range []struct {
 		max  int64
 		fail bool
 	}{{-1, false}, {100, false}, {200, false}, {99, true}, {0, true}} {
-		lr := &ociLimitReader{r: bytes.NewReader(data), left: tt.max, max: tt.max}
+		lr := &limitReader{r: bytes.NewReader(data), left: tt.max, max: tt.max}
 		n, err := io.Copy(io.Discard, lr)
 		var le *archive.LimitError
 		if tt.fail != errors.As(err, &le) || (!tt.fail && n != 100) {
 			t.Errorf("max %d: read %d, %v", tt.max, n, err)
 		}
-	}
-}
-
-func TestOCIContentConfigChanged(t *testing.T) {
-	ign := "docs/"
-	obj := &sourcev1.OCIRepository{}
-	if ociContentConfigChanged(obj) {
-		t.Error("empty spec and status differ")
-	}
-	obj.Spec.LayerSelector = &sourcev1.OCILayerSelector{MediaType: "a"}
-	obj.Status.ObservedLayerSelector = &sourcev1.OCILayerSelector{MediaType: "a"}
-	if ociContentConfigChanged(obj) {
-		t.Error("equal selectors differ")
-	}
-	obj.Spec.LayerSelector.Operation = sourcev1.OCILayerCopy
-	if !ociContentConfigChanged(obj) {
-		t.Error("a new operation is not a change")
-	}
-	obj.Status.ObservedLayerSelector = obj.Spec.LayerSelector.DeepCopy()
-	obj.Spec.Ignore = &ign
-	if !ociContentConfigChanged(obj) {
-		t.Error("a new ignore is not a change")
-	}
-}
-
-func TestUnsupportedOCISpec(t *testing.T) {
-	obj := &sourcev1.OCIRepository{}
-	obj.Spec.Provider = sourcev1.GenericOCIProvider
-	obj.Spec.CertSecretRef = nil
-	if err := unsupportedOCISpec(obj); err != nil {
-		t.Errorf("generic provider: %v", err)
-	}
-	obj.Spec.Provider = sourcev1.AzureOCIProvider
-	obj.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "notation"}
-	err := unsupportedOCISpec(obj)
-	if err == nil || err.Error() != "not supported by sourceraft yet: spec.verify, spec.provider 'azure'" {
-		t.Errorf("unsupported: %v", err)
 	}
 }

@@ -1,4 +1,11 @@
-package reconcilers
+// Package bucket lists and downloads the objects of an S3-compatible
+// bucket (through minio-go) the way Flux's Bucket does: ignore rules from
+// the bucket's .sourceignore and the caller's, an index of keys and ETags
+// whose digest is the revision, and downloads bounded by size and entry
+// limits that write only inside the target directory. It knows S3 and
+// nothing of Kubernetes: credentials come in as strings, and the errors
+// below tell the caller which condition to set.
+package bucket
 
 import (
 	"context"
@@ -16,7 +23,6 @@ import (
 
 	"github.com/fluxcd/pkg/sourceignore"
 	"github.com/fluxcd/pkg/sourceignore/gitignore"
-	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
@@ -25,66 +31,76 @@ import (
 	"github.com/sourceraft/sourceraft/archive"
 )
 
-// bucketFetchConcurrency bounds the objects downloaded at once.
-const bucketFetchConcurrency = 8
+// fetchConcurrency bounds the objects downloaded at once.
+const fetchConcurrency = 8
 
-// bucketObject is one listed object: its key, ETag and size.
-type bucketObject struct {
+// The errors fetching fails with, for errors.Is; each is wrapped with
+// what was wrong.
+var (
+	// ErrLimit: the bucket is over one of the fetch limits.
+	ErrLimit = errors.New("bucket limit exceeded")
+	// ErrObjectKey: an object key cannot be written as a file under the
+	// download directory.
+	ErrObjectKey = errors.New("invalid object key")
+	// ErrBucketNotFound: the bucket does not exist (its message follows
+	// the bucket's name, as in Flux's "bucket 'name' not found").
+	ErrBucketNotFound = errors.New("not found")
+	// ErrInvalidEndpoint: the endpoint is not host[:port].
+	ErrInvalidEndpoint = errors.New("invalid endpoint")
+)
+
+// Object is one listed object: its key, ETag and size.
+type Object struct {
 	Key  string
 	ETag string
 	Size int64
 }
 
-// bucketClient is what fetching needs of an object store. s3Client
-// implements it for the generic and aws providers.
-type bucketClient interface {
+// Client is what fetching needs of an object store. S3 implements it for
+// the generic and aws providers.
+type Client interface {
 	// BucketExists reports whether the bucket exists (false, nil if not).
 	BucketExists(ctx context.Context, bucket string) (bool, error)
 	// ListObjects calls visit for every object under prefix, in any order,
 	// and stops at the first error.
-	ListObjects(ctx context.Context, bucket, prefix string, visit func(bucketObject) error) error
+	ListObjects(ctx context.Context, bucket, prefix string, visit func(Object) error) error
 	// GetObject opens an object's content and returns the ETag of what it
 	// serves; a missing object fails with an error IsNotFound accepts.
 	GetObject(ctx context.Context, bucket, key string) (io.ReadCloser, string, error)
 	IsNotFound(err error) bool
 }
 
-// errBucketLimit marks a bucket over one of the fetch limits.
-var errBucketLimit = errors.New("bucket limit exceeded")
-
-// errObjectKey marks an object key that cannot be written under the
-// working directory.
-var errObjectKey = errors.New("invalid object key")
-
-// bucketLimits bound what one reconcile downloads: the sum of the object
+// Limits bound what one reconcile downloads: the sum of the object
 // sizes, each object's size, and the files and directories the artifact
 // will hold (the archive's entry count). Zero or less is no bound.
-type bucketLimits struct {
+type Limits struct {
 	MaxSize       int64
 	MaxObjectSize int64
 	MaxEntries    int
 }
 
-// bucketIndex maps object keys to ETags. Its digest is the revision, in
+// Index maps object keys to ETags. Its digest is the revision, in
 // Flux's form: sha256 over "<key> <etag>\n" for every key in sorted order,
 // written sha256:<hex>, so an unchanged bucket keeps its revision.
-type bucketIndex struct {
+type Index struct {
 	mu    sync.Mutex
 	etags map[string]string
 	sizes map[string]int64
 }
 
-func newBucketIndex() *bucketIndex {
-	return &bucketIndex{etags: map[string]string{}, sizes: map[string]int64{}}
+// NewIndex is an empty index.
+func NewIndex() *Index {
+	return &Index{etags: map[string]string{}, sizes: map[string]int64{}}
 }
 
-func (x *bucketIndex) add(key, etag string, size int64) {
+// Add records an object.
+func (x *Index) Add(key, etag string, size int64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.etags[key], x.sizes[key] = etag, size
 }
 
-func (x *bucketIndex) remove(key string) {
+func (x *Index) remove(key string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	delete(x.etags, key)
@@ -92,7 +108,7 @@ func (x *bucketIndex) remove(key string) {
 }
 
 // keys returns the indexed keys in sorted order.
-func (x *bucketIndex) keys() []string {
+func (x *Index) keys() []string {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	keys := make([]string, 0, len(x.etags))
@@ -104,14 +120,14 @@ func (x *bucketIndex) keys() []string {
 }
 
 // Len is the number of indexed objects.
-func (x *bucketIndex) Len() int {
+func (x *Index) Len() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return len(x.etags)
 }
 
-// revision is the index digest, sha256:<hex>.
-func (x *bucketIndex) revision() string {
+// Revision is the index digest, sha256:<hex>.
+func (x *Index) Revision() string {
 	h := sha256.New()
 	keys := x.keys()
 	x.mu.Lock()
@@ -122,41 +138,41 @@ func (x *bucketIndex) revision() string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
-// bucketObjectPath is the slash path under the working directory where an
+// ObjectPath is the slash path under the working directory where an
 // object is written: its key without leading slashes (as Flux, which joins
 // the key to the directory). A key with empty, "." or ".." segments, a
 // backslash or a NUL byte is refused: it could name a file outside the
 // directory or two keys could land on one file.
-func bucketObjectPath(key string) (string, error) {
+func ObjectPath(key string) (string, error) {
 	p := strings.TrimLeft(key, "/")
 	if p == "" || strings.ContainsAny(p, "\\\x00") || path.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../") {
-		return "", fmt.Errorf("%w '%s': not a relative path inside the bucket (exclude it with spec.ignore)", errObjectKey, key)
+		return "", fmt.Errorf("%w '%s': not a relative path inside the bucket (exclude it with the ignore rules)", ErrObjectKey, key)
 	}
 	for _, s := range strings.Split(p, "/") {
 		if s == "." || s == ".." {
-			return "", fmt.Errorf("%w '%s': not a relative path inside the bucket (exclude it with spec.ignore)", errObjectKey, key)
+			return "", fmt.Errorf("%w '%s': not a relative path inside the bucket (exclude it with the ignore rules)", ErrObjectKey, key)
 		}
 	}
 	return p, nil
 }
 
-// checkBucketExists fails unless the bucket exists and can be reached with
-// the client's credentials.
-func checkBucketExists(ctx context.Context, c bucketClient, bucket string) error {
+// CheckExists fails unless the bucket exists (ErrBucketNotFound) and can
+// be reached with the client's credentials.
+func CheckExists(ctx context.Context, c Client, bucket string) error {
 	exists, err := c.BucketExists(ctx, bucket)
 	if err != nil {
 		return fmt.Errorf("failed to confirm existence of '%s' bucket: %w", bucket, err)
 	}
 	if !exists {
-		return fmt.Errorf("bucket '%s' not found", bucket)
+		return fmt.Errorf("bucket '%s' %w", bucket, ErrBucketNotFound)
 	}
 	return nil
 }
 
-// bucketIgnoreFilter loads the .sourceignore object at the root of the
-// bucket, if any, and returns the filter of its rules followed by spec.ignore
+// IgnoreFilter loads the .sourceignore object at the root of the bucket,
+// if any, and returns the filter of its rules followed by specIgnore
 // (which takes precedence). As in Flux, Bucket has no built-in exclusions.
-func bucketIgnoreFilter(ctx context.Context, c bucketClient, bucket string, specIgnore *string, maxSize int64) (archive.Filter, error) {
+func IgnoreFilter(ctx context.Context, c Client, bucket string, specIgnore *string, maxSize int64) (archive.Filter, error) {
 	var ps []gitignore.Pattern
 	rc, _, err := c.GetObject(ctx, bucket, sourceignore.IgnoreFile)
 	switch {
@@ -177,7 +193,7 @@ func bucketIgnoreFilter(ctx context.Context, c bucketClient, bucket string, spec
 			return nil, fmt.Errorf("failed to get '%s' object: %w", sourceignore.IgnoreFile, err)
 		}
 		if maxSize > 0 && int64(len(data)) > maxSize {
-			return nil, fmt.Errorf("%w: object '%s' is larger than the per-object limit of %d bytes", errBucketLimit, sourceignore.IgnoreFile, maxSize)
+			return nil, fmt.Errorf("%w: object '%s' is larger than the per-object limit of %d bytes", ErrLimit, sourceignore.IgnoreFile, maxSize)
 		}
 		ps = sourceignore.ReadPatterns(strings.NewReader(string(data)), nil)
 	}
@@ -187,50 +203,50 @@ func bucketIgnoreFilter(ctx context.Context, c bucketClient, bucket string, spec
 	return archive.MatcherFilter(sourceignore.NewMatcher(ps)), nil
 }
 
-// indexBucket lists the objects under prefix that the ignore rules keep
+// List indexes the objects under prefix that the ignore rules keep
 // into an index, failing as soon as the listing is over a limit or holds a
 // key that cannot be written safely. Keys ending in "/" (directory
 // markers) and the root .sourceignore are left out, as in Flux.
-func indexBucket(ctx context.Context, c bucketClient, bucket, prefix string, filter archive.Filter, limits bucketLimits) (*bucketIndex, error) {
-	idx := newBucketIndex()
+func List(ctx context.Context, c Client, bucket, prefix string, filter archive.Filter, limits Limits) (*Index, error) {
+	idx := NewIndex()
 	var (
 		total int64
 		paths = map[string]string{} // object path → key
 		dirs  = map[string]bool{}   // directories the artifact will hold
 	)
-	err := c.ListObjects(ctx, bucket, prefix, func(o bucketObject) error {
+	err := c.ListObjects(ctx, bucket, prefix, func(o Object) error {
 		if strings.HasSuffix(o.Key, "/") || o.Key == sourceignore.IgnoreFile {
 			return nil
 		}
 		if filter(strings.TrimLeft(o.Key, "/"), false) {
 			return nil
 		}
-		p, err := bucketObjectPath(o.Key)
+		p, err := ObjectPath(o.Key)
 		if err != nil {
 			return err
 		}
 		if other, ok := paths[p]; ok {
-			return fmt.Errorf("%w '%s': lands on the same file as '%s'", errObjectKey, o.Key, other)
+			return fmt.Errorf("%w '%s': lands on the same file as '%s'", ErrObjectKey, o.Key, other)
 		}
 		paths[p] = o.Key
 		if limits.MaxObjectSize > 0 && o.Size > limits.MaxObjectSize {
-			return fmt.Errorf("%w: object '%s' is %d bytes, the per-object limit is %d", errBucketLimit, o.Key, o.Size, limits.MaxObjectSize)
+			return fmt.Errorf("%w: object '%s' is %d bytes, the per-object limit is %d", ErrLimit, o.Key, o.Size, limits.MaxObjectSize)
 		}
 		total += o.Size
 		if limits.MaxSize > 0 && total > limits.MaxSize {
-			return fmt.Errorf("%w: objects hold at least %d bytes, the limit is %d", errBucketLimit, total, limits.MaxSize)
+			return fmt.Errorf("%w: objects hold at least %d bytes, the limit is %d", ErrLimit, total, limits.MaxSize)
 		}
 		for d := path.Dir(p); d != "."; d = path.Dir(d) {
 			dirs[d] = true
 		}
 		if n := len(paths) + len(dirs); limits.MaxEntries > 0 && n > limits.MaxEntries {
-			return fmt.Errorf("%w: objects make at least %d files and directories, the limit is %d", errBucketLimit, n, limits.MaxEntries)
+			return fmt.Errorf("%w: objects make at least %d files and directories, the limit is %d", ErrLimit, n, limits.MaxEntries)
 		}
-		idx.add(o.Key, o.ETag, o.Size)
+		idx.Add(o.Key, o.ETag, o.Size)
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, errBucketLimit) || errors.Is(err, errObjectKey) {
+		if errors.Is(err, ErrLimit) || errors.Is(err, ErrObjectKey) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("indexation of objects from bucket '%s' failed: %w", bucket, err)
@@ -238,19 +254,19 @@ func indexBucket(ctx context.Context, c bucketClient, bucket, prefix string, fil
 	// An object and a directory of the same name cannot both be files.
 	for p, key := range paths {
 		if dirs[p] {
-			return nil, fmt.Errorf("%w '%s': is both an object and the directory of other objects", errObjectKey, key)
+			return nil, fmt.Errorf("%w '%s': is both an object and the directory of other objects", ErrObjectKey, key)
 		}
 	}
 	return idx, nil
 }
 
-// downloadBucket fetches every indexed object into dir, writing only
+// Download fetches every indexed object into dir, writing only
 // through an os.Root on dir so nothing can land outside it, and keeps the
 // limits on the bytes actually received (an object may have grown since
 // it was listed). The index is updated with the ETag of what was fetched,
 // and an object deleted since the listing is dropped from it, so the
 // revision describes exactly the files written.
-func downloadBucket(ctx context.Context, c bucketClient, bucket string, idx *bucketIndex, dir string, limits bucketLimits) error {
+func Download(ctx context.Context, c Client, bucket string, idx *Index, dir string, limits Limits) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err
@@ -258,10 +274,10 @@ func downloadBucket(ctx context.Context, c bucketClient, bucket string, idx *buc
 	defer root.Close()
 	var total atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(bucketFetchConcurrency)
+	g.SetLimit(fetchConcurrency)
 	for _, key := range idx.keys() {
 		g.Go(func() error {
-			p, err := bucketObjectPath(key)
+			p, err := ObjectPath(key)
 			if err != nil {
 				return err
 			}
@@ -271,7 +287,7 @@ func downloadBucket(ctx context.Context, c bucketClient, bucket string, idx *buc
 					idx.remove(key)
 					return nil
 				}
-				if errors.Is(err, errBucketLimit) {
+				if errors.Is(err, ErrLimit) {
 					return err
 				}
 				return fmt.Errorf("failed to get '%s' object: %w", key, err)
@@ -283,7 +299,7 @@ func downloadBucket(ctx context.Context, c bucketClient, bucket string, idx *buc
 		})
 	}
 	if err := g.Wait(); err != nil {
-		if errors.Is(err, errBucketLimit) || errors.Is(err, errObjectKey) {
+		if errors.Is(err, ErrLimit) || errors.Is(err, ErrObjectKey) {
 			return err
 		}
 		return fmt.Errorf("fetch from bucket '%s' failed: %w", bucket, err)
@@ -292,7 +308,7 @@ func downloadBucket(ctx context.Context, c bucketClient, bucket string, idx *buc
 }
 
 // fetchObject copies one object to p under root and returns its ETag.
-func fetchObject(ctx context.Context, c bucketClient, bucket, key string, root *os.Root, p string, limits bucketLimits, total *atomic.Int64) (string, error) {
+func fetchObject(ctx context.Context, c Client, bucket, key string, root *os.Root, p string, limits Limits, total *atomic.Int64) (string, error) {
 	rc, etag, err := c.GetObject(ctx, bucket, key)
 	if err != nil {
 		return "", err
@@ -317,7 +333,7 @@ func fetchObject(ctx context.Context, c bucketClient, bucket, key string, root *
 		return "", err
 	}
 	if limits.MaxObjectSize > 0 && n > limits.MaxObjectSize {
-		return "", fmt.Errorf("%w: object '%s' is over the per-object limit of %d bytes", errBucketLimit, key, limits.MaxObjectSize)
+		return "", fmt.Errorf("%w: object '%s' is over the per-object limit of %d bytes", ErrLimit, key, limits.MaxObjectSize)
 	}
 	return etag, f.Close()
 }
@@ -334,40 +350,69 @@ type totalLimitReader struct {
 func (t *totalLimitReader) Read(p []byte) (int, error) {
 	n, err := t.r.Read(p)
 	if got := t.total.Add(int64(n)); t.max > 0 && got > t.max {
-		return n, fmt.Errorf("%w: objects hold at least %d bytes (reading '%s'), the limit is %d", errBucketLimit, got, t.key, t.max)
+		return n, fmt.Errorf("%w: objects hold at least %d bytes (reading '%s'), the limit is %d", ErrLimit, got, t.key, t.max)
 	}
 	return n, err
 }
 
-// s3Client is a bucketClient for S3-compatible stores through minio-go.
-type s3Client struct {
+// S3Options say how to reach an S3-compatible store.
+type S3Options struct {
+	// Endpoint is host[:port] (see ValidateEndpoint).
+	Endpoint string
+	Region   string
+	// Insecure talks plain HTTP.
+	Insecure bool
+	// AccessKey and SecretKey are static credentials; without them the
+	// client is anonymous, or with IAM uses the minio-go IAM chain
+	// (environment, web identity, ECS and EC2 metadata), as Flux's aws
+	// provider does.
+	AccessKey, SecretKey string
+	IAM                  bool
+}
+
+// S3 is a Client for S3-compatible stores through minio-go.
+type S3 struct {
 	*minio.Client
 }
 
-// newS3Client builds the client of a generic or aws Bucket: static keys
-// from the secret's accesskey and secretkey when given, otherwise anonymous
-// for generic and the minio-go IAM chain (environment, web identity, ECS
-// and EC2 metadata) for aws, as Flux does.
-func newS3Client(obj *sourcev1.Bucket, secret map[string][]byte) (*s3Client, error) {
-	opts := &minio.Options{Region: obj.Spec.Region, Secure: !obj.Spec.Insecure}
-	switch {
-	case secret != nil:
-		opts.Creds = credentials.NewStaticV4(string(secret["accesskey"]), string(secret["secretkey"]), "")
-	case obj.Spec.Provider == sourcev1.BucketProviderAmazon:
-		opts.Creds = credentials.NewIAM("")
-	}
-	c, err := minio.New(obj.Spec.Endpoint, opts)
-	if err != nil {
+// NewS3 builds the client o describes.
+func NewS3(o S3Options) (*S3, error) {
+	if err := ValidateEndpoint(o.Endpoint); err != nil {
 		return nil, err
 	}
-	return &s3Client{Client: c}, nil
+	opts := &minio.Options{Region: o.Region, Secure: !o.Insecure}
+	switch {
+	case o.AccessKey != "" || o.SecretKey != "":
+		opts.Creds = credentials.NewStaticV4(o.AccessKey, o.SecretKey, "")
+	case o.IAM:
+		opts.Creds = credentials.NewIAM("")
+	}
+	c, err := minio.New(o.Endpoint, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidEndpoint, err)
+	}
+	return &S3{Client: c}, nil
 }
 
-func (c *s3Client) BucketExists(ctx context.Context, bucket string) (bool, error) {
+// ValidateEndpoint accepts what minio-go takes: host[:port], without a
+// scheme or a path (S3Options.Insecure chooses http); anything else fails
+// with ErrInvalidEndpoint.
+func ValidateEndpoint(endpoint string) error {
+	switch {
+	case endpoint == "":
+		return fmt.Errorf("%w: the endpoint is empty", ErrInvalidEndpoint)
+	case strings.Contains(endpoint, "://"):
+		return fmt.Errorf("%w: '%s' must be host[:port] without a scheme (set insecure for plain HTTP)", ErrInvalidEndpoint, endpoint)
+	case strings.ContainsAny(endpoint, "/?#@ "):
+		return fmt.Errorf("%w: '%s' must be host[:port] without a path", ErrInvalidEndpoint, endpoint)
+	}
+	return nil
+}
+func (c *S3) BucketExists(ctx context.Context, bucket string) (bool, error) {
 	return c.Client.BucketExists(ctx, bucket)
 }
 
-func (c *s3Client) ListObjects(ctx context.Context, bucket, prefix string, visit func(bucketObject) error) error {
+func (c *S3) ListObjects(ctx context.Context, bucket, prefix string, visit func(Object) error) error {
 	// Cancelling stops minio-go's listing goroutine when visit ends early.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -379,14 +424,14 @@ func (c *s3Client) ListObjects(ctx context.Context, bucket, prefix string, visit
 		if o.Err != nil {
 			return o.Err
 		}
-		if err := visit(bucketObject{Key: o.Key, ETag: o.ETag, Size: o.Size}); err != nil {
+		if err := visit(Object{Key: o.Key, ETag: o.ETag, Size: o.Size}); err != nil {
 			return err
 		}
 	}
 	return ctx.Err()
 }
 
-func (c *s3Client) GetObject(ctx context.Context, bucket, key string) (io.ReadCloser, string, error) {
+func (c *S3) GetObject(ctx context.Context, bucket, key string) (io.ReadCloser, string, error) {
 	o, err := c.Client.GetObject(ctx, bucket, key, minio.GetObjectOptions{})
 	if err != nil {
 		return nil, "", err
@@ -399,6 +444,6 @@ func (c *s3Client) GetObject(ctx context.Context, bucket, key string) (io.ReadCl
 	return o, info.ETag, nil
 }
 
-func (c *s3Client) IsNotFound(err error) bool {
+func (c *S3) IsNotFound(err error) bool {
 	return minio.ToErrorResponse(err).Code == minio.NoSuchKey
 }

@@ -1,26 +1,17 @@
-package reconcilers
+package git
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"testing"
 
-	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
 	gossh "golang.org/x/crypto/ssh"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
-
-	"github.com/sourceraft/sourceraft/api"
-	"github.com/sourceraft/sourceraft/storage"
 )
 
 func TestGitCommitRevision(t *testing.T) {
@@ -35,11 +26,11 @@ func TestGitCommitRevision(t *testing.T) {
 		{"", "sha1:" + sha},
 	}
 	for _, tt := range tests {
-		if got := (&gitCommit{Hash: sha, Reference: tt.ref}).Revision(); got != tt.want {
+		if got := (&Commit{Hash: sha, Reference: tt.ref}).Revision(); got != tt.want {
 			t.Errorf("Revision() with reference %q = %q, want %q", tt.ref, got, tt.want)
 		}
 	}
-	c := &gitCommit{Message: "  first line that is rather long and goes on and on and on\n\nbody"}
+	c := &Commit{Message: "  first line that is rather long and goes on and on and on\n\nbody"}
 	if got := c.ShortMessage(); got != "first line that is rather long and goes on and ..." {
 		t.Errorf("ShortMessage() = %q", got)
 	}
@@ -56,22 +47,22 @@ func TestParseGitURL(t *testing.T) {
 		"http://[::1/repo.git":             false,
 		"":                                 false,
 	} {
-		if _, err := parseGitURL(raw); (err == nil) != ok {
-			t.Errorf("parseGitURL(%q) error %v, want ok=%v", raw, err, ok)
+		if _, err := ParseURL(raw); (err == nil) != ok || (err != nil && !errors.Is(err, ErrInvalidURL)) {
+			t.Errorf("ParseURL(%q) error %v, want ok=%v", raw, err, ok)
 		}
 	}
 }
 
 func TestCheckoutRejectsInvalidRefsBeforeFetching(t *testing.T) {
 	// Nothing listens on port 1: an attempted fetch would fail differently.
-	for name, ref := range map[string]*sourcev1.GitRepositoryRef{
+	for name, ref := range map[string]Reference{
 		"short commit":  {Commit: "abc"},
 		"bad semver":    {SemVer: "not a range"},
 		"relative name": {Name: "heads/main"},
 	} {
-		_, err := checkout(context.Background(), t.TempDir(), checkoutOptions{URL: "http://127.0.0.1:1/repo.git", Auth: &gitAuth{}, Ref: ref})
-		if !errors.Is(err, errInvalidRef) {
-			t.Errorf("%s: error %v, want errInvalidRef", name, err)
+		_, err := Checkout(t.Context(), t.TempDir(), CheckoutOptions{URL: "http://127.0.0.1:1/repo.git", Ref: ref})
+		if !errors.Is(err, ErrInvalidReference) {
+			t.Errorf("%s: error %v, want ErrInvalidReference", name, err)
 		}
 	}
 }
@@ -99,33 +90,33 @@ func TestGitAuthFromSecret(t *testing.T) {
 		name    string
 		u       *url.URL
 		data    map[string][]byte
-		check   func(t *testing.T, a *gitAuth)
+		check   func(t *testing.T, a *Auth)
 		wantErr string
 	}{
-		{name: "anonymous", u: https, check: func(t *testing.T, a *gitAuth) {
+		{name: "anonymous", u: https, check: func(t *testing.T, a *Auth) {
 			if a.method != nil {
 				t.Errorf("method %T, want none", a.method)
 			}
 		}},
 		{name: "basic", u: https, data: map[string][]byte{"username": []byte("u"), "password": []byte("p"), "ca.crt": []byte("CA")},
-			check: func(t *testing.T, a *gitAuth) {
+			check: func(t *testing.T, a *Auth) {
 				b, ok := a.method.(*githttp.BasicAuth)
 				if !ok || b.Username != "u" || b.Password != "p" || string(a.caBundle) != "CA" {
 					t.Errorf("auth %#v, ca %q", a.method, a.caBundle)
 				}
 			}},
-		{name: "credentials from the URL", u: withUser, check: func(t *testing.T, a *gitAuth) {
+		{name: "credentials from the URL", u: withUser, check: func(t *testing.T, a *Auth) {
 			if b, ok := a.method.(*githttp.BasicAuth); !ok || b.Username != "urluser" || b.Password != "urlpass" {
 				t.Errorf("auth %#v", a.method)
 			}
 		}},
-		{name: "bearer", u: https, data: map[string][]byte{"bearerToken": []byte("tok")}, check: func(t *testing.T, a *gitAuth) {
+		{name: "bearer", u: https, data: map[string][]byte{"bearerToken": []byte("tok")}, check: func(t *testing.T, a *Auth) {
 			if b, ok := a.method.(*githttp.TokenAuth); !ok || b.Token != "tok" {
 				t.Errorf("auth %#v", a.method)
 			}
 		}},
 		{name: "password without username", u: https, data: map[string][]byte{"password": []byte("p")}, wantErr: "'password' requires 'username'"},
-		{name: "ssh", u: sshURL, data: map[string][]byte{"identity": identity, "known_hosts": knownHosts}, check: func(t *testing.T, a *gitAuth) {
+		{name: "ssh", u: sshURL, data: map[string][]byte{"identity": identity, "known_hosts": knownHosts}, check: func(t *testing.T, a *Auth) {
 			pk, ok := a.method.(*gitssh.PublicKeys)
 			if !ok || pk.User != "deploy" || pk.HostKeyCallback == nil {
 				t.Fatalf("auth %#v", a.method)
@@ -146,10 +137,10 @@ func TestGitAuthFromSecret(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a, err := gitAuthFromSecret(tt.u, tt.data)
+			a, err := AuthFromSecret(tt.u, tt.data)
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want one mentioning %q", err, tt.wantErr)
+				if !errors.Is(err, ErrInvalidAuth) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want ErrInvalidAuth mentioning %q", err, tt.wantErr)
 				}
 				return
 			}
@@ -167,33 +158,3 @@ type netAddr struct{}
 
 func (netAddr) Network() string { return "tcp" }
 func (netAddr) String() string  { return "192.0.2.1:22" }
-
-func TestLeaderClientGate(t *testing.T) {
-	obj := &sourcev1.GitRepository{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "repo"}}
-	var gate atomic.Bool
-	c := leaderClient{Client: fake.NewClientBuilder().WithScheme(api.Scheme()).WithObjects(obj).WithStatusSubresource(obj).Build(), gate: &gate}
-	ctx := context.Background()
-
-	if err := c.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
-		t.Fatalf("read refused while not leader: %v", err)
-	}
-	writes := map[string]func() error{
-		"update":       func() error { return c.Update(ctx, obj) },
-		"patch":        func() error { return c.Patch(ctx, obj, client.MergeFrom(obj.DeepCopy())) },
-		"delete":       func() error { return c.Delete(ctx, obj) },
-		"status patch": func() error { return c.Status().Patch(ctx, obj, client.MergeFrom(obj.DeepCopy())) },
-		"status update": func() error {
-			return c.Status().Update(ctx, obj)
-		},
-		"subresource update": func() error { return c.SubResource("status").Update(ctx, obj) },
-	}
-	for name, w := range writes {
-		if err := w(); !errors.Is(err, storage.ErrNotLeader) {
-			t.Errorf("%s while not leader: %v, want storage.ErrNotLeader", name, err)
-		}
-	}
-	gate.Store(true)
-	if err := c.Status().Update(ctx, obj); err != nil {
-		t.Errorf("status update while leader: %v", err)
-	}
-}

@@ -1,4 +1,4 @@
-package reconcilers
+package helm
 
 import (
 	"bytes"
@@ -14,20 +14,20 @@ import (
 	"helm.sh/helm/v3/pkg/chartutil"
 )
 
-func TestHelmVersionWithMetadata(t *testing.T) {
+func TestVersionWithMetadata(t *testing.T) {
 	for _, tc := range []struct {
 		version, metadata, want string
-		reason                  string
+		reason                  BuildErrorReason
 	}{
 		{"1.0.0", "", "1.0.0", ""},
 		{"1.0.0", "abc123def456", "1.0.0+abc123def456", ""},
 		{"1.0.0+old", "3", "1.0.0+3", ""},
 		{"1.0.0-rc.1", "abc.2", "1.0.0-rc.1+abc.2", ""},
-		{"not-semver", "1", "", HelmMetadataPatchReason},
-		{"1.0.0", "bad_meta", "", HelmMetadataPatchReason},
+		{"not-semver", "1", "", ReasonMetadataPatch},
+		{"1.0.0", "bad_meta", "", ReasonMetadataPatch},
 	} {
-		got, err := helmVersionWithMetadata(tc.version, tc.metadata)
-		var be *helmBuildError
+		got, err := versionWithMetadata(tc.version, tc.metadata)
+		var be *BuildError
 		switch {
 		case tc.reason != "" && (!errors.As(err, &be) || be.Reason != tc.reason):
 			t.Errorf("%s + %s: error %v, want reason %s", tc.version, tc.metadata, err, tc.reason)
@@ -37,37 +37,37 @@ func TestHelmVersionWithMetadata(t *testing.T) {
 	}
 }
 
-func TestHelmShortRevision(t *testing.T) {
+func TestShortRevision(t *testing.T) {
 	for in, want := range map[string]string{
 		"main@sha1:0123456789abcdef0123456789abcdef01234567": "0123456789ab",
 		"sha256:fedcba9876543210fedcba9876543210":            "fedcba987654",
 		"short": "short",
 	} {
-		if got := helmShortRevision(in); got != want {
-			t.Errorf("helmShortRevision(%q) = %q, want %q", in, got, want)
+		if got := ShortRevision(in); got != want {
+			t.Errorf("ShortRevision(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
 
-func TestParseHelmRepoURL(t *testing.T) {
+func TestParseRepositoryURL(t *testing.T) {
 	for in, want := range map[string]string{
 		"https://charts.example.com":         "https://charts.example.com/",
 		"https://charts.example.com/stable/": "https://charts.example.com/stable/",
 		"http://127.0.0.1:8080/a/b":          "http://127.0.0.1:8080/a/b/",
 	} {
-		u, err := parseHelmRepoURL(in)
+		u, err := ParseRepositoryURL(in)
 		if err != nil || u.String() != want {
-			t.Errorf("parseHelmRepoURL(%q) = %v, %v; want %s", in, u, err, want)
+			t.Errorf("ParseRepositoryURL(%q) = %v, %v; want %s", in, u, err, want)
 		}
 	}
 	for _, in := range []string{"oci://registry.example.com/charts", "http:///path", "ftp://example.com", "http://[::1"} {
-		if _, err := parseHelmRepoURL(in); err == nil {
-			t.Errorf("parseHelmRepoURL(%q) accepted", in)
+		if _, err := ParseRepositoryURL(in); !errors.Is(err, ErrInvalidURL) {
+			t.Errorf("ParseRepositoryURL(%q): %v, want ErrInvalidURL", in, err)
 		}
 	}
 }
 
-func TestHelmMergeValues(t *testing.T) {
+func TestMergeValues(t *testing.T) {
 	files := map[string]string{
 		"values.yaml": "a: 1\nnested:\n  x: 1\n  z: 1\nlist: [1, 2]\n",
 		"prod.yaml":   "nested:\n  z: 2\nlist: [3]\nb: true\n",
@@ -79,24 +79,24 @@ func TestHelmMergeValues(t *testing.T) {
 		}
 		return nil, fs.ErrNotExist
 	}
-	got, used, err := helmMergeValues([]string{"values.yaml", "prod.yaml"}, false, read)
+	got, used, err := mergeValues([]string{"values.yaml", "prod.yaml"}, false, read)
 	want := map[string]any{"a": float64(1), "b": true, "list": []any{float64(3)}, "nested": map[string]any{"x": float64(1), "z": float64(2)}}
 	if err != nil || !reflect.DeepEqual(got, want) || !reflect.DeepEqual(used, []string{"values.yaml", "prod.yaml"}) {
 		t.Fatalf("merge = %v %v %v; want %v", got, used, err, want)
 	}
-	if _, _, err := helmMergeValues([]string{"values.yaml", "absent.yaml"}, false, read); err == nil {
+	if _, _, err := mergeValues([]string{"values.yaml", "absent.yaml"}, false, read); err == nil {
 		t.Fatal("missing file accepted")
 	}
-	_, used, err = helmMergeValues([]string{"absent.yaml", "prod.yaml"}, true, read)
+	_, used, err = mergeValues([]string{"absent.yaml", "prod.yaml"}, true, read)
 	if err != nil || !reflect.DeepEqual(used, []string{"prod.yaml"}) {
 		t.Fatalf("ignoreMissing: %v %v", used, err)
 	}
-	if _, _, err := helmMergeValues([]string{"bad.yaml"}, true, read); err == nil {
+	if _, _, err := mergeValues([]string{"bad.yaml"}, true, read); err == nil {
 		t.Fatal("invalid YAML accepted")
 	}
 }
 
-func TestHelmRootReaderStaysInside(t *testing.T) {
+func TestRootReaderStaysInside(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "v.yaml"), []byte("a: 1\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -111,7 +111,7 @@ func TestHelmRootReaderStaysInside(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	read := helmRootReader(root)
+	read := rootReader(root)
 	if b, err := read("./v.yaml"); err != nil || string(b) != "a: 1\n" {
 		t.Fatalf("read v.yaml: %q %v", b, err)
 	}
@@ -120,7 +120,7 @@ func TestHelmRootReaderStaysInside(t *testing.T) {
 	}
 }
 
-func helmTestChart(name, version string) *chart.Chart {
+func testChart(name, version string) *chart.Chart {
 	return &chart.Chart{
 		Metadata:  &chart.Metadata{APIVersion: chart.APIVersionV2, Name: name, Version: version},
 		Templates: []*chart.File{{Name: "templates/cm.yaml", Data: []byte("kind: ConfigMap\n")}},
@@ -130,16 +130,16 @@ func helmTestChart(name, version string) *chart.Chart {
 	}
 }
 
-// TestHelmPackageDeterministic packages the same chart twice into the
+// TestPackageDeterministic packages the same chart twice into the
 // same bytes, loadable by Helm with its subchart.
-func TestHelmPackageDeterministic(t *testing.T) {
+func TestPackageDeterministic(t *testing.T) {
 	build := func() []byte {
-		ch := helmTestChart("parent", "1.0.0+abc")
-		ch.AddDependency(helmTestChart("child", "0.1.0"))
-		if err := helmSetValues(ch, map[string]any{"a": float64(2)}); err != nil {
+		ch := testChart("parent", "1.0.0+abc")
+		ch.AddDependency(testChart("child", "0.1.0"))
+		if err := setValues(ch, map[string]any{"a": float64(2)}); err != nil {
 			t.Fatal(err)
 		}
-		p, err := helmPackage(ch, t.TempDir())
+		p, err := packageChart(ch, t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,29 +166,29 @@ func TestHelmPackageDeterministic(t *testing.T) {
 	}
 }
 
-func TestHelmAddLocalDependencies(t *testing.T) {
+func TestAddLocalDependencies(t *testing.T) {
 	src := t.TempDir()
-	if err := chartutil.SaveDir(helmTestChart("lib", "0.2.0"), filepath.Join(src, "charts")); err != nil {
+	if err := chartutil.SaveDir(testChart("lib", "0.2.0"), filepath.Join(src, "charts")); err != nil {
 		t.Fatal(err)
 	}
 	parentDir := filepath.Join(src, "charts", "app")
-	ch := helmTestChart("app", "1.0.0")
+	ch := testChart("app", "1.0.0")
 	ch.Metadata.Dependencies = []*chart.Dependency{{Name: "lib", Version: "0.2.0", Repository: "file://../lib"}}
-	if err := helmAddLocalDependencies(ch, parentDir, src); err != nil {
+	if err := addLocalDependencies(ch, parentDir, src); err != nil {
 		t.Fatal(err)
 	}
 	if len(ch.Dependencies()) != 1 || ch.Dependencies()[0].Name() != "lib" {
 		t.Fatalf("dependencies %v", ch.Dependencies())
 	}
 
-	escape := helmTestChart("app", "1.0.0")
+	escape := testChart("app", "1.0.0")
 	escape.Metadata.Dependencies = []*chart.Dependency{{Name: "lib", Repository: "file://../../../etc"}}
-	if err := helmAddLocalDependencies(escape, parentDir, src); err == nil {
+	if err := addLocalDependencies(escape, parentDir, src); err == nil {
 		t.Fatal("dependency outside the source accepted")
 	}
-	remote := helmTestChart("app", "1.0.0")
+	remote := testChart("app", "1.0.0")
 	remote.Metadata.Dependencies = []*chart.Dependency{{Name: "redis", Repository: "https://charts.example.com"}}
-	if err := helmAddLocalDependencies(remote, parentDir, src); err == nil {
+	if err := addLocalDependencies(remote, parentDir, src); err == nil {
 		t.Fatal("missing remote dependency accepted")
 	}
 }

@@ -1,4 +1,9 @@
-package reconcilers
+// Package git checks out one reference of a Git repository with go-git
+// and names the commit it ended on the way Flux does. It knows Git (URLs,
+// references, auth methods, submodules, sparse checkouts) and nothing of
+// Kubernetes: the caller reads credentials from wherever they live and
+// maps the errors below to conditions.
+package git
 
 import (
 	"context"
@@ -9,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/Masterminds/semver/v3"
-	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
@@ -17,11 +21,26 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 )
 
-// defaultBranch is checked out when spec.ref names nothing, as in Flux.
-const defaultBranch = "master"
+// DefaultBranch is checked out when a Reference names nothing, as in Flux.
+const DefaultBranch = "master"
 
-// gitCommit is the commit a checkout ended on.
-type gitCommit struct {
+// The errors a checkout fails with, for errors.Is; each is wrapped with
+// what was wrong.
+var (
+	// ErrInvalidURL: the URL is not one a checkout can use.
+	ErrInvalidURL = errors.New("invalid URL")
+	// ErrInvalidReference: no fetch can satisfy the reference (a bad
+	// semver range, a malformed commit or reference name).
+	ErrInvalidReference = errors.New("invalid reference")
+	// ErrInvalidAuth: the credentials cannot make an auth method (a
+	// missing field, an unparseable key).
+	ErrInvalidAuth = errors.New("invalid auth options")
+	// ErrEmptyRepository: the remote has no commits.
+	ErrEmptyRepository = errors.New("git repository is empty")
+)
+
+// Commit is the commit a checkout ended on.
+type Commit struct {
 	// Hash is the full SHA-1 of the commit.
 	Hash string
 	// Reference is what the revision names before the hash: the branch,
@@ -34,7 +53,7 @@ type gitCommit struct {
 // Revision is the commit's revision as Flux writes it:
 // <branch>@sha1:<sha>, <tag>@sha1:<sha>, <ref name>@sha1:<sha>, or
 // sha1:<sha> for a commit checked out without a branch.
-func (c *gitCommit) Revision() string {
+func (c *Commit) Revision() string {
 	if c.Reference == "" {
 		return "sha1:" + c.Hash
 	}
@@ -42,7 +61,7 @@ func (c *gitCommit) Revision() string {
 }
 
 // ShortMessage is the first line of the message, at most 50 characters.
-func (c *gitCommit) ShortMessage() string {
+func (c *Commit) ShortMessage() string {
 	line, _, _ := strings.Cut(strings.TrimSpace(c.Message), "\n")
 	if r := []rune(line); len(r) > 50 {
 		return string(r[:47]) + "..."
@@ -50,28 +69,41 @@ func (c *gitCommit) ShortMessage() string {
 	return line
 }
 
-// checkoutOptions says what to check out from where.
-type checkoutOptions struct {
-	URL  string
-	Auth *gitAuth
-	// Ref is spec.ref; nil checks out defaultBranch.
-	Ref               *sourcev1.GitRepositoryRef
+// Reference selects what to check out, with the fields and precedence of
+// Flux's GitRepository spec.ref: Commit, Name, SemVer, Tag, Branch. The
+// zero Reference is DefaultBranch.
+type Reference struct {
+	// Branch to check out; with Commit, the branch the commit is on.
+	Branch string
+	Tag    string
+	// SemVer is a range; the highest tag in it is checked out.
+	SemVer string
+	// Name is a full reference name such as refs/pull/1/head.
+	Name string
+	// Commit is a full 40-character SHA-1.
+	Commit string
+}
+
+// CheckoutOptions says what to check out from where.
+type CheckoutOptions struct {
+	URL string
+	// Auth authenticates to the remote; nil is anonymous.
+	Auth              *Auth
+	Ref               Reference
 	RecurseSubmodules bool
 	// SparseCheckout lists the directories to check out; empty is all.
 	SparseCheckout []string
 }
 
-// errInvalidRef marks a spec.ref no fetch can satisfy (a bad semver range,
-// a malformed commit): the object stalls until it changes.
-var errInvalidRef = errors.New("invalid reference")
-
-// checkout fetches the one reference spec.ref selects into dir (shallowly,
+// Checkout fetches the one reference o.Ref selects into dir (shallowly,
 // except for a commit, which may lie anywhere in its branch's history)
-// and checks its commit out.
-func checkout(ctx context.Context, dir string, o checkoutOptions) (*gitCommit, error) {
+// and checks its commit out. An empty remote fails with
+// ErrEmptyRepository, a reference no fetch can satisfy with
+// ErrInvalidReference.
+func Checkout(ctx context.Context, dir string, o CheckoutOptions) (*Commit, error) {
 	ref := o.Ref
-	if ref == nil {
-		ref = &sourcev1.GitRepositoryRef{}
+	if o.Auth == nil {
+		o.Auth = &Auth{}
 	}
 	repo, err := git.PlainInit(dir, false)
 	if err != nil {
@@ -92,7 +124,7 @@ func checkout(ctx context.Context, dir string, o checkoutOptions) (*gitCommit, e
 	switch {
 	case ref.Commit != "":
 		if len(ref.Commit) != 40 || !plumbing.IsHash(ref.Commit) {
-			return nil, fmt.Errorf("%w: commit %q is not a full 40-character SHA-1", errInvalidRef, ref.Commit)
+			return nil, fmt.Errorf("%w: commit %q is not a full 40-character SHA-1", ErrInvalidReference, ref.Commit)
 		}
 		depth = 0
 		if ref.Branch != "" {
@@ -103,7 +135,7 @@ func checkout(ctx context.Context, dir string, o checkoutOptions) (*gitCommit, e
 		}
 	case ref.Name != "":
 		if !strings.HasPrefix(ref.Name, "refs/") || plumbing.ReferenceName(ref.Name).Validate() != nil {
-			return nil, fmt.Errorf("%w: name %q is not a valid reference name such as refs/heads/main", errInvalidRef, ref.Name)
+			return nil, fmt.Errorf("%w: name %q is not a valid reference name such as refs/heads/main", ErrInvalidReference, ref.Name)
 		}
 		name, local = ref.Name, plumbing.ReferenceName(ref.Name)
 		refspec = fmt.Sprintf("+%s:%s", ref.Name, ref.Name)
@@ -120,7 +152,7 @@ func checkout(ctx context.Context, dir string, o checkoutOptions) (*gitCommit, e
 	default:
 		branch := ref.Branch
 		if branch == "" {
-			branch = defaultBranch
+			branch = DefaultBranch
 		}
 		name, local = branch, plumbing.NewBranchReferenceName(branch)
 		refspec = fmt.Sprintf("+%s:%s", local, local)
@@ -134,6 +166,9 @@ func checkout(ctx context.Context, dir string, o checkoutOptions) (*gitCommit, e
 		CABundle:   o.Auth.caBundle,
 		Tags:       git.NoTags,
 	})
+	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
+		return nil, fmt.Errorf("%w: %w", ErrEmptyRepository, err)
+	}
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
 		return nil, fmt.Errorf("fetch %s: %w", refspecSource(refspec), err)
 	}
@@ -183,7 +218,7 @@ func checkout(ctx context.Context, dir string, o checkoutOptions) (*gitCommit, e
 			return nil, fmt.Errorf("update submodules: %w", err)
 		}
 	}
-	return &gitCommit{Hash: commit.Hash.String(), Reference: name, Message: commit.Message}, nil
+	return &Commit{Hash: commit.Hash.String(), Reference: name, Message: commit.Message}, nil
 }
 
 // resolveCommit peels the fetched reference, through an annotated tag if
@@ -209,12 +244,15 @@ func resolveCommit(repo *git.Repository, name plumbing.ReferenceName) (*object.C
 
 // latestTag lists the remote's tags and returns the highest version that
 // satisfies the semver range.
-func latestTag(ctx context.Context, remote *git.Remote, auth *gitAuth, rng string) (string, error) {
+func latestTag(ctx context.Context, remote *git.Remote, auth *Auth, rng string) (string, error) {
 	constraint, err := semver.NewConstraint(rng)
 	if err != nil {
-		return "", fmt.Errorf("%w: semver range '%s': %v", errInvalidRef, rng, err)
+		return "", fmt.Errorf("%w: semver range '%s': %v", ErrInvalidReference, rng, err)
 	}
 	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: auth.method, CABundle: auth.caBundle})
+	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
+		return "", fmt.Errorf("%w: %w", ErrEmptyRepository, err)
+	}
 	if err != nil {
 		return "", fmt.Errorf("list remote tags: %w", err)
 	}
@@ -245,9 +283,4 @@ func latestTag(ctx context.Context, remote *git.Remote, auth *gitAuth, rng strin
 func refspecSource(refspec string) string {
 	src, _, _ := strings.Cut(strings.TrimPrefix(refspec, "+"), ":")
 	return src
-}
-
-// isEmptyRemote reports whether err says the remote has no commits.
-func isEmptyRemote(err error) bool {
-	return errors.Is(err, transport.ErrEmptyRemoteRepository)
 }

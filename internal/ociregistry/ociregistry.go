@@ -1,0 +1,209 @@
+// Package ociregistry runs real OCI registries (distribution's handlers
+// with the in-memory storage driver) on loopback for tests, and pushes
+// artifacts to them the way `flux push artifact` does. The registries
+// start on first use and live until the test binary exits.
+package ociregistry
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/pem"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/crypto/bcrypt"
+
+	// The registry's storage driver and access controller register
+	// themselves by name.
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+)
+
+// The media types `flux push artifact` writes.
+const (
+	FluxContentType = "application/vnd.cncf.flux.content.v1.tar+gzip"
+	FluxConfigType  = "application/vnd.cncf.flux.config.v1+json"
+)
+
+// Credentials of the private registry.
+const (
+	User     = "flux"
+	Password = "s3cr3t-pull"
+)
+
+// Registry is one registry on loopback.
+type Registry struct {
+	// Host is host:port.
+	Host string
+	// Auth is what pushes authenticate with.
+	Auth authn.Authenticator
+}
+
+// Registries are the registries the tests of one binary share: an open
+// one (plain HTTP), one behind htpasswd basic auth (User, Password), and
+// a TLS front of the open one's storage whose certificate is TLSCA.
+type Registries struct {
+	Open, Private, TLS *Registry
+	// TLSCA is the PEM certificate the TLS registry serves.
+	TLSCA []byte
+}
+
+var (
+	once   sync.Once
+	shared *Registries
+	errReg error
+)
+
+// Shared returns the test binary's registries, starting them on first
+// use. Set RECONCILE_TEST_LOG to see the registries' logs.
+func Shared(t testing.TB) *Registries {
+	t.Helper()
+	once.Do(func() { shared, errReg = start() })
+	if errReg != nil {
+		t.Fatal(errReg)
+	}
+	return shared
+}
+
+func start() (*Registries, error) {
+	if os.Getenv("RECONCILE_TEST_LOG") == "" {
+		logrus.SetOutput(io.Discard)
+	}
+	dir, err := os.MkdirTemp("", "oci-registry-")
+	if err != nil {
+		return nil, err
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(Password), bcrypt.MinCost)
+	if err != nil {
+		return nil, err
+	}
+	htpasswd := filepath.Join(dir, "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(User+":"+string(hash)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	newApp := func(auth configuration.Auth) http.Handler {
+		cfg := &configuration.Configuration{}
+		cfg.Storage = configuration.Storage{"inmemory": configuration.Parameters{}}
+		cfg.Auth = auth
+		cfg.HTTP.Secret = "sourceraft-test-secret"
+		cfg.Log.AccessLog.Disabled = true
+		return handlers.NewApp(context.Background(), cfg)
+	}
+	open := newApp(nil)
+	r := &Registries{
+		Open: newRegistry(httptest.NewServer(open), nil),
+		Private: newRegistry(httptest.NewServer(newApp(configuration.Auth{
+			"htpasswd": configuration.Parameters{"realm": "sourceraft-test", "path": htpasswd},
+		})), &authn.Basic{Username: User, Password: Password}),
+	}
+	tlsSrv := httptest.NewUnstartedServer(open)
+	// Clients without the CA are expected: keep their handshake errors quiet.
+	tlsSrv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	tlsSrv.StartTLS()
+	r.TLS = newRegistry(tlsSrv, nil)
+	r.TLSCA = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw})
+	return r, nil
+}
+
+func newRegistry(srv *httptest.Server, auth authn.Authenticator) *Registry {
+	if auth == nil {
+		auth = authn.Anonymous
+	}
+	return &Registry{Host: strings.TrimPrefix(strings.TrimPrefix(srv.URL, "http://"), "https://"), Auth: auth}
+}
+
+// URL is the oci:// URL of a repository in this registry.
+func (r *Registry) URL(repo string) string { return "oci://" + r.Host + "/" + repo }
+
+// Layer is one layer of a pushed artifact.
+type Layer struct {
+	MediaType string
+	Data      []byte
+}
+
+// Push writes an artifact of the given layers under repo:tag the way
+// `flux push artifact` does (OCI manifest, Flux config media type,
+// source and revision annotations) and returns its manifest digest.
+func (r *Registry) Push(t testing.TB, repo, tag string, layers ...Layer) gcrv1.Hash {
+	t.Helper()
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, FluxConfigType)
+	for _, l := range layers {
+		var err error
+		img, err = mutate.Append(img, mutate.Addendum{Layer: static.NewLayer(l.Data, types.MediaType(l.MediaType))})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	img = mutate.Annotations(img, map[string]string{
+		"org.opencontainers.image.source":   "https://example.com/" + repo,
+		"org.opencontainers.image.revision": tag + "@sha1:0123456789abcdef0123456789abcdef01234567",
+	}).(gcrv1.Image)
+	ref, err := name.NewTag(r.Host+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remote.WithAuth(r.Auth)); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// PushFiles pushes a Flux-style artifact: one tar.gz layer of files.
+func (r *Registry) PushFiles(t testing.TB, repo, tag string, files map[string]string) gcrv1.Hash {
+	t.Helper()
+	return r.Push(t, repo, tag, Layer{FluxContentType, TarGz(t, files)})
+}
+
+// TarGz packs files into a tar.gz, in name order.
+func TarGz(t testing.TB, files map[string]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(files[n])), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(files[n])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
