@@ -62,12 +62,12 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 	snap.Release()
 
-	// Restore replaces whatever the destination had, and a blob opened
-	// before the restore whose content is gone errors instead of panicking.
+	// Restore replaces whatever the destination had, and content opened
+	// before the restore whose blob is gone stays readable to its end.
 	dst := newFSM(t)
-	gone := pattern(6, 50)
+	gone := pattern(6, SmallBlobSize+50)
 	(&feeder{f: dst}).ok(t, storeCmds(t, "other", "ocirepository/x/y/z.tar.gz", gone)...)
-	stale, err := dst.OpenBlob(digestOf(gone))
+	stale, err := dst.Open(mustKey(t, "ocirepository/x/y/z.tar.gz"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +91,11 @@ func TestSnapshotRestore(t *testing.T) {
 	wantArtifact(t, dst, pathB, small)
 	wantMissing(t, dst, "ocirepository/x/y/z.tar.gz")
 	wantUploads(t, dst, Upload{ID: "pending", StartedAt: testTime.UnixNano(), Chunks: 3, Bytes: 30})
-	if _, err := stale.Read(make([]byte, 10)); !errors.Is(err, storage.ErrNotFound) {
-		t.Fatalf("read of a blob gone by restore: %v", err)
+	if got, err := io.ReadAll(stale.Reader()); err != nil || !bytes.Equal(got, gone) {
+		t.Fatalf("read of a blob gone by restore: %d bytes, %v", len(got), err)
+	}
+	if blobs, uploads := files(t, dst); blobs != 2 || uploads != 1 {
+		t.Fatalf("%d blob files, %d upload files after restore; want 2 and 1", blobs, uploads)
 	}
 
 	// The restored replica carries on from the snapshot's index.
