@@ -112,17 +112,21 @@ func Open(path string, opts Options) (*FSM, error) {
 	return f, nil
 }
 
-// openDB opens the database, migrates a layout 2 file, and removes the
-// files the database does not reference: those a crash left between a
-// commit and its unlinks, and temporary files.
-func openDB(path string, dirs blobDirs, opts Options) (*bolt.DB, uint64, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+func boltOptions(opts Options) *bolt.Options {
+	return &bolt.Options{
 		Timeout:         10 * time.Second,
 		NoSync:          opts.NoSync,
 		NoFreelistSync:  true, // rebuilt on open: commits stay small as the file grows
 		FreelistType:    bolt.FreelistMapType,
 		InitialMmapSize: initialMmapSize,
-	})
+	}
+}
+
+// openDB opens the database, migrates a layout 2 file, and removes the
+// files the database does not reference: those a crash left between a
+// commit and its unlinks, and temporary files.
+func openDB(path string, dirs blobDirs, opts Options) (*bolt.DB, uint64, error) {
+	db, err := bolt.Open(path, 0o600, boltOptions(opts))
 	if err != nil {
 		return nil, 0, fmt.Errorf("fsm: open %s: %w", path, err)
 	}
@@ -146,6 +150,9 @@ func openDB(path string, dirs blobDirs, opts Options) (*bolt.DB, uint64, error) 
 			if err := migrateV2(db, dirs, opts.NoSync); err != nil {
 				return fmt.Errorf("migrate layout 2: %w", err)
 			}
+			if db, err = compact(db, path, opts); err != nil {
+				return fmt.Errorf("compact after migrating: %w", err)
+			}
 		}
 		if err := sweep(db, dirs); err != nil {
 			return fmt.Errorf("remove unreferenced files: %w", err)
@@ -157,10 +164,42 @@ func openDB(path string, dirs blobDirs, opts Options) (*bolt.DB, uint64, error) 
 		})
 	}()
 	if err != nil {
-		_ = db.Close()
+		if db != nil {
+			_ = db.Close()
+		}
 		return nil, 0, fmt.Errorf("fsm: open %s: %w", path, err)
 	}
 	return db, applied, nil
+}
+
+// compact rewrites the database without the pages the migrated chunks
+// freed (bbolt never shrinks its file): into a new file beside it, which
+// needs room for the metadata only, renamed over the old one.
+func compact(db *bolt.DB, path string, opts Options) (*bolt.DB, error) {
+	tmp := path + ".compact"
+	_ = os.Remove(tmp)
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{NoSync: opts.NoSync, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return db, err
+	}
+	err = bolt.Compact(dst, db, 64<<20)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return db, err
+	}
+	if err := db.Close(); err != nil {
+		return db, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, err
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	return bolt.Open(path, 0o600, boltOptions(opts))
 }
 
 // readLayout stamps a new file with layoutVersion and returns the layout
