@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -262,4 +263,32 @@ func readEverything(f *FSM) error {
 		return err
 	}
 	return nil
+}
+
+// TestContentHashCoversBlobFiles: the hash changes when a blob file is
+// missing or has the wrong length, not only when metadata differs.
+func TestContentHashCoversBlobFiles(t *testing.T) {
+	f := newFSM(t)
+	content := pattern(1, 5000)
+	(&feeder{f: f}).ok(t, storeCmds(t, "u1", pathA, content)...)
+	want := contentHash(t, f)
+	name := f.dirs.blob(digestOf(content))
+	if err := os.Truncate(name, 4999); err != nil {
+		t.Fatal(err)
+	}
+	if contentHash(t, f) == want {
+		t.Fatal("content hash ignores a blob file cut short")
+	}
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	if contentHash(t, f) == want {
+		t.Fatal("content hash ignores a missing blob file")
+	}
+	if err := f.Repair(digestOf(content), int64(len(content)), bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+	if contentHash(t, f) != want {
+		t.Fatal("content hash differs after the blob file was repaired")
+	}
 }

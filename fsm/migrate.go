@@ -9,13 +9,15 @@ import (
 
 	"github.com/sourceraft/sourceraft/storage"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // migrateV2 turns a layout 2 file (blob bytes in the chunks bucket) into
 // layout 3 in place, one blob at a time: its file is written from the
 // chunks (each checked against its checksum), verified against the digest,
 // synced and renamed into place; then one transaction drops its chunks and
-// rewrites its record. A crash anywhere leaves records of either layout,
+// rewrites its record, and the chunks' disk blocks are given back, so the
+// migration needs room for one more blob, not a second store. A crash anywhere leaves records of either layout,
 // and the next Open goes on from the first blob still in layout 2 (its file
 // is simply written again). Uploads not committed yet get their files the
 // same way; the counters are computed once, and the layout is stamped last.
@@ -163,13 +165,72 @@ func migrateBlob(db *bolt.DB, dirs blobDirs, digest string, rec v2BlobRecord, no
 	if err != nil {
 		return err
 	}
-	return db.Update(func(tx *bolt.Tx) error {
+	var pages []pageRange
+	err = db.Update(func(tx *bolt.Tx) error {
 		if chunks := tx.Bucket(bucketChunks); chunks != nil && chunks.Bucket([]byte(rec.Upload)) != nil {
+			pages = chunkPages(tx, chunks.Bucket([]byte(rec.Upload)))
 			if err := chunks.DeleteBucket([]byte(rec.Upload)); err != nil {
 				return err
 			}
 		}
 		return tx.Bucket(bucketBlobs).Put([]byte(digest), blobRecord{Size: rec.Size, Refs: rec.Refs}.encode())
+	})
+	if err != nil {
+		return err
+	}
+	releasePages(db, pages)
+	return nil
+}
+
+// pageRange is a run of database pages: a chunk's leaf and its overflow.
+type pageRange struct{ start, n uint64 }
+
+// chunkPages lists the pages holding an upload's chunks.
+func chunkPages(tx *bolt.Tx, upload *bolt.Bucket) []pageRange {
+	var out []pageRange
+	_ = upload.ForEach(func(k, v []byte) error {
+		if v != nil {
+			return nil
+		}
+		root := upload.Bucket(k).Root()
+		if root == 0 {
+			return nil // inline in its parent's page
+		}
+		if info, err := tx.Page(int(root)); err == nil && info != nil {
+			out = append(out, pageRange{start: uint64(root), n: uint64(info.OverflowCount) + 1})
+		}
+		return nil
+	})
+	return out
+}
+
+// releasePages gives the disk blocks of freed pages back to the file
+// system (a hole punched where they were), so that a migration needs room
+// for one blob file at a time rather than for the whole store again: bbolt
+// keeps freed pages in its file and never shrinks it. Nothing reads a free
+// page, and bbolt writes a page whole before it uses it again, so a hole
+// reads as the zeros nobody looks at. Best effort: the compaction at the
+// end of the migration reclaims the space anyway.
+func releasePages(db *bolt.DB, pages []pageRange) {
+	if len(pages) == 0 {
+		return
+	}
+	fh, err := os.OpenFile(db.Path(), os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	defer fh.Close()
+	size := uint64(db.Info().PageSize)
+	_ = db.View(func(tx *bolt.Tx) error {
+		for _, p := range pages {
+			if info, err := tx.Page(int(p.start)); err != nil || info == nil || info.Type != "free" {
+				continue
+			}
+			if err := unix.Fallocate(int(fh.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(p.start*size), int64(p.n*size)); err != nil {
+				return err // not supported here: leave it to the compaction
+			}
+		}
+		return nil
 	})
 }
 

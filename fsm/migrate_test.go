@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -206,6 +207,48 @@ func TestMigrationResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkMigrated(t, path)
+}
+
+// TestMigrationGivesBackChunkPages: migrating one blob frees its chunks'
+// disk blocks at once, so the store never needs room for two copies.
+func TestMigrationGivesBackChunkPages(t *testing.T) {
+	path := layout2Store(t)
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	dirs := newBlobDirs(path)
+	if err := dirs.create(); err != nil {
+		t.Fatal(err)
+	}
+	allocated := func() int64 {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Blocks * 512
+	}
+	before := allocated()
+	var rec v2BlobRecord
+	digest := digestOf(pattern(2, 300<<10)) // u2: five 64 KiB chunks and more
+	err = db.View(func(tx *bolt.Tx) error {
+		r, ok := decodeV2BlobRecord(tx.Bucket(bucketBlobs).Get([]byte(digest)))
+		if !ok {
+			return errors.New("no layout 2 record")
+		}
+		rec = r
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateBlob(db, dirs, digest, rec, true); err != nil {
+		t.Fatal(err)
+	}
+	if freed := before - allocated(); freed < 250<<10 {
+		t.Fatalf("migrating a 300 KiB blob gave back %d bytes of the database's blocks", freed)
+	}
 }
 
 // TestMigrationRefusesCorruptChunks leaves the store as it was when a
