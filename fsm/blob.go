@@ -263,12 +263,22 @@ func (f *FSM) Repair(digest string, size int64, r io.Reader) error {
 	if !validDigest(digest) {
 		return fmt.Errorf("repair %s: not a blob digest", digest)
 	}
-	f.filesMu.Lock()
-	defer f.filesMu.Unlock()
 	if !f.HasBlob(digest) {
 		return fmt.Errorf("repair %s: %w", digest, storage.ErrNotFound)
 	}
-	if err := f.dirs.writeVerified(digest, size, r, f.opts.NoSync); err != nil {
+	// The copy (from the network) is written without the lock that apply's
+	// unlinks take; only the check and the rename hold it.
+	tmp, err := f.dirs.writeTemp(digest, size, r, f.opts.NoSync)
+	if err != nil {
+		return fmt.Errorf("repair: %w", err)
+	}
+	f.filesMu.Lock()
+	defer f.filesMu.Unlock()
+	if !f.HasBlob(digest) {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("repair %s: %w", digest, storage.ErrNotFound)
+	}
+	if err := f.dirs.publishTemp(tmp, digest, f.opts.NoSync); err != nil {
 		return fmt.Errorf("repair: %w", err)
 	}
 	f.blobs.repairedN.Add(1)

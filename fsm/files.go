@@ -130,17 +130,15 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// writeVerified streams r into a temporary file, checks it hashes to
-// digest with size bytes, syncs it and renames it to the blob's file, so a
-// blob file only ever appears complete and correct. It is how restores,
-// migrations and repairs write blobs; a replaced file is one that failed
-// its digest, and readers holding it open keep their (old) bytes.
-func (d blobDirs) writeVerified(digest string, size int64, r io.Reader, noSync bool) error {
+// writeTemp streams r into a temporary file and checks it hashes to
+// digest with size bytes, and syncs it: the first half of writing a blob
+// file (restores, migrations and repairs), done without any lock. The
+// caller renames it into place with publishTemp or removes it.
+func (d blobDirs) writeTemp(digest string, size int64, r io.Reader, noSync bool) (string, error) {
 	tmp, err := os.CreateTemp(d.tmp, "blob-*")
 	if err != nil {
-		return fmt.Errorf("write blob %s: %w", digest, err)
+		return "", fmt.Errorf("write blob %s: %w", digest, err)
 	}
-	defer os.Remove(tmp.Name()) // gone already once renamed
 	h := sha256.New()
 	n, err := copyBuffered(io.MultiWriter(tmp, h), r)
 	if err == nil && (n != size || sumDigest(h) != digest) {
@@ -152,16 +150,35 @@ func (d blobDirs) writeVerified(digest string, size int64, r io.Reader, noSync b
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), d.blob(digest))
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return "", fmt.Errorf("write blob %s: %w", digest, err)
 	}
+	return tmp.Name(), nil
+}
+
+// publishTemp renames a file from writeTemp to the blob file of digest, so
+// a blob file only ever appears complete and correct; a file it replaces
+// failed its digest, and readers holding that one open keep its bytes.
+func (d blobDirs) publishTemp(tmp, digest string, noSync bool) error {
+	err := os.Rename(tmp, d.blob(digest))
 	if err == nil && !noSync {
 		err = syncDir(d.sha256)
 	}
 	if err != nil {
+		_ = os.Remove(tmp)
 		return fmt.Errorf("write blob %s: %w", digest, err)
 	}
 	return nil
+}
+
+// writeVerified is writeTemp then publishTemp.
+func (d blobDirs) writeVerified(digest string, size int64, r io.Reader, noSync bool) error {
+	tmp, err := d.writeTemp(digest, size, r, noSync)
+	if err != nil {
+		return err
+	}
+	return d.publishTemp(tmp, digest, noSync)
 }
 
 // errBlobMismatch is a blob file, or bytes meant for one, that do not hash

@@ -380,9 +380,13 @@ func (f *FSM) receiveBlob(digest string, size int64, body io.Reader) error {
 		}
 		return nil
 	}
+	tmp, err := f.dirs.writeTemp(digest, size, body, f.opts.NoSync)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
 	f.filesMu.Lock()
 	defer f.filesMu.Unlock()
-	if err := f.dirs.writeVerified(digest, size, body, f.opts.NoSync); err != nil {
+	if err := f.dirs.publishTemp(tmp, digest, f.opts.NoSync); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	f.forget(digest)
