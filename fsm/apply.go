@@ -84,12 +84,6 @@ func (a *applyCtx) writeChunk(id string, off int64, data []byte) error {
 func (a *applyCtx) publish(id, digest string, size int64) error {
 	dst := a.f.dirs.blob(digest)
 	src := a.f.dirs.upload(id)
-	if fh, ok := a.open[id]; ok {
-		// Written in this batch: flush through the same descriptor.
-		if err := fh.Sync(); err != nil && !a.f.opts.NoSync {
-			return ioErr("sync upload file: %w", err)
-		}
-	}
 	fh, err := os.OpenFile(src, os.O_RDWR, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Only an upload whose file was lost, e.g. with a volume: keep

@@ -272,14 +272,19 @@ func (f *FSM) Repair(digest string, size int64, r io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("repair: %w", err)
 	}
-	f.filesMu.Lock()
-	defer f.filesMu.Unlock()
-	if !f.HasBlob(digest) {
+	// The record is read in a transaction holding filesMu (the lock order
+	// of apply: database, then files), so no unlink can come between.
+	err = f.view(func(tx *bolt.Tx) error {
+		f.filesMu.Lock()
+		defer f.filesMu.Unlock()
+		if tx.Bucket(bucketBlobs).Get([]byte(digest)) == nil {
+			return storage.ErrNotFound
+		}
+		return f.dirs.publishTemp(tmp, digest, f.opts.NoSync)
+	})
+	if err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("repair %s: %w", digest, storage.ErrNotFound)
-	}
-	if err := f.dirs.publishTemp(tmp, digest, f.opts.NoSync); err != nil {
-		return fmt.Errorf("repair: %w", err)
+		return fmt.Errorf("repair %s: %w", digest, err)
 	}
 	f.blobs.repairedN.Add(1)
 	metrics.BlobChecks.WithLabelValues("repaired").Inc()

@@ -54,7 +54,8 @@ type FSM struct {
 	loggedErr string
 
 	// filesMu orders the few writes to committed blob files that do not
-	// come from apply (a repair's rename) against apply's unlinks.
+	// come from apply (a repair's rename) and the content hash against
+	// apply's unlinks. Taken inside f.mu's read lock, never around it.
 	filesMu sync.Mutex
 	blobs   blobState
 

@@ -166,10 +166,11 @@ func (f *FSM) ContentHash() (string, uint64, error) {
 		if err != nil {
 			return err
 		}
-		// Files unlinked after a commit the transaction already sees
-		// are gone or going, and those it references are kept open by
-		// nobody: stat them inside the transaction, which apply's
-		// unlinks (after their commit) cannot race for a blob it sees.
+		// Apply unlinks a released blob's file under filesMu after its
+		// commit: holding it, every file this transaction sees a record
+		// of is still there.
+		f.filesMu.Lock()
+		defer f.filesMu.Unlock()
 		return tx.Bucket(bucketBlobs).ForEach(func(k, _ []byte) error {
 			size := int64(-1)
 			if st, err := os.Stat(f.dirs.blob(string(k))); err == nil {

@@ -53,8 +53,16 @@ func (n *Node) Scrub(ctx context.Context, bytesPerSec int64) {
 	}
 }
 
-// OnCorrupt sets the function told about every blob file found corrupt.
-func (n *Node) OnCorrupt(fn func(digest string)) { n.fsm.OnCorrupt(fn) }
+// OnCorrupt sets the function told about every blob file found corrupt,
+// before or after Open.
+func (n *Node) OnCorrupt(fn func(digest string)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.onCorrupt = fn
+	if n.fsm != nil {
+		n.fsm.OnCorrupt(fn)
+	}
+}
 
 // RepairBlob replaces a corrupt blob file with a peer's copy read from r,
 // which must hash to digest.
