@@ -14,12 +14,12 @@ import (
 // test can stop the process right there and check that a restart replays
 // the log to the same state.
 const (
-	FaultChunkWritten  = "chunk-written"       // a chunk is in its upload file, bbolt not committed
-	FaultBeforeLink    = "commit-before-link"  // upload file verified and synced, no blob file yet
-	FaultAfterLink     = "commit-after-link"   // blob file in place, bbolt not committed
-	FaultAfterCommit   = "commit-after-bbolt"  // bbolt committed, upload and unreferenced blob files not removed yet
-	FaultAfterCleanup  = "commit-after-unlink" // everything done
-	FaultBeforeRelease = "release-before-unlink"
+	faultChunkWritten  = "chunk-written"         // a chunk is in its upload file, bbolt not committed
+	faultBeforeLink    = "commit-before-link"    // upload file verified and synced, no blob file yet
+	faultAfterLink     = "commit-after-link"     // blob file in place, bbolt not committed
+	faultAfterCommit   = "commit-after-bbolt"    // bbolt committed, upload and unreferenced blob files not removed yet
+	faultAfterCleanup  = "commit-after-unlink"   // everything done
+	faultBeforeRelease = "release-before-unlink" // upload files removed, released blob files not yet
 )
 
 // applyCtx is one attempt at applying a batch: the write transaction, the
@@ -113,7 +113,7 @@ func (a *applyCtx) publish(id, digest string, size int64) error {
 			return ioErr("sync upload file: %w", err)
 		}
 	}
-	a.f.hit(FaultBeforeLink)
+	a.f.hit(faultBeforeLink)
 	if err := os.Link(src, dst); err != nil && !errors.Is(err, fs.ErrExist) {
 		return ioErr("link blob file: %w", err)
 	}
@@ -122,7 +122,7 @@ func (a *applyCtx) publish(id, digest string, size int64) error {
 			return ioErr("sync blob directory: %w", err)
 		}
 	}
-	a.f.hit(FaultAfterLink)
+	a.f.hit(faultAfterLink)
 	return nil
 }
 
@@ -197,12 +197,12 @@ func (a *applyCtx) closeFiles() {
 // afterCommit removes the files the committed transaction no longer
 // references. A crash before it leaves files Open removes.
 func (a *applyCtx) afterCommit() {
-	a.f.hit(FaultAfterCommit)
+	a.f.hit(faultAfterCommit)
 	for _, id := range a.unlinkUploads {
 		_ = os.Remove(a.f.dirs.upload(id))
 	}
 	if len(a.unlinkBlobs) > 0 {
-		a.f.hit(FaultBeforeRelease)
+		a.f.hit(faultBeforeRelease)
 		a.f.filesMu.Lock()
 		for _, d := range a.unlinkBlobs {
 			_ = os.Remove(a.f.dirs.blob(d))
@@ -210,5 +210,5 @@ func (a *applyCtx) afterCommit() {
 		}
 		a.f.filesMu.Unlock()
 	}
-	a.f.hit(FaultAfterCleanup)
+	a.f.hit(faultAfterCleanup)
 }

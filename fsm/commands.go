@@ -133,7 +133,7 @@ func applyChunk(a *applyCtx, c chunkCmd) error {
 	up.Chunks++
 	up.Bytes += int64(len(c.Data))
 	must(uploads.Put(id, up.encode()))
-	a.f.hit(FaultChunkWritten)
+	a.f.hit(faultChunkWritten)
 	return nil
 }
 

@@ -79,7 +79,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 	applyInBatches(t, ref, logs)
 	want := contentHash(t, ref)
 	// How often the logs pass each point: two blobs are linked, one released.
-	for at, hits := range map[string]int{FaultChunkWritten: 3, FaultBeforeLink: 2, FaultAfterLink: 2, FaultAfterCommit: 3, FaultBeforeRelease: 1, FaultAfterCleanup: 3} {
+	for at, hits := range map[string]int{faultChunkWritten: 3, faultBeforeLink: 2, faultAfterLink: 2, faultAfterCommit: 3, faultBeforeRelease: 1, faultAfterCleanup: 3} {
 		for hit := 1; hit <= hits; hit++ {
 			t.Run(fmt.Sprintf("%s/%d", at, hit), func(t *testing.T) {
 				dir := t.TempDir()

@@ -304,8 +304,8 @@ func (s *artifactServer) bodyFailed(c echo.Context, k storage.Key, sent int64, e
 		countError("artifacts", c.Request().Method)
 		if corrupt && c.Request().Header.Get(forwardedHeader) == "" {
 			h := c.Response().Header()
-			for _, k := range peerResponseHeaders {
-				h.Del(k)
+			for _, name := range peerResponseHeaders {
+				h.Del(name)
 			}
 			if s.relayFromPeers(c, k) == peersServed {
 				return
