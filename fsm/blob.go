@@ -1,263 +1,308 @@
 package fsm
 
 import (
-	"encoding/binary"
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"sort"
+	"os"
 	"sync"
+	"sync/atomic"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/sourceraft/sourceraft/metrics"
 	"github.com/sourceraft/sourceraft/storage"
 	bolt "go.etcd.io/bbolt"
 )
 
-// chunkBuffers recycles the per-Blob chunk buffers across downloads.
-var chunkBuffers = sync.Pool{New: func() any {
-	b := make([]byte, storage.MaxChunkSize)
-	return &b
-}}
+// SmallBlobSize is the largest blob served from memory. Most Flux
+// artifacts are a few KiB; for them the open, fstat and close of a file
+// cost more than the send, and a blob never changes, so a copy held by
+// digest is always valid. 64 KiB keeps the cache (smallBlobEntries of
+// them) at 64 MiB at most while covering the typical kustomization.
+const SmallBlobSize = 64 << 10
 
-// Blob reads one blob's content. Each chunk is copied out of bbolt in its
-// own short read transaction and its checksum verified before any of its
-// bytes are returned. A Blob is for one goroutine at a time.
-//
-// The copy is what makes a download safe: once its transaction ends,
-// bbolt may hand a chunk's pages to the next write (the artifact deleted,
-// another stored), so nothing may refer to them after that. sendfile from
-// the database file did: the kernel queues file pages in socket buffers by
-// reference, and a consumer reading later received whatever the pages
-// held by then (TestWriteToTCPSurvivesPageReuse).
-type Blob struct {
-	f      *FSM
-	digest string
-	upload []byte // chunks bucket, pinned at open so chunk offsets stay valid
-	size   int64
-	chunks uint32
-	off    int64
+const smallBlobEntries = 1024
 
-	buf    *[]byte // from chunkBuffers, taken on the first read
-	loaded bool
-	cur    []byte // verified content of chunk seq, which starts at start
-	seq    uint32
-	start  int64
-	starts []int64 // chunk offsets, built on the first non-sequential read
-	closed bool
+// blobState is what this process knows about blob files beyond the
+// database: which it has verified, which failed, and the small ones it
+// holds in memory. None of it is replicated, and a restart forgets it, so
+// every blob is verified again the first time the new process serves it.
+type blobState struct {
+	mu       sync.Mutex
+	verified map[string]bool
+	cache    *lru.Cache[string, []byte]
+	// onCorrupt is told about every blob file found not to match its
+	// digest, so it can be repaired from a peer.
+	onCorrupt func(digest string)
+
+	verifiedN, corruptN, repairedN atomic.Uint64
 }
 
-// OpenBlob returns a reader over the blob with digest, or storage.ErrNotFound.
-func (f *FSM) OpenBlob(digest string) (*Blob, error) {
-	var rec blobRecord
+func (s *blobState) init() {
+	s.verified = map[string]bool{}
+	c, err := lru.New[string, []byte](smallBlobEntries)
+	if err != nil {
+		panic(err) // only for a non-positive size
+	}
+	s.cache = c
+}
+
+func (s *blobState) isVerified(digest string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.verified[digest]
+}
+
+// forget drops what this process knew of a blob whose file went.
+func (f *FSM) forget(digest string) {
+	f.blobs.mu.Lock()
+	delete(f.blobs.verified, digest)
+	f.blobs.mu.Unlock()
+	f.blobs.cache.Remove(digest)
+}
+
+// checked records the outcome of hashing a blob file: counted, and a
+// mismatch handed to the repair hook.
+func (f *FSM) checked(digest, sum string) error {
+	if sum == digest {
+		f.blobs.mu.Lock()
+		if !f.blobs.verified[digest] {
+			f.blobs.verified[digest] = true
+			f.blobs.verifiedN.Add(1)
+			metrics.BlobChecks.WithLabelValues("verified").Inc()
+		}
+		f.blobs.mu.Unlock()
+		return nil
+	}
+	return f.corrupt(digest, "file hashes to "+sum)
+}
+
+// corrupt counts a blob file found bad and reports it for repair.
+func (f *FSM) corrupt(digest, why string) error {
+	f.blobs.mu.Lock()
+	delete(f.blobs.verified, digest)
+	hook := f.blobs.onCorrupt
+	f.blobs.mu.Unlock()
+	f.blobs.corruptN.Add(1)
+	metrics.BlobChecks.WithLabelValues("corrupt").Inc()
+	f.blobs.cache.Remove(digest)
+	if hook != nil {
+		hook(digest)
+	}
+	return fmt.Errorf("blob %s: %s: %w", digest, why, storage.ErrCorrupt)
+}
+
+// OnCorrupt sets the function told about every blob file found corrupt
+// (by a first download or the scrub); it should fetch a good copy from a
+// peer and hand it to Repair. It runs on the goroutine that found it.
+func (f *FSM) OnCorrupt(fn func(digest string)) {
+	f.blobs.mu.Lock()
+	f.blobs.onCorrupt = fn
+	f.blobs.mu.Unlock()
+}
+
+// Content is an artifact and its bytes, opened for one download: Data for
+// a small blob held in memory (always verified), File otherwise. Close it.
+type Content struct {
+	Artifact storage.Artifact
+	Data     []byte
+	File     *os.File
+	f        *FSM
+	verified bool
+}
+
+// Size is the length of the content.
+func (c *Content) Size() int64 { return c.Artifact.Size }
+
+// Verified reports whether this process has checked the blob file against
+// its digest; a file not verified must be served through Check.
+func (c *Content) Verified() bool { return c.verified }
+
+// Check records the sha256 digest ("sha256:<hex>") a download computed
+// over the whole file: nil if it is the artifact's, otherwise an
+// storage.ErrCorrupt error after the blob is reported for repair.
+func (c *Content) Check(sum string) error {
+	if err := c.f.checked(c.Artifact.Digest, sum); err != nil {
+		return err
+	}
+	c.verified = true
+	return nil
+}
+
+// VerifyNow hashes the whole file before anything is sent, for downloads
+// (ranges) that cannot stream through the hash.
+func (c *Content) VerifyNow() error {
+	if c.verified || c.File == nil {
+		return nil
+	}
+	if _, err := c.File.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	sum, _, err := readerDigest(c.File)
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", c.Artifact.Digest, err)
+	}
+	if _, err := c.File.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	return c.Check(sum)
+}
+
+// Reader returns the content as one io.ReadSeeker.
+func (c *Content) Reader() io.ReadSeeker {
+	if c.File != nil {
+		return c.File
+	}
+	return bytes.NewReader(c.Data)
+}
+
+// Close closes the file; further calls do nothing.
+func (c *Content) Close() error {
+	if c.File == nil {
+		return nil
+	}
+	err := c.File.Close()
+	c.File = nil
+	if err != nil && !errors.Is(err, fs.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// Open looks up the artifact at k and opens its blob in one call: the
+// record is decoded once, a small verified blob comes from memory, and a
+// file is open before any byte is sent, so a delete or garbage collection
+// applied meanwhile cannot take it away (an unlinked file stays readable
+// through its descriptor, and is never written again).
+func (f *FSM) Open(k storage.Key) (*Content, error) {
+	c, err := f.open(k)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", k, err)
+	}
+	return c, nil
+}
+
+func (f *FSM) open(k storage.Key) (*Content, error) {
+	for attempt := 0; ; attempt++ {
+		a, err := f.Artifact(k)
+		if err != nil {
+			return nil, err
+		}
+		if a.Size <= SmallBlobSize {
+			if data, ok := f.blobs.cache.Get(a.Digest); ok {
+				return &Content{Artifact: a, Data: data, f: f, verified: true}, nil
+			}
+		}
+		fh, err := os.Open(f.dirs.blob(a.Digest))
+		if errors.Is(err, fs.ErrNotExist) && attempt == 0 {
+			continue // deleted since the lookup, or replaced: look again
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, f.corrupt(a.Digest, "file is missing")
+		}
+		if err != nil {
+			return nil, err
+		}
+		c := &Content{Artifact: a, File: fh, f: f, verified: f.blobs.isVerified(a.Digest)}
+		if a.Size <= SmallBlobSize {
+			return c, f.loadSmall(c)
+		}
+		if st, err := fh.Stat(); err != nil || st.Size() != a.Size {
+			fh.Close()
+			if err == nil {
+				err = f.corrupt(a.Digest, fmt.Sprintf("file has %d bytes, want %d", st.Size(), a.Size))
+			}
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
+// loadSmall reads a small blob into memory, verifies it and caches it:
+// it is checked before its first byte is sent.
+func (f *FSM) loadSmall(c *Content) error {
+	defer c.Close()
+	data := make([]byte, c.Artifact.Size+1)
+	n, err := io.ReadFull(c.File, data)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return err
+	}
+	data = data[:n]
+	sum, _, _ := readerDigest(bytes.NewReader(data))
+	if err := c.Check(sum); err != nil {
+		return err
+	}
+	f.blobs.cache.Add(c.Artifact.Digest, data)
+	c.Data = data
+	return nil
+}
+
+// Artifact returns the artifact at k, or storage.ErrNotFound.
+func (f *FSM) Artifact(k storage.Key) (storage.Artifact, error) {
+	var a storage.Artifact
 	err := f.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketBlobs).Get([]byte(digest))
+		v := tx.Bucket(bucketArtifacts).Get([]byte(k.String()))
 		if v == nil {
 			return storage.ErrNotFound
 		}
-		var err error
-		rec, err = decodeBlobRecord(v)
-		return err
+		return decodeArtifact(k.String(), v, &a)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open blob %s: %w", digest, err)
+		return storage.Artifact{}, fmt.Errorf("artifact %s: %w", k, err)
 	}
-	return &Blob{f: f, digest: digest, upload: []byte(rec.Upload), size: rec.Size, chunks: rec.Chunks}, nil
+	return a, nil
 }
 
-// Size is the blob's length in bytes.
-func (b *Blob) Size() int64 { return b.size }
-
-// Read reads from the current chunk, fetching and verifying the next one
-// when it is used up.
-func (b *Blob) Read(p []byte) (int, error) {
-	if b.closed {
-		return 0, b.errClosed()
+// Repair replaces the blob file of digest with content read from r (a
+// peer's copy), which must hash to digest: it is written to a temporary
+// file, verified, synced and renamed over the bad one, so the blob file is
+// never written in place. A blob no longer referenced is not recreated.
+func (f *FSM) Repair(digest string, size int64, r io.Reader) error {
+	if !validDigest(digest) {
+		return fmt.Errorf("repair %s: not a blob digest", digest)
 	}
-	if b.off >= b.size {
-		return 0, io.EOF
+	if !f.HasBlob(digest) {
+		return fmt.Errorf("repair %s: %w", digest, storage.ErrNotFound)
 	}
-	if len(p) == 0 {
-		return 0, nil
+	// The copy (from the network) is written without the lock that apply's
+	// unlinks take; only the check and the rename hold it.
+	tmp, err := f.dirs.writeTemp(digest, size, r, f.opts.NoSync)
+	if err != nil {
+		return fmt.Errorf("repair: %w", err)
 	}
-	if err := b.locate(b.off); err != nil {
-		return 0, err
-	}
-	n := copy(p, b.cur[b.off-b.start:])
-	b.off += int64(n)
-	return n, nil
-}
-
-// Seek sets the offset of the next Read or WriteTo; chunks are only fetched
-// when read.
-func (b *Blob) Seek(off int64, whence int) (int64, error) {
-	if b.closed {
-		return 0, b.errClosed()
-	}
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		off += b.off
-	case io.SeekEnd:
-		off += b.size
-	default:
-		return 0, fmt.Errorf("blob %s: seek: invalid whence %d", b.digest, whence)
-	}
-	if off < 0 {
-		return 0, fmt.Errorf("blob %s: seek: negative position %d", b.digest, off)
-	}
-	b.off = off
-	return off, nil
-}
-
-// WriteTo writes the rest of the blob with one Write per verified chunk.
-func (b *Blob) WriteTo(w io.Writer) (int64, error) {
-	if b.closed {
-		return 0, b.errClosed()
-	}
-	var total int64
-	for b.off < b.size {
-		if err := b.locate(b.off); err != nil {
-			return total, err
+	// The record is read in a transaction holding filesMu (the lock order
+	// of apply: database, then files), so no unlink can come between.
+	err = f.view(func(tx *bolt.Tx) error {
+		f.filesMu.Lock()
+		defer f.filesMu.Unlock()
+		if tx.Bucket(bucketBlobs).Get([]byte(digest)) == nil {
+			return storage.ErrNotFound
 		}
-		p := b.cur[b.off-b.start:]
-		n, err := w.Write(p)
-		b.off += int64(n)
-		total += int64(n)
-		if err != nil {
-			return total, err
-		}
-		if n < len(p) {
-			return total, io.ErrShortWrite
-		}
+		return f.dirs.publishTemp(tmp, digest, f.opts.NoSync)
+	})
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("repair %s: %w", digest, err)
 	}
-	return total, nil
-}
-
-// Close returns the chunk buffer to the pool; further calls do nothing.
-func (b *Blob) Close() error {
-	if b.closed {
-		return nil
-	}
-	b.closed = true
-	b.cur, b.loaded = nil, false
-	if b.buf != nil {
-		chunkBuffers.Put(b.buf)
-		b.buf = nil
-	}
+	f.blobs.repairedN.Add(1)
+	metrics.BlobChecks.WithLabelValues("repaired").Inc()
+	f.blobs.cache.Remove(digest)
+	f.blobs.mu.Lock()
+	f.blobs.verified[digest] = true
+	f.blobs.mu.Unlock()
 	return nil
 }
 
-func (b *Blob) errClosed() error {
-	return fmt.Errorf("blob %s: %w", b.digest, fs.ErrClosed)
+// IntegrityStats counts what verification found since this process started.
+type IntegrityStats struct {
+	Verified uint64 `json:"verified"`
+	Corrupt  uint64 `json:"corrupt"`
+	Repaired uint64 `json:"repaired"`
 }
 
-// locate makes the chunk holding off, which is below size, the current one.
-func (b *Blob) locate(off int64) error {
-	if b.loaded && off >= b.start && off < b.start+int64(len(b.cur)) {
-		return nil
-	}
-	// Reading on from the current chunk needs no index; empty chunks are
-	// legal and skipped.
-	if !b.loaded && off == 0 || b.loaded && off == b.start+int64(len(b.cur)) {
-		seq, start := uint32(0), int64(0)
-		if b.loaded {
-			seq, start = b.seq+1, off
-		}
-		for {
-			if err := b.load(seq, start); err != nil {
-				return err
-			}
-			if len(b.cur) > 0 {
-				return nil
-			}
-			seq++
-		}
-	}
-	if b.starts == nil {
-		if err := b.index(); err != nil {
-			return err
-		}
-	}
-	i := b.chunkAt(off)
-	return b.load(i, b.starts[i])
-}
-
-// chunkAt returns the chunk holding off, which is below size; the index
-// must be built.
-func (b *Blob) chunkAt(off int64) uint32 {
-	return uint32(sort.Search(int(b.chunks), func(i int) bool { return b.starts[i+1] > off }))
-}
-
-// load copies chunk seq into the buffer and verifies it.
-func (b *Blob) load(seq uint32, start int64) error {
-	b.loaded = false
-	if seq >= b.chunks {
-		return b.corrupt(seq, "past the last chunk")
-	}
-	if b.buf == nil {
-		b.buf = chunkBuffers.Get().(*[]byte)
-	}
-	var crc uint32
-	err := b.f.view(func(tx *bolt.Tx) error {
-		chunks := tx.Bucket(bucketChunks).Bucket(b.upload)
-		if chunks == nil {
-			return fmt.Errorf("blob %s is gone: %w", b.digest, storage.ErrNotFound)
-		}
-		v := getChunk(chunks, seq)
-		if len(v) < 4 || len(v)-4 > len(*b.buf) {
-			return b.corrupt(seq, fmt.Sprintf("stored as %d bytes", len(v)))
-		}
-		crc = binary.BigEndian.Uint32(v)
-		b.cur = (*b.buf)[:copy(*b.buf, v[4:])]
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	// Verify the copy: it is what will be returned.
-	if checksum(b.cur) != crc {
-		return b.corrupt(seq, "checksum mismatch")
-	}
-	end := start + int64(len(b.cur))
-	if end > b.size || seq == b.chunks-1 && end != b.size {
-		return b.corrupt(seq, fmt.Sprintf("ends at %d of %d bytes", end, b.size))
-	}
-	b.loaded, b.seq, b.start = true, seq, start
-	return nil
-}
-
-// index records every chunk's offset from the stored value lengths, for
-// reads that do not follow on from the current chunk.
-func (b *Blob) index() error {
-	starts := make([]int64, 0, int(b.chunks)+1)
-	var off int64
-	err := b.f.view(func(tx *bolt.Tx) error {
-		chunks := tx.Bucket(bucketChunks).Bucket(b.upload)
-		if chunks == nil {
-			return fmt.Errorf("blob %s is gone: %w", b.digest, storage.ErrNotFound)
-		}
-		c := chunks.Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			seq := uint32(len(starts))
-			v := getChunk(chunks, seq)
-			if string(k) != string(seqKey(seq)) || len(v) < 4 {
-				return b.corrupt(seq, "missing")
-			}
-			starts = append(starts, off)
-			off += int64(len(v) - 4)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if len(starts) != int(b.chunks) || off != b.size {
-		return fmt.Errorf("blob %s: %d chunks of %d bytes, want %d of %d: %w",
-			b.digest, len(starts), off, b.chunks, b.size, storage.ErrCorrupt)
-	}
-	b.starts = append(starts, off)
-	return nil
-}
-
-func (b *Blob) corrupt(seq uint32, what string) error {
-	return fmt.Errorf("blob %s chunk %d: %s: %w", b.digest, seq, what, storage.ErrCorrupt)
+// Integrity returns the verification counters.
+func (f *FSM) Integrity() IntegrityStats {
+	return IntegrityStats{Verified: f.blobs.verifiedN.Load(), Corrupt: f.blobs.corruptN.Load(), Repaired: f.blobs.repairedN.Load()}
 }

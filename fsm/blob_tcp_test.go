@@ -10,76 +10,30 @@ import (
 	"testing"
 )
 
-// TestWriteToTCP streams a blob into a real TCP connection twice, as an
-// artifact download does.
-func TestWriteToTCP(t *testing.T) {
-	f := newFSM(t)
-	content := pattern(3, 1<<20+12345)
-	(&feeder{f: f}).ok(t, storeCmds(t, "u1", pathA, content, 512<<10, 512<<10, 12345)...)
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	for round := 0; round < 2; round++ {
-		got := make(chan []byte, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				got <- nil
-				return
-			}
-			defer c.Close()
-			b, _ := io.ReadAll(c)
-			got <- b
-		}()
-		conn, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := f.OpenBlob(digestOf(content))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := b.Seek(100, io.SeekStart); err != nil {
-			t.Fatal(err)
-		}
-		n, err := b.WriteTo(conn.(*net.TCPConn))
-		b.Close()
-		conn.Close()
-		if err != nil || n != int64(len(content)-100) {
-			t.Fatalf("round %d: WriteTo = %d, %v", round, n, err)
-		}
-		if r := <-got; !bytes.Equal(r, content[100:]) {
-			t.Fatalf("round %d: received %d bytes that differ from the blob", round, len(r))
-		}
-	}
-}
-
-// TestWriteToTCPSurvivesPageReuse sends a blob into a connection whose
-// reader has not read yet, so the bytes wait in socket buffers after
-// WriteTo returns; then the artifact is deleted and another one written,
-// reusing the freed database pages. The reader must still receive the
-// blob as it was: socket buffers must hold copies, not the file's pages
-// (which sendfile would have queued by reference).
-func TestWriteToTCPSurvivesPageReuse(t *testing.T) {
+// TestSendfileSurvivesGC sends a blob file into a connection whose reader
+// has not read yet, the way a download does (io.Copy from the *os.File
+// into the TCP connection: sendfile), so the bytes wait in socket buffers
+// or are still to be read from the file; then the artifact is deleted
+// (its file unlinked) and other blobs are written. The reader must still
+// receive the blob as it was: the open descriptor keeps the unlinked
+// file's pages, and a blob file is never written again.
+func TestSendfileSurvivesGC(t *testing.T) {
 	f := newFSM(t)
 	fd := &feeder{f: f}
-	content := pattern(5, 1<<20+4321)
+	content := pattern(5, 4<<20+4321)
 	fd.ok(t, storeCmds(t, "u1", pathA, content, 256<<10)...)
 
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+	small := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fdn uintptr) {
-			serr = syscall.SetsockoptInt(int(fdn), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<20)
+			serr = syscall.SetsockoptInt(int(fdn), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
 		})
 		if err != nil {
 			return err
 		}
 		return serr
 	}}
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	ln, err := small.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,33 +48,44 @@ func TestWriteToTCPSurvivesPageReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if err := conn.(*net.TCPConn).SetWriteBuffer(8 << 20); err != nil {
-		t.Fatal(err)
-	}
 	server := <-accepted
 	if server == nil {
 		t.Fatal("accept failed")
 	}
 	defer server.Close()
 
-	b, err := f.OpenBlob(digestOf(content))
+	c, err := f.Open(mustKey(t, pathA))
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := b.WriteTo(conn.(*net.TCPConn))
-	b.Close()
-	if err != nil || n != int64(len(content)) {
-		t.Fatalf("WriteTo = %d, %v", n, err)
-	}
-	conn.Close()
-	// The artifact goes and others take its pages.
+	// The consumer is slow: the sender blocks with most of the file unsent.
+	sent := make(chan error, 1)
+	go func() {
+		n, err := io.Copy(conn.(*net.TCPConn), c.File)
+		if err == nil && n != int64(len(content)) {
+			err = fmt.Errorf("sent %d of %d bytes", n, len(content))
+		}
+		c.Close()
+		conn.Close()
+		sent <- err
+	}()
+	// The artifact goes (its file is unlinked) and others are written.
 	fd.ok(t, EncodeDeleteArtifacts([]string{pathA}))
+	if f.HasBlob(digestOf(content)) {
+		t.Fatal("blob still recorded after its only artifact went")
+	}
+	if blobs, _ := files(t, f); blobs != 0 {
+		t.Fatalf("%d blob files after the only artifact went", blobs)
+	}
 	for i := 0; i < 4; i++ {
 		other := pattern(byte(10+i), len(content))
 		fd.ok(t, storeCmds(t, fmt.Sprintf("u%d", 2+i), fmt.Sprintf("gitrepository/default/other%d/x.tar.gz", i), other, 256<<10)...)
 	}
 	got, err := io.ReadAll(server)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, content) {

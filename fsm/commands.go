@@ -22,12 +22,13 @@ var (
 )
 
 // handler decodes and applies one command type inside the batch's write
-// transaction. apply validates before it writes, so an error return means
-// nothing was written.
+// transaction. apply validates before it writes, so a business error means
+// nothing was written; an ioError (the disk failed) rolls the whole batch
+// back to be retried.
 type handler struct {
 	name   string
 	decode func(body []byte) (any, error)
-	apply  func(tx *bolt.Tx, cmd any) error
+	apply  func(a *applyCtx, cmd any) error
 }
 
 // handlers is every command this replica understands.
@@ -44,7 +45,7 @@ func registerAll(t map[cmdType]handler) map[cmdType]handler {
 	return t
 }
 
-func register[T any](t map[cmdType]handler, typ cmdType, name string, decode func([]byte) (T, error), apply func(*bolt.Tx, T) error) {
+func register[T any](t map[cmdType]handler, typ cmdType, name string, decode func([]byte) (T, error), apply func(*applyCtx, T) error) {
 	if typ&skipUnknown != 0 {
 		panic(fmt.Sprintf("fsm: command %s: type %#x uses the skip bit", name, uint8(typ)))
 	}
@@ -54,7 +55,7 @@ func register[T any](t map[cmdType]handler, typ cmdType, name string, decode fun
 	t[typ] = handler{
 		name:   name,
 		decode: func(b []byte) (any, error) { return decode(b) },
-		apply:  func(tx *bolt.Tx, cmd any) error { return apply(tx, cmd.(T)) },
+		apply:  func(a *applyCtx, cmd any) error { return apply(a, cmd.(T)) },
 	}
 }
 
@@ -79,8 +80,9 @@ func decodeCommand(data []byte) (*handler, any, error) {
 	return &h, cmd, nil
 }
 
-// dispatch applies one command log and returns its business error.
-func dispatch(tx *bolt.Tx, l *raft.Log) error {
+// dispatch applies one command log and returns its business error or an
+// ioError.
+func dispatch(a *applyCtx, l *raft.Log) error {
 	h, cmd, err := decodeCommand(l.Data)
 	if err != nil {
 		panic(fmt.Errorf("fsm: cannot apply log %d: %w", l.Index, err))
@@ -89,7 +91,7 @@ func dispatch(tx *bolt.Tx, l *raft.Log) error {
 		slog.Warn("fsm: skipping unknown optional command; upgrade this replica", "index", l.Index, "type", l.Data[0])
 		return nil
 	}
-	return h.apply(tx, cmd)
+	return h.apply(a, cmd)
 }
 
 // must panics on a write bbolt refused after the handler validated it: only
@@ -100,7 +102,7 @@ func must(err error) {
 	}
 }
 
-func applyChunk(tx *bolt.Tx, c chunkCmd) error {
+func applyChunk(a *applyCtx, c chunkCmd) error {
 	switch {
 	case c.UploadID == "" || len(c.UploadID) > maxIDLen:
 		return fmt.Errorf("chunk %d: upload id of %d bytes: %w", c.Seq, len(c.UploadID), ErrInvalidCommand)
@@ -110,101 +112,115 @@ func applyChunk(tx *bolt.Tx, c chunkCmd) error {
 		return fmt.Errorf("chunk %d of upload %q: %w", c.Seq, c.UploadID, ErrChunkChecksum)
 	}
 	id := []byte(c.UploadID)
-	uploads, chunks := tx.Bucket(bucketUploads), tx.Bucket(bucketChunks)
+	uploads := a.tx.Bucket(bucketUploads)
 	up, started := getUpload(uploads, id)
 	switch {
-	case c.Seq == 0 && (started || chunks.Bucket(id) != nil):
+	case c.Seq == 0 && started:
 		return fmt.Errorf("chunk 0 of upload %q: upload id already used: %w", c.UploadID, ErrChunkSequence)
 	case c.Seq != 0 && !started:
 		return fmt.Errorf("chunk %d of upload %q: %w", c.Seq, c.UploadID, ErrUnknownUpload)
 	case c.Seq != 0 && c.Seq != up.Chunks:
 		return fmt.Errorf("chunk %d of upload %q: want chunk %d: %w", c.Seq, c.UploadID, up.Chunks, ErrChunkSequence)
 	}
-
-	var b *bolt.Bucket
 	if c.Seq == 0 {
 		up = uploadRecord{StartedAt: c.StartedAt}
-		var err error
-		b, err = chunks.CreateBucket(id)
-		must(err)
-	} else if b = chunks.Bucket(id); b == nil {
-		must(fmt.Errorf("upload %q has no chunks bucket: %w", c.UploadID, storage.ErrCorrupt))
 	}
-	b.FillPercent = 1.0 // keys only ever append
-	must(putChunk(b, c.Seq, c.value))
+	// A replay (after a crash or a failed bbolt commit) writes the same
+	// bytes at the same offset again.
+	if err := a.writeChunk(c.UploadID, up.Bytes, c.Data); err != nil {
+		return err
+	}
 	up.Chunks++
 	up.Bytes += int64(len(c.Data))
 	must(uploads.Put(id, up.encode()))
+	a.f.hit(faultChunkWritten)
 	return nil
 }
 
-func applyCommit(tx *bolt.Tx, c commitCmd) error {
-	a := c.Artifact
-	path := a.Path()
+func applyCommit(a *applyCtx, c commitCmd) error {
+	art := c.Artifact
+	path := art.Path()
 	if _, err := storage.ParsePath(path); err != nil {
 		return fmt.Errorf("commit of upload %q: %w", c.UploadID, err)
 	}
-	if a.Digest == "" || len(a.Digest) > maxIDLen {
-		return fmt.Errorf("commit of upload %q: digest of %d bytes: %w", c.UploadID, len(a.Digest), ErrInvalidCommand)
+	if !validDigest(art.Digest) {
+		return fmt.Errorf("commit of upload %q: digest %q is not sha256 in hex: %w", c.UploadID, art.Digest, ErrInvalidCommand)
 	}
 	id := []byte(c.UploadID)
-	uploads, blobs := tx.Bucket(bucketUploads), tx.Bucket(bucketBlobs)
+	uploads, blobs := a.tx.Bucket(bucketUploads), a.tx.Bucket(bucketBlobs)
 	up, ok := getUpload(uploads, id)
 	if !ok {
 		return fmt.Errorf("commit of upload %q: %w", c.UploadID, ErrUnknownUpload)
 	}
-	if up.Chunks != c.Chunks || up.Bytes != a.Size {
+	if up.Chunks != c.Chunks || up.Bytes != art.Size {
 		return fmt.Errorf("commit of upload %q: has %d chunks, %d bytes; commit says %d chunks, %d bytes: %w",
-			c.UploadID, up.Chunks, up.Bytes, c.Chunks, a.Size, ErrIncompleteUpload)
+			c.UploadID, up.Chunks, up.Bytes, c.Chunks, art.Size, ErrIncompleteUpload)
 	}
-	digest := []byte(a.Digest)
+	digest := []byte(art.Digest)
 	blob, stored := getBlob(blobs, digest)
-	if stored && blob.Size != a.Size {
+	if stored && blob.Size != art.Size {
 		return fmt.Errorf("commit of upload %q: %s is stored with %d bytes, not %d: %w",
-			c.UploadID, a.Digest, blob.Size, a.Size, storage.ErrDigestMismatch)
+			c.UploadID, art.Digest, blob.Size, art.Size, storage.ErrDigestMismatch)
+	}
+	if !stored {
+		if err := a.publish(c.UploadID, art.Digest, art.Size); err != nil {
+			return fmt.Errorf("commit of upload %q: %w", c.UploadID, err)
+		}
 	}
 
 	// Reference the new blob before dereferencing the path's old one, so
 	// recommitting the same content never drops it on the way.
 	must(uploads.Delete(id))
+	a.dropUploadFile(c.UploadID)
 	if stored {
 		blob.Refs++
-		must(tx.Bucket(bucketChunks).DeleteBucket(id))
 	} else {
-		blob = blobRecord{Size: a.Size, Chunks: c.Chunks, Refs: 1, Upload: c.UploadID}
+		blob = blobRecord{Size: art.Size, Refs: 1}
+		a.cnt.Blobs++
+		a.cnt.BlobBytes += art.Size
 	}
 	must(blobs.Put(digest, blob.encode()))
-	artifacts := tx.Bucket(bucketArtifacts)
+	artifacts := a.tx.Bucket(bucketArtifacts)
 	if old := artifacts.Get([]byte(path)); old != nil {
-		release(tx, storedDigest(path, old))
+		ref := storedRef(path, old)
+		a.release(ref.Digest)
+		a.cnt.ArtifactBytes -= ref.Size
+	} else {
+		a.cnt.Artifacts++
 	}
+	a.cnt.ArtifactBytes += art.Size
+	a.cntChanged = true
 	must(artifacts.Put([]byte(path), c.raw))
 	return nil
 }
 
-func applyDeleteArtifacts(tx *bolt.Tx, paths []string) error {
-	artifacts := tx.Bucket(bucketArtifacts)
+func applyDeleteArtifacts(a *applyCtx, paths []string) error {
+	artifacts := a.tx.Bucket(bucketArtifacts)
 	for _, p := range paths {
 		old := artifacts.Get([]byte(p))
 		if old == nil {
 			continue
 		}
-		release(tx, storedDigest(p, old))
+		ref := storedRef(p, old)
+		a.release(ref.Digest)
+		a.cnt.Artifacts--
+		a.cnt.ArtifactBytes -= ref.Size
+		a.cntChanged = true
 		must(artifacts.Delete([]byte(p)))
 	}
 	return nil
 }
 
-func applyAbortUploads(tx *bolt.Tx, ids []string) error {
+func applyAbortUploads(a *applyCtx, ids []string) error {
 	for _, id := range ids {
-		dropUpload(tx, []byte(id))
+		a.dropUpload([]byte(id))
 	}
 	return nil
 }
 
-func applyExpireUploads(tx *bolt.Tx, before int64) error {
+func applyExpireUploads(a *applyCtx, before int64) error {
 	var expired [][]byte
-	err := tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
+	err := a.tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
 		up, err := decodeUploadRecord(v)
 		if err != nil {
 			return fmt.Errorf("upload %q: %w", k, err)
@@ -216,21 +232,21 @@ func applyExpireUploads(tx *bolt.Tx, before int64) error {
 	})
 	must(err)
 	for _, id := range expired {
-		dropUpload(tx, id)
+		a.dropUpload(id)
 	}
 	return nil
 }
 
-func applySetNode(tx *bolt.Tx, n nodeCmd) error {
+func applySetNode(a *applyCtx, n nodeCmd) error {
 	if n.ID == "" || len(n.ID) > maxIDLen {
 		return fmt.Errorf("set node: id of %d bytes: %w", len(n.ID), ErrInvalidCommand)
 	}
-	must(tx.Bucket(bucketNodes).Put([]byte(n.ID), n.raw))
+	must(a.tx.Bucket(bucketNodes).Put([]byte(n.ID), n.raw))
 	return nil
 }
 
-func applyRemoveNode(tx *bolt.Tx, id string) error {
-	nodes := tx.Bucket(bucketNodes)
+func applyRemoveNode(a *applyCtx, id string) error {
+	nodes := a.tx.Bucket(bucketNodes)
 	if nodes.Get([]byte(id)) != nil {
 		must(nodes.Delete([]byte(id)))
 	}
@@ -257,46 +273,18 @@ func getBlob(blobs *bolt.Bucket, digest []byte) (blobRecord, bool) {
 	return b, true
 }
 
-// storedDigest reads the digest of an artifact record written by a commit,
-// which validated it, so a failure means the file is damaged.
-func storedDigest(path string, v []byte) []byte {
-	var a struct {
-		Digest string `json:"digest"`
-	}
+// artifactRef is what the FSM itself needs of a stored artifact record.
+type artifactRef struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+}
+
+// storedRef reads the digest and size of an artifact record written by a
+// commit, which validated it, so a failure means the file is damaged.
+func storedRef(path string, v []byte) artifactRef {
+	var a artifactRef
 	if err := json.Unmarshal(v, &a); err != nil {
 		must(fmt.Errorf("artifact %q: %v: %w", path, err, storage.ErrCorrupt))
 	}
-	return []byte(a.Digest)
-}
-
-// release drops one reference to a blob, deleting it and its chunks with
-// the last one.
-func release(tx *bolt.Tx, digest []byte) {
-	blobs := tx.Bucket(bucketBlobs)
-	blob, ok := getBlob(blobs, digest)
-	if !ok {
-		return
-	}
-	if blob.Refs > 1 {
-		blob.Refs--
-		must(blobs.Put(digest, blob.encode()))
-		return
-	}
-	must(blobs.Delete(digest))
-	if chunks := tx.Bucket(bucketChunks); chunks.Bucket([]byte(blob.Upload)) != nil {
-		must(chunks.DeleteBucket([]byte(blob.Upload)))
-	}
-}
-
-// dropUpload removes an uncommitted upload and its chunks. A committed
-// upload has no record, so its chunks, now a blob's, are never touched.
-func dropUpload(tx *bolt.Tx, id []byte) {
-	uploads := tx.Bucket(bucketUploads)
-	if uploads.Get(id) == nil {
-		return
-	}
-	must(uploads.Delete(id))
-	if chunks := tx.Bucket(bucketChunks); chunks.Bucket(id) != nil {
-		must(chunks.DeleteBucket(id))
-	}
+	return a
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
 	"slices"
 	"testing"
 
@@ -31,6 +32,8 @@ func TestHandlers(t *testing.T) {
 	badPath.Namespace = ".."
 	noDigest := artifactAt(t, pathA, content)
 	noDigest.Digest = ""
+	otherDigest := artifactAt(t, pathA, content)
+	otherDigest.Digest = digestOf(other)
 	wrongSize := artifactAt(t, pathA, content)
 	wrongSize.Size--
 	sameDigestOtherSize := artifactAt(t, pathB, content)
@@ -61,7 +64,6 @@ func TestHandlers(t *testing.T) {
 		{name: "chunk skipping a seq", setup: upload("u1", content)[:1], cmd: upload("u1", content)[2], want: ErrChunkSequence},
 		{name: "chunk repeating a seq", setup: upload("u1", content)[:2], cmd: upload("u1", content)[1], want: ErrChunkSequence},
 		{name: "first chunk twice", setup: upload("u1", content)[:2], cmd: upload("u1", content)[0], want: ErrChunkSequence},
-		{name: "first chunk of a committed upload id", setup: store("u1", pathA, content), cmd: upload("u1", content)[0], want: ErrChunkSequence},
 		{name: "chunk of an unknown upload", cmd: upload("u1", content)[1], want: ErrUnknownUpload},
 		{name: "chunk failing its checksum", cmd: badCRC, want: ErrChunkChecksum},
 		{name: "chunk without upload id", cmd: EncodeChunk(Chunk{Data: []byte("x")}), want: ErrInvalidCommand},
@@ -81,6 +83,7 @@ func TestHandlers(t *testing.T) {
 		{name: "commit with a wrong size", setup: upload("u1", content), cmd: commit("u1", 3, wrongSize), want: ErrIncompleteUpload},
 		{name: "commit of an invalid path", setup: upload("u1", content), cmd: commit("u1", 3, badPath), want: storage.ErrInvalidPath},
 		{name: "commit without digest", setup: upload("u1", content), cmd: commit("u1", 3, noDigest), want: ErrInvalidCommand},
+		{name: "commit of content hashing to another digest", setup: upload("u1", content), cmd: commit("u1", 3, otherDigest), want: storage.ErrDigestMismatch},
 		{name: "commit twice", setup: store("u1", pathA, content), cmd: commit("u1", 3, artifactAt(t, pathA, content)), want: ErrUnknownUpload},
 		{
 			name:  "commit of a stored digest with another size",
@@ -198,8 +201,8 @@ func TestDedup(t *testing.T) {
 	if want := (Stats{Artifacts: 2, Bytes: 2 * int64(len(content)), Blobs: 1, BlobBytes: int64(len(content)), AppliedIndex: fd.index}); st != want {
 		t.Fatalf("stats %+v, want %+v", st, want)
 	}
-	if n := chunkBuckets(t, f); n != 1 {
-		t.Fatalf("%d chunk buckets, want 1: the duplicate's chunks were kept", n)
+	if blobs, uploads := files(t, f); blobs != 1 || uploads != 0 {
+		t.Fatalf("%d blob files and %d upload files, want 1 and 0: the duplicate was kept", blobs, uploads)
 	}
 
 	fd.ok(t, EncodeDeleteArtifacts([]string{pathA}))
@@ -209,8 +212,8 @@ func TestDedup(t *testing.T) {
 
 	fd.ok(t, EncodeDeleteArtifacts([]string{pathB}))
 	wantBlobs(t, f)
-	if n := chunkBuckets(t, f); n != 0 {
-		t.Fatalf("%d chunk buckets left after deleting every artifact", n)
+	if blobs, uploads := files(t, f); blobs != 0 || uploads != 0 {
+		t.Fatalf("%d blob files and %d upload files left after deleting every artifact", blobs, uploads)
 	}
 }
 
@@ -279,19 +282,16 @@ func TestRegisterDuplicatePanics(t *testing.T) {
 
 func wantArtifact(t *testing.T, f *FSM, path string, content []byte) {
 	t.Helper()
-	a, err := f.Artifact(path)
+	c, err := f.Open(mustKey(t, path))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close()
+	a := c.Artifact
 	if a.Path() != path || a.Digest != digestOf(content) || a.Size != int64(len(content)) || !a.LastUpdateTime.Equal(testTime) {
 		t.Fatalf("artifact %+v", a)
 	}
-	b, err := f.OpenBlob(a.Digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	got, err := io.ReadAll(b)
+	got, err := io.ReadAll(c.Reader())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +302,7 @@ func wantArtifact(t *testing.T, f *FSM, path string, content []byte) {
 
 func wantMissing(t *testing.T, f *FSM, path string) {
 	t.Helper()
-	if _, err := f.Artifact(path); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := f.Artifact(mustKey(t, path)); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("artifact %s: %v, want not found", path, err)
 	}
 }
@@ -364,14 +364,16 @@ func wantRefs(t *testing.T, f *FSM, digest string, refs uint32) {
 	}
 }
 
-func chunkBuckets(t *testing.T, f *FSM) int {
+// files counts the blob and upload files on disk.
+func files(t *testing.T, f *FSM) (blobs, uploads int) {
 	t.Helper()
-	var n int
-	err := f.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketChunks).ForEach(func(_, _ []byte) error { n++; return nil })
-	})
+	b, err := os.ReadDir(f.dirs.sha256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	u, err := os.ReadDir(f.dirs.uploads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(b), len(u)
 }

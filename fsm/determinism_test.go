@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -180,25 +181,29 @@ func TestDeterminism(t *testing.T) {
 	}
 }
 
-// checkInvariants checks the references between buckets: every artifact's
-// blob exists and counts it, and every chunk bucket belongs to exactly one
-// blob or upload and holds its chunks.
+// checkInvariants checks the references between buckets and files: every
+// artifact's blob exists and counts it, the counters add up, every blob
+// record has its file and every upload record its upload file, and no
+// other file is left.
 func checkInvariants(t *testing.T, f *FSM) {
 	t.Helper()
 	err := f.view(func(tx *bolt.Tx) error {
 		refs := map[string]uint32{}
+		var want counters
 		err := tx.Bucket(bucketArtifacts).ForEach(func(k, v []byte) error {
 			var a storage.Artifact
 			if err := json.Unmarshal(v, &a); err != nil {
 				return err
 			}
 			refs[a.Digest]++
+			want.Artifacts++
+			want.ArtifactBytes += a.Size
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		owners := map[string]uint32{} // chunk bucket → chunk count
+		files := map[string]int64{}
 		err = tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
 			b, err := decodeBlobRecord(v)
 			if err != nil {
@@ -208,7 +213,9 @@ func checkInvariants(t *testing.T, f *FSM) {
 				return fmt.Errorf("blob %s: %d refs, %d artifacts", k, b.Refs, refs[string(k)])
 			}
 			delete(refs, string(k))
-			owners[b.Upload] = b.Chunks
+			want.Blobs++
+			want.BlobBytes += b.Size
+			files[f.dirs.blob(string(k))] = b.Size
 			return nil
 		})
 		if err != nil {
@@ -217,41 +224,39 @@ func checkInvariants(t *testing.T, f *FSM) {
 		if len(refs) > 0 {
 			return fmt.Errorf("artifacts without blobs: %v", refs)
 		}
+		if got, err := readCounters(tx); err != nil || got != want {
+			return fmt.Errorf("counters %+v, records add up to %+v (%v)", got, want, err)
+		}
 		err = tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
 			u, err := decodeUploadRecord(v)
 			if err != nil {
 				return err
 			}
-			if _, dup := owners[string(k)]; dup {
-				return fmt.Errorf("upload %s is also a blob's", k)
-			}
-			owners[string(k)] = u.Chunks
+			files[f.dirs.upload(string(k))] = u.Bytes
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		chunks := tx.Bucket(bucketChunks)
-		err = chunks.ForEach(func(k, _ []byte) error {
-			want, ok := owners[string(k)]
-			if !ok {
-				return fmt.Errorf("orphan chunk bucket %s", k)
-			}
-			n := 0
-			if err := chunks.Bucket(k).ForEach(func(_, _ []byte) error { n++; return nil }); err != nil {
+		for _, dir := range []string{f.dirs.sha256, f.dirs.uploads} {
+			entries, err := os.ReadDir(dir)
+			if err != nil {
 				return err
 			}
-			if n != int(want) {
-				return fmt.Errorf("chunk bucket %s has %d chunks, want %d", k, n, want)
+			for _, e := range entries {
+				p := filepath.Join(dir, e.Name())
+				size, ok := files[p]
+				if !ok {
+					return fmt.Errorf("file %s has no record", p)
+				}
+				if st, err := os.Stat(p); err != nil || st.Size() < size {
+					return fmt.Errorf("file %s: %v, want %d bytes", p, err, size)
+				}
+				delete(files, p)
 			}
-			delete(owners, string(k))
-			return nil
-		})
-		if err != nil {
-			return err
 		}
-		if len(owners) > 0 {
-			return fmt.Errorf("missing chunk buckets: %v", owners)
+		if len(files) > 0 {
+			return fmt.Errorf("records without files: %v", files)
 		}
 		return nil
 	})

@@ -6,20 +6,36 @@
 //
 // # Layout
 //
-// One bbolt file with these top-level buckets:
+// Metadata in one bbolt file, blob bytes in files beside it (layout 3):
 //
-//	meta       "applied" → big-endian uint64, the last applied Raft index
-//	           "layout"  → big-endian uint64, this layout's version (1)
+//	meta       "applied"  → big-endian uint64, the last applied Raft index
+//	           "layout"   → big-endian uint64, this layout's version (3)
+//	           "counters" → artifacts, artifact bytes, blobs, blob bytes (4 × uint64)
 //	artifacts  path → the commit command's artifact JSON, stored verbatim
-//	blobs      digest → size(8) chunks(4) refs(4) upload-id, a committed blob
-//	chunks     upload-id → bucket: seq(4, big-endian) → bucket: "c" → crc32c(4) data
+//	blobs      digest → size(8) refs(4), a committed blob
 //	uploads    upload-id → startedAt(8) chunks(4) bytes(8), uncommitted uploads
 //	nodes      node id → the set-node command's JSON, stored verbatim
 //
-// A blob keeps the chunk bucket of the upload that first carried its digest;
-// a later commit of the same digest only increments the reference count and
-// drops its own chunks, so identical content is stored once. The blob and its
-// chunks go when the last artifact referencing it does.
+//	blobs/uploads/<sha256 of the upload id>  an upload's chunks, each written at its offset
+//	blobs/sha256/<hex>                       committed content, named by its digest
+//	blobs/tmp/                               restores, migrations, repairs before their rename
+//
+// A chunk is written into its upload file with a plain pwrite; the files a
+// batch wrote are synced before the batch's bbolt transaction commits, so
+// the database never records a chunk the disk may lose. The commit hashes
+// the upload file, syncs it and hard-links it to its content address, then
+// records the blob, the artifact and the counters. The upload file (and a
+// blob file whose last reference a command dropped) is unlinked only after
+// that transaction is durable, so a replay after a crash at any point
+// finds what it needs: a chunk rewrites the same bytes at the same offset,
+// a commit finds its upload file (and the blob file already linked). Open
+// removes the files no record references. Identical content is stored once
+// (the blob counts its references). A blob file is never written again:
+// downloads send it with sendfile, and an unlinked file stays readable
+// through the descriptors still open on it.
+//
+// A layout 2 file (blob bytes in a chunks bucket) is migrated on Open, one
+// blob at a time (migrate.go).
 //
 // # Commands
 //
@@ -48,28 +64,34 @@
 // ApplyBatch applies a whole batch, and records its last index, in one bbolt
 // write transaction, so a crash leaves either all of it or none of it, and a
 // restart skips every log at or below the stored index instead of applying it
-// twice. If committing fails (disk full, I/O error) the entry can be neither
-// skipped (the replica would diverge) nor half applied: the same transaction
-// is retried with a backoff from 100ms doubling to 5s until it succeeds. The
-// error is logged once per distinct message and reported by Err until a
-// commit succeeds, so readiness and the cluster status can show it. Only
-// Close ends the retries.
+// twice. If committing fails, or writing, syncing or linking a blob file
+// fails (disk full, I/O error), the entry can be neither skipped (the
+// replica would diverge) nor half applied: the transaction is rolled back
+// and the whole batch retried, file steps included (they are idempotent),
+// with a backoff from 100ms doubling to 5s until it succeeds. The error is
+// logged once per distinct message and reported by Err until a commit
+// succeeds, so readiness and the cluster status can show it. Only Close
+// ends the retries.
 //
 // # Snapshots
 //
-// A snapshot is the bbolt file itself, streamed from a read transaction
-// opened on the FSM goroutine (so it is exactly the applied state) while
-// applying continues. Restore streams the file to a temporary file next to
-// the database, checks it opens and has the meta bucket, and then swaps it
-// in under the write lock.
+// A snapshot (snapshot.go) is a stream: a header, the bbolt file from a
+// read transaction opened on the FSM goroutine, every blob file (hard-linked
+// into a pin directory at that moment, so a delete applied meanwhile cannot
+// take it away), every upload file up to its length at that index, and a
+// trailer. A sink that implements FileLinker keeps a blob file by link
+// instead of receiving its bytes. Restore keeps the blob files it already
+// holds once their size and digest check out, writes the others through a
+// temporary file, and swaps the database in under the write lock.
 //
 // # Reads
 //
 // Every read view runs in its own short read transaction under a read lock
-// that Close and Restore take exclusively, so no reader ever sees a closed
-// database. A Blob reads one chunk per transaction and verifies its checksum
-// before returning any of its bytes: long read transactions would stop bbolt
-// from reusing pages and grow the file while large artifacts are served. The
-// database is memory-mapped with a large initial size so that a snapshot's
-// long read transaction does not block a writer that needs to grow the map.
+// that Close and Restore take exclusively. Open looks up an artifact and
+// opens its blob file in one call; small blobs are held in memory once
+// verified. Each blob file is checked against its digest the first time
+// this process serves it (the download streams through the hash and holds
+// its last bytes back until the digest matches) and by a background scrub;
+// a mismatch is reported to the OnCorrupt hook, and Repair replaces the
+// file with a verified copy from a peer, through a temporary file.
 package fsm

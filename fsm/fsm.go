@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,7 @@ type Options struct {
 // Restore from one goroutine; the read views may be called concurrently.
 type FSM struct {
 	path string
+	dirs blobDirs
 	opts Options
 
 	// mu guards db against Close and Restore: every transaction runs under
@@ -51,9 +53,23 @@ type FSM struct {
 	applyErr  error
 	loggedErr string
 
-	// Retry backoff and a fault hook, replaced by tests.
+	// filesMu orders the few writes to committed blob files that do not
+	// come from apply (a repair's rename) and the content hash against
+	// apply's unlinks. Taken inside f.mu's read lock, never around it.
+	filesMu sync.Mutex
+	blobs   blobState
+
+	// Retry backoff and fault hooks, replaced by tests.
 	retryMin, retryMax time.Duration
 	failCommit         func() error
+	fault              func(point string)
+}
+
+// hit tells the test fault hook that apply reached point.
+func (f *FSM) hit(point string) {
+	if f.fault != nil {
+		f.fault(point)
+	}
 }
 
 // Open opens or creates the database at path and reads its applied index.
@@ -61,7 +77,11 @@ func Open(path string, opts Options) (*FSM, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("fsm: open %s: %w", path, err)
 	}
-	db, applied, err := openDB(path, opts)
+	dirs := newBlobDirs(path)
+	if err := dirs.create(); err != nil {
+		return nil, fmt.Errorf("fsm: open %s: %w", path, err)
+	}
+	db, applied, err := openDB(path, dirs, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -72,8 +92,15 @@ func Open(path string, opts Options) (*FSM, error) {
 			_ = os.Remove(name)
 		}
 	}
+	// So does a snapshot that was being persisted.
+	if stale, err := filepath.Glob(filepath.Join(dirs.root, pinPrefix+"*")); err == nil {
+		for _, name := range stale {
+			_ = os.RemoveAll(name)
+		}
+	}
 	f := &FSM{
 		path:     path,
+		dirs:     dirs,
 		opts:     opts,
 		db:       db,
 		closing:  make(chan struct{}),
@@ -81,52 +108,115 @@ func Open(path string, opts Options) (*FSM, error) {
 		retryMin: 100 * time.Millisecond,
 		retryMax: 5 * time.Second,
 	}
+	f.blobs.init()
 	f.applied.Store(applied)
 	return f, nil
 }
 
-func openDB(path string, opts Options) (*bolt.DB, uint64, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+func boltOptions(opts Options) *bolt.Options {
+	return &bolt.Options{
 		Timeout:         10 * time.Second,
 		NoSync:          opts.NoSync,
 		NoFreelistSync:  true, // rebuilt on open: commits stay small as the file grows
 		FreelistType:    bolt.FreelistMapType,
 		InitialMmapSize: initialMmapSize,
-	})
+	}
+}
+
+// openDB opens the database, migrates a layout 2 file, and removes the
+// files the database does not reference: those a crash left between a
+// commit and its unlinks, and temporary files.
+func openDB(path string, dirs blobDirs, opts Options) (*bolt.DB, uint64, error) {
+	db, err := bolt.Open(path, 0o600, boltOptions(opts))
 	if err != nil {
 		return nil, 0, fmt.Errorf("fsm: open %s: %w", path, err)
 	}
 	var applied uint64
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return fmt.Errorf("create bucket %s: %w", name, err)
+	err = func() error {
+		var layout uint64
+		err := db.Update(func(tx *bolt.Tx) error {
+			for _, name := range allBuckets {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return fmt.Errorf("create bucket %s: %w", name, err)
+				}
 			}
-		}
-		if err := checkLayout(tx); err != nil {
+			var err error
+			layout, err = readLayout(tx)
+			return err
+		})
+		if err != nil {
 			return err
 		}
-		applied, err = readApplied(tx)
-		return err
-	})
+		if layout == layoutV2 {
+			if err := migrateV2(db, dirs, opts.NoSync); err != nil {
+				return fmt.Errorf("migrate layout 2: %w", err)
+			}
+			if db, err = compact(db, path, opts); err != nil {
+				return fmt.Errorf("compact after migrating: %w", err)
+			}
+		}
+		if err := sweep(db, dirs); err != nil {
+			return fmt.Errorf("remove unreferenced files: %w", err)
+		}
+		return db.View(func(tx *bolt.Tx) error {
+			var err error
+			applied, err = readApplied(tx)
+			return err
+		})
+	}()
 	if err != nil {
-		_ = db.Close()
+		if db != nil {
+			_ = db.Close()
+		}
 		return nil, 0, fmt.Errorf("fsm: open %s: %w", path, err)
 	}
 	return db, applied, nil
 }
 
-// checkLayout stamps a new file with layoutVersion and refuses any other.
-func checkLayout(tx *bolt.Tx) error {
+// compact rewrites the database without the pages the migrated chunks
+// freed (bbolt never shrinks its file): into a new file beside it, which
+// needs room for the metadata only, renamed over the old one.
+func compact(db *bolt.DB, path string, opts Options) (*bolt.DB, error) {
+	tmp := path + ".compact"
+	_ = os.Remove(tmp)
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{NoSync: opts.NoSync, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return db, err
+	}
+	err = bolt.Compact(dst, db, 64<<20)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return db, err
+	}
+	if err := db.Close(); err != nil {
+		return db, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, err
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	return bolt.Open(path, 0o600, boltOptions(opts))
+}
+
+// readLayout stamps a new file with layoutVersion and returns the layout
+// of an existing one, refusing any it cannot read or migrate.
+func readLayout(tx *bolt.Tx) (uint64, error) {
 	meta := tx.Bucket(bucketMeta)
 	v := meta.Get(keyLayout)
 	if v == nil {
-		return meta.Put(keyLayout, uint64Value(layoutVersion))
+		return layoutVersion, meta.Put(keyLayout, uint64Value(layoutVersion))
 	}
-	if string(v) != string(uint64Value(layoutVersion)) {
-		return fmt.Errorf("unsupported layout %x, want version %d", v, layoutVersion)
+	if len(v) == 8 {
+		if l := binary.BigEndian.Uint64(v); l == layoutVersion || l == layoutV2 {
+			return l, nil
+		}
 	}
-	return nil
+	return 0, fmt.Errorf("unsupported layout %x, want version %d", v, layoutVersion)
 }
 
 // Close closes the database; further calls do nothing. It stops an Apply
@@ -211,17 +301,23 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if last == applied {
 		return results
 	}
-	err := f.update(func(tx *bolt.Tx) error {
+	err := f.update(func(a *applyCtx) error {
 		clear(results) // a retried transaction starts over
 		for i, l := range logs {
 			if l.Index <= applied || l.Type != raft.LogCommand {
 				continue
 			}
-			if err := dispatch(tx, l); err != nil {
+			if err := dispatch(a, l); err != nil {
+				if isIOError(err) {
+					return err
+				}
 				results[i] = err
 			}
 		}
-		return tx.Bucket(bucketMeta).Put(keyApplied, uint64Value(last))
+		if err := a.finish(); err != nil {
+			return err
+		}
+		return a.tx.Bucket(bucketMeta).Put(keyApplied, uint64Value(last))
 	})
 	if err != nil {
 		for i, l := range logs {
@@ -237,8 +333,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 }
 
 // update runs fn in a write transaction until it commits or the FSM closes,
-// waiting between attempts with a doubling backoff.
-func (f *FSM) update(fn func(*bolt.Tx) error) error {
+// waiting between attempts with a doubling backoff, then removes the files
+// the committed transaction released.
+func (f *FSM) update(fn func(*applyCtx) error) error {
 	delay := f.retryMin
 	for {
 		err := f.tryUpdate(fn)
@@ -259,14 +356,19 @@ func (f *FSM) update(fn func(*bolt.Tx) error) error {
 	}
 }
 
-func (f *FSM) tryUpdate(fn func(*bolt.Tx) error) error {
+func (f *FSM) tryUpdate(fn func(*applyCtx) error) error {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if f.db == nil {
 		return ErrClosed
 	}
-	return f.db.Update(func(tx *bolt.Tx) error {
-		if err := fn(tx); err != nil {
+	var a *applyCtx
+	err := f.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if a, err = f.newApplyCtx(tx); err != nil {
+			return err
+		}
+		if err := fn(a); err != nil {
 			return err
 		}
 		if f.failCommit != nil {
@@ -274,6 +376,14 @@ func (f *FSM) tryUpdate(fn func(*bolt.Tx) error) error {
 		}
 		return nil
 	})
+	if a != nil {
+		a.closeFiles()
+	}
+	if err != nil {
+		return err
+	}
+	a.afterCommit()
+	return nil
 }
 
 // view runs fn in a short read transaction.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -131,23 +132,23 @@ func TestViews(t *testing.T) {
 	if want := (Stats{Artifacts: 5, Bytes: 1500, Blobs: 5, BlobBytes: 1500, Uploads: 1, AppliedIndex: fd.index}); st != want {
 		t.Fatalf("stats %+v, want %+v", st, want)
 	}
-	if _, err := f.OpenBlob("sha256:nope"); !errors.Is(err, storage.ErrNotFound) {
-		t.Fatalf("OpenBlob of an unknown digest: %v", err)
+	if _, err := f.Open(mustKey(t, "gitrepository/team-c/app/1.tar.gz")); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Open of an unknown artifact: %v", err)
 	}
 	if f.HasBlob("sha256:nope") {
 		t.Fatal("HasBlob of an unknown digest")
 	}
-	if err := f.Verify("md5:abc"); err == nil {
-		t.Fatal("Verify accepted a non-sha256 digest")
+	if err := f.Verify("md5:abc"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Verify of an unknown digest: %v", err)
 	}
 }
 
 func TestClosed(t *testing.T) {
 	f := newFSM(t)
 	fd := &feeder{f: f}
-	content := pattern(1, 10)
+	content := pattern(1, SmallBlobSize+10)
 	fd.ok(t, storeCmds(t, "u1", pathA, content)...)
-	b, err := f.OpenBlob(digestOf(content))
+	c, err := f.Open(mustKey(t, pathA))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +157,7 @@ func TestClosed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := f.Artifact(pathA); !errors.Is(err, ErrClosed) {
+	if _, err := f.Artifact(mustKey(t, pathA)); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Artifact after Close: %v", err)
 	}
 	if _, err := f.List(storage.Filter{}); !errors.Is(err, ErrClosed) {
@@ -165,17 +166,18 @@ func TestClosed(t *testing.T) {
 	if _, err := f.Snapshot(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Snapshot after Close: %v", err)
 	}
-	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Blob read after Close: %v", err)
+	if _, err := f.Open(mustKey(t, pathA)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	// A file opened before stays readable.
+	if got, err := io.ReadAll(c.Reader()); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("content opened before Close: %d bytes, %v", len(got), err)
 	}
 	if res, _ := fd.apply(EncodeSetNode(Node{ID: "a"})).(error); !errors.Is(res, ErrClosed) {
 		t.Fatalf("Apply after Close: %v", res)
 	}
-	if err := b.Close(); err != nil {
+	if err := c.Close(); err != nil {
 		t.Fatal(err)
-	}
-	if _, err := b.Read(make([]byte, 1)); err == nil {
-		t.Fatal("read of a closed blob succeeded")
 	}
 }
 
@@ -237,26 +239,56 @@ func readEverything(f *FSM) error {
 		return err
 	}
 	for _, a := range arts {
-		b, err := f.OpenBlob(a.Digest)
+		k, err := storage.KeyOf(a)
+		if err != nil {
+			return err
+		}
+		c, err := f.Open(k)
 		if errors.Is(err, storage.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		_, err = b.WriteTo(io.Discard)
-		if err == nil && b.Size() > 200 {
-			if _, err = b.Seek(100, io.SeekStart); err == nil {
-				_, err = io.ReadFull(b, make([]byte, 100))
-			}
-		}
-		b.Close()
-		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		got, err := io.ReadAll(c.Reader())
+		c.Close()
+		if err != nil {
 			return fmt.Errorf("%s: %w", a.Path(), err)
+		}
+		if sum, _, _ := readerDigest(bytes.NewReader(got)); sum != a.Digest {
+			return fmt.Errorf("%s: read %d bytes hashing to %s", a.Path(), len(got), sum)
 		}
 	}
 	if _, err := f.Stats(); err != nil {
 		return err
 	}
 	return nil
+}
+
+// TestContentHashCoversBlobFiles: the hash changes when a blob file is
+// missing or has the wrong length, not only when metadata differs.
+func TestContentHashCoversBlobFiles(t *testing.T) {
+	f := newFSM(t)
+	content := pattern(1, 5000)
+	(&feeder{f: f}).ok(t, storeCmds(t, "u1", pathA, content)...)
+	want := contentHash(t, f)
+	name := f.dirs.blob(digestOf(content))
+	if err := os.Truncate(name, 4999); err != nil {
+		t.Fatal(err)
+	}
+	if contentHash(t, f) == want {
+		t.Fatal("content hash ignores a blob file cut short")
+	}
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	if contentHash(t, f) == want {
+		t.Fatal("content hash ignores a missing blob file")
+	}
+	if err := f.Repair(digestOf(content), int64(len(content)), bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+	if contentHash(t, f) != want {
+		t.Fatal("content hash differs after the blob file was repaired")
+	}
 }

@@ -118,3 +118,12 @@ func pattern(seed byte, n int) []byte {
 	}
 	return b
 }
+
+func mustKey(t testing.TB, path string) storage.Key {
+	t.Helper()
+	k, err := storage.ParseKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}

@@ -16,16 +16,23 @@ var (
 	bucketUploads   = []byte("uploads")
 	bucketNodes     = []byte("nodes")
 
-	allBuckets = [][]byte{bucketMeta, bucketArtifacts, bucketBlobs, bucketChunks, bucketUploads, bucketNodes}
+	// allBuckets are layout 3's; bucketChunks is only in a layout 2 file,
+	// until its migration drops it.
+	allBuckets = [][]byte{bucketMeta, bucketArtifacts, bucketBlobs, bucketUploads, bucketNodes}
 
-	keyApplied = []byte("applied")
-	keyLayout  = []byte("layout")
-	keyChunk   = []byte("c")
+	keyApplied  = []byte("applied")
+	keyLayout   = []byte("layout")
+	keyCounters = []byte("counters")
+	keyChunk    = []byte("c")
 )
 
 // layoutVersion changes when a release stores records differently; Open
-// refuses a file it does not understand rather than misreading it.
-const layoutVersion = 2
+// refuses a file it does not understand rather than misreading it, and
+// migrates layoutV2 (blob bytes in the chunks bucket) in place.
+const (
+	layoutVersion = 3
+	layoutV2      = 2
+)
 
 // maxIDLen bounds upload ids, node ids and digests, which become bbolt keys:
 // a key bbolt would refuse must be rejected as a business error before any
@@ -36,20 +43,8 @@ func seqKey(seq uint32) []byte {
 	return binary.BigEndian.AppendUint32(nil, seq)
 }
 
-// Each chunk is the only value of a bucket of its own inside its upload's
-// bucket. bbolt keeps at least two values per leaf and rewrites a whole
-// leaf when it changes, so appending chunk n+1 next to chunk n would copy
-// chunk n again (and page it back in through the mmap); a bucket per chunk
-// is written once and never touched by later appends.
-
-// putChunk stores value as chunk seq of an upload.
-func putChunk(upload *bolt.Bucket, seq uint32, value []byte) error {
-	b, err := upload.CreateBucket(seqKey(seq))
-	if err != nil {
-		return err
-	}
-	return b.Put(keyChunk, value)
-}
+// A layout 2 chunk is the only value of a bucket of its own inside its
+// upload's bucket; only the migration reads them.
 
 // getChunk returns chunk seq of an upload, nil if it is missing.
 func getChunk(upload *bolt.Bucket, seq uint32) []byte {
@@ -101,30 +96,51 @@ func decodeUploadRecord(v []byte) (uploadRecord, error) {
 	}, nil
 }
 
-// blobRecord is committed content, shared by every artifact with its digest.
+// blobRecord is committed content, shared by every artifact with its
+// digest; the bytes are the file blobs/<algo>/<hex> beside the database.
 type blobRecord struct {
-	Size   int64
-	Chunks uint32
-	Refs   uint32
-	Upload string // the chunks bucket holding the content
+	Size int64
+	Refs uint32
 }
 
 func (r blobRecord) encode() []byte {
-	b := make([]byte, 0, 16+len(r.Upload))
+	b := make([]byte, 0, 12)
 	b = binary.BigEndian.AppendUint64(b, uint64(r.Size))
-	b = binary.BigEndian.AppendUint32(b, r.Chunks)
-	b = binary.BigEndian.AppendUint32(b, r.Refs)
-	return append(b, r.Upload...)
+	return binary.BigEndian.AppendUint32(b, r.Refs)
 }
 
 func decodeBlobRecord(v []byte) (blobRecord, error) {
-	if len(v) <= 16 {
+	if len(v) != 12 {
 		return blobRecord{}, fmt.Errorf("blob record is %d bytes: %w", len(v), storage.ErrCorrupt)
 	}
-	return blobRecord{
-		Size:   int64(binary.BigEndian.Uint64(v)),
-		Chunks: binary.BigEndian.Uint32(v[8:]),
-		Refs:   binary.BigEndian.Uint32(v[12:]),
-		Upload: string(v[16:]),
-	}, nil
+	return blobRecord{Size: int64(binary.BigEndian.Uint64(v)), Refs: binary.BigEndian.Uint32(v[8:])}, nil
+}
+
+// counters are the totals Stats reports, kept in meta by every command that
+// changes them, in the same transaction, so nothing ever counts records.
+type counters struct {
+	Artifacts     int64
+	ArtifactBytes int64 // shared blobs counted once per artifact
+	Blobs         int64
+	BlobBytes     int64
+}
+
+func (c counters) encode() []byte {
+	b := make([]byte, 0, 32)
+	for _, v := range []int64{c.Artifacts, c.ArtifactBytes, c.Blobs, c.BlobBytes} {
+		b = binary.BigEndian.AppendUint64(b, uint64(v))
+	}
+	return b
+}
+
+func readCounters(tx *bolt.Tx) (counters, error) {
+	v := tx.Bucket(bucketMeta).Get(keyCounters)
+	if v == nil {
+		return counters{}, nil
+	}
+	if len(v) != 32 {
+		return counters{}, fmt.Errorf("counters are %d bytes: %w", len(v), storage.ErrCorrupt)
+	}
+	u := func(i int) int64 { return int64(binary.BigEndian.Uint64(v[8*i:])) }
+	return counters{Artifacts: u(0), ArtifactBytes: u(1), Blobs: u(2), BlobBytes: u(3)}, nil
 }

@@ -1,6 +1,9 @@
 package fsm
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -13,8 +16,38 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Snapshot captures the applied state in a read transaction; Persist
-// streams the database file from it while applying goes on.
+// FileLinker is what a raft.SnapshotSink may implement to keep an
+// immutable file by reference instead of receiving its bytes: Persist
+// calls LinkFile(path, size) where it would write the file's size bytes,
+// and the sink must splice exactly those bytes into the stream at that
+// point when the snapshot is opened. A SnapshotStore on the same volume
+// keeps a hard link, so a snapshot on a replica's own disk never copies
+// blob bytes again.
+type FileLinker interface {
+	LinkFile(path string, size int64) error
+}
+
+// Snapshot stream, version 3. Every record starts with a tag byte; sizes
+// are big-endian uint64, names a length byte and the name.
+//
+//	"sourceraft-fsm-snapshot\x00" version(8)
+//	'D' size  bbolt file bytes
+//	'B' name size  bytes of one blob file (name: the digest)
+//	'U' name size  the first size bytes of an upload file (name: the upload id)
+//	'E' blobs(8) uploads(8)
+//
+// A stream that does not start with the magic is a version 2 snapshot: the
+// bbolt file alone, blobs inside it (migrated after the restore).
+var snapshotMagic = []byte("sourceraft-fsm-snapshot\x00")
+
+const snapshotVersion = 3
+
+// Snapshot captures the applied state on the FSM goroutine: a read
+// transaction for the database, a hard link of every blob file into a pin
+// directory (so that a delete or garbage collection applied while Persist
+// runs cannot take one away, and a FileLinker gets a stable path), and an
+// open descriptor of every upload file with its length at this index:
+// later chunks are only ever written beyond it.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -25,18 +58,79 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: snapshot: %w", err)
 	}
-	return &snapshot{tx: tx}, nil
+	s := &snapshot{tx: tx}
+	if err := s.pin(f.dirs); err != nil {
+		s.Release()
+		return nil, fmt.Errorf("fsm: snapshot: %w", err)
+	}
+	return s, nil
+}
+
+type pinnedBlob struct {
+	digest string
+	size   int64
+	path   string
+}
+
+type pinnedUpload struct {
+	id   string
+	size int64
+	file *os.File
 }
 
 type snapshot struct {
-	tx   *bolt.Tx
-	once sync.Once
+	tx      *bolt.Tx
+	pinDir  string
+	blobs   []pinnedBlob
+	uploads []pinnedUpload
+	once    sync.Once
 }
 
-// Persist writes the database as of the snapshot to sink.
+func (s *snapshot) pin(dirs blobDirs) error {
+	dir, err := os.MkdirTemp(dirs.root, pinPrefix)
+	if err != nil {
+		return err
+	}
+	s.pinDir = dir
+	err = s.tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+		rec, err := decodeBlobRecord(v)
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", k, err)
+		}
+		digest := string(k)
+		pinned := filepath.Join(dir, filepath.Base(dirs.blob(digest)))
+		if err := os.Link(dirs.blob(digest), pinned); err != nil {
+			return fmt.Errorf("pin blob file: %w", err)
+		}
+		s.blobs = append(s.blobs, pinnedBlob{digest: digest, size: rec.Size, path: pinned})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return s.tx.Bucket(bucketUploads).ForEach(func(k, v []byte) error {
+		up, err := decodeUploadRecord(v)
+		if err != nil {
+			return fmt.Errorf("upload %q: %w", k, err)
+		}
+		fh, err := os.Open(dirs.upload(string(k)))
+		if err != nil {
+			return fmt.Errorf("pin upload file: %w", err)
+		}
+		s.uploads = append(s.uploads, pinnedUpload{id: string(k), size: up.Bytes, file: fh})
+		return nil
+	})
+}
+
+// pinPrefix names the directories Snapshot hard-links blob files into; Open
+// removes any a crash left.
+const pinPrefix = "snapshot-pin-"
+
+// Persist streams the snapshot to sink: the database, then every blob
+// (linked when the sink can keep files), then every upload's bytes.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	defer s.Release()
-	if _, err := s.tx.WriteTo(sink); err != nil {
+	if err := s.write(sink); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("fsm: persist snapshot: %w", err)
 	}
@@ -46,16 +140,98 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	return nil
 }
 
-// Release ends the snapshot's read transaction, letting bbolt reuse the
-// pages it pinned.
-func (s *snapshot) Release() {
-	s.once.Do(func() { _ = s.tx.Rollback() })
+func (s *snapshot) write(sink raft.SnapshotSink) error {
+	linker, _ := sink.(FileLinker)
+	w := bufio.NewWriterSize(sink, 256<<10)
+	head := append(append([]byte(nil), snapshotMagic...), binary.BigEndian.AppendUint64(nil, snapshotVersion)...)
+	head = append(head, 'D')
+	head = binary.BigEndian.AppendUint64(head, uint64(s.tx.Size()))
+	if _, err := w.Write(head); err != nil {
+		return err
+	}
+	if n, err := s.tx.WriteTo(w); err != nil {
+		return fmt.Errorf("database: %w", err)
+	} else if n != s.tx.Size() {
+		return fmt.Errorf("database: wrote %d of %d bytes", n, s.tx.Size())
+	}
+	for _, b := range s.blobs {
+		if _, err := w.Write(recordHeader('B', b.digest, b.size)); err != nil {
+			return err
+		}
+		if linker != nil {
+			// What was buffered goes first, so the link lands where
+			// the bytes would have.
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if err := linker.LinkFile(b.path, b.size); err != nil {
+				return fmt.Errorf("link blob %s: %w", b.digest, err)
+			}
+			continue
+		}
+		if err := copyFile(w, b.path, b.size); err != nil {
+			return fmt.Errorf("blob %s: %w", b.digest, err)
+		}
+	}
+	for _, u := range s.uploads {
+		if _, err := w.Write(recordHeader('U', u.id, u.size)); err != nil {
+			return err
+		}
+		if n, err := copyBuffered(w, io.NewSectionReader(u.file, 0, u.size)); err != nil || n != u.size {
+			return fmt.Errorf("upload %q: copied %d of %d bytes: %v", u.id, n, u.size, err)
+		}
+	}
+	tail := []byte{'E'}
+	tail = binary.BigEndian.AppendUint64(tail, uint64(len(s.blobs)))
+	tail = binary.BigEndian.AppendUint64(tail, uint64(len(s.uploads)))
+	if _, err := w.Write(tail); err != nil {
+		return err
+	}
+	return w.Flush()
 }
 
-// Restore replaces the whole state with a snapshot written by Persist.
+func recordHeader(tag byte, name string, size int64) []byte {
+	b := make([]byte, 0, 2+len(name)+8)
+	b = append(b, tag, byte(len(name)))
+	b = append(b, name...)
+	return binary.BigEndian.AppendUint64(b, uint64(size))
+}
+
+func copyFile(w io.Writer, path string, size int64) error {
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	n, err := copyBuffered(w, io.LimitReader(fh, size))
+	if err == nil && n != size {
+		err = fmt.Errorf("file has %d bytes, want %d", n, size)
+	}
+	return err
+}
+
+// Release ends the read transaction and drops the pins.
+func (s *snapshot) Release() {
+	s.once.Do(func() {
+		_ = s.tx.Rollback()
+		for _, u := range s.uploads {
+			_ = u.file.Close()
+		}
+		if s.pinDir != "" {
+			_ = os.RemoveAll(s.pinDir)
+		}
+	})
+}
+
+// Restore replaces the whole state with a snapshot written by Persist (or
+// by a version 2 replica: the database alone). Blob files already here
+// with the right size and digest are kept and their bytes skipped; the
+// others are written to temporary files, verified and renamed. The
+// database is swapped in last; files the restored state does not reference
+// are removed after the swap.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	tmp, err := f.receive(rc)
+	tmp, err := f.receive(bufio.NewReaderSize(rc, 256<<10))
 	if err != nil {
 		return fmt.Errorf("fsm: restore: %w", err)
 	}
@@ -69,14 +245,53 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-// receive streams a snapshot into a synced temporary file next to the
-// database and checks it is one.
-func (f *FSM) receive(r io.Reader) (string, error) {
+// receive reads a snapshot: the database into a synced temporary file next
+// to the live one (checked to be one), the blob and upload files into
+// place.
+func (f *FSM) receive(r *bufio.Reader) (string, error) {
+	head, err := r.Peek(len(snapshotMagic))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	if !bytes.Equal(head, snapshotMagic) {
+		return f.receiveDB(r, -1) // version 2: the database is the stream
+	}
+	var fixed [8]byte
+	if _, err := r.Discard(len(snapshotMagic)); err != nil {
+		return "", err
+	}
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return "", fmt.Errorf("snapshot header: %w", err)
+	}
+	if v := binary.BigEndian.Uint64(fixed[:]); v != snapshotVersion {
+		return "", fmt.Errorf("snapshot version %d, want %d", v, snapshotVersion)
+	}
+	if tag, err := r.ReadByte(); err != nil || tag != 'D' {
+		return "", fmt.Errorf("snapshot: no database record (%q, %v)", tag, err)
+	}
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return "", fmt.Errorf("snapshot database size: %w", err)
+	}
+	tmp, err := f.receiveDB(io.LimitReader(r, int64(binary.BigEndian.Uint64(fixed[:]))), int64(binary.BigEndian.Uint64(fixed[:])))
+	if err != nil {
+		return "", err
+	}
+	if err := f.receiveFiles(r); err != nil {
+		_ = os.Remove(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+func (f *FSM) receiveDB(r io.Reader, size int64) (string, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(f.path), filepath.Base(restorePattern(f.path)))
 	if err != nil {
 		return "", err
 	}
-	_, err = io.Copy(tmp, r)
+	n, err := copyBuffered(tmp, r)
+	if err == nil && size >= 0 && n != size {
+		err = fmt.Errorf("snapshot database: %d of %d bytes", n, size)
+	}
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -93,6 +308,116 @@ func (f *FSM) receive(r io.Reader) (string, error) {
 	return tmp.Name(), nil
 }
 
+// receiveFiles reads the blob and upload records up to the trailer.
+func (f *FSM) receiveFiles(r *bufio.Reader) error {
+	var blobs, uploads uint64
+	for {
+		tag, err := r.ReadByte()
+		if err != nil {
+			return fmt.Errorf("snapshot: %w", noEOF(err))
+		}
+		if tag == 'E' {
+			var tail [16]byte
+			if _, err := io.ReadFull(r, tail[:]); err != nil {
+				return fmt.Errorf("snapshot trailer: %w", noEOF(err))
+			}
+			if binary.BigEndian.Uint64(tail[:]) != blobs || binary.BigEndian.Uint64(tail[8:]) != uploads {
+				return fmt.Errorf("snapshot trailer counts %d blobs, %d uploads; read %d, %d",
+					binary.BigEndian.Uint64(tail[:]), binary.BigEndian.Uint64(tail[8:]), blobs, uploads)
+			}
+			return nil
+		}
+		name, size, err := readRecordHeader(r)
+		if err != nil {
+			return err
+		}
+		body := io.LimitReader(r, size)
+		switch tag {
+		case 'B':
+			blobs++
+			if err := f.receiveBlob(name, size, body); err != nil {
+				return err
+			}
+		case 'U':
+			uploads++
+			if err := f.receiveUpload(name, size, body); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("snapshot: unknown record %q", tag)
+		}
+	}
+}
+
+func readRecordHeader(r *bufio.Reader) (string, int64, error) {
+	n, err := r.ReadByte()
+	if err != nil {
+		return "", 0, fmt.Errorf("snapshot record: %w", noEOF(err))
+	}
+	b := make([]byte, int(n)+8)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", 0, fmt.Errorf("snapshot record: %w", noEOF(err))
+	}
+	return string(b[:n]), int64(binary.BigEndian.Uint64(b[n:])), nil
+}
+
+func noEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// receiveBlob keeps a blob file already here only after checking its size
+// and digest; otherwise it writes the snapshot's bytes.
+func (f *FSM) receiveBlob(digest string, size int64, body io.Reader) error {
+	if !validDigest(digest) {
+		return fmt.Errorf("snapshot: blob %q is not a sha256 digest", digest)
+	}
+	if f.dirs.checkBlobFile(digest, size) {
+		if n, err := io.Copy(io.Discard, body); err != nil || n != size {
+			return fmt.Errorf("snapshot: blob %s: %d of %d bytes: %v", digest, n, size, noEOF(err))
+		}
+		return nil
+	}
+	tmp, err := f.dirs.writeTemp(digest, size, body, f.opts.NoSync)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	f.filesMu.Lock()
+	defer f.filesMu.Unlock()
+	if err := f.dirs.publishTemp(tmp, digest, f.opts.NoSync); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	f.forget(digest)
+	return nil
+}
+
+func (f *FSM) receiveUpload(id string, size int64, body io.Reader) error {
+	tmp, err := os.CreateTemp(f.dirs.tmp, "upload-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	n, err := copyBuffered(tmp, body)
+	if err == nil && n != size {
+		err = fmt.Errorf("%d of %d bytes", n, size)
+	}
+	if err == nil && !f.opts.NoSync {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), f.dirs.upload(id))
+	}
+	if err != nil {
+		return fmt.Errorf("snapshot: upload %q: %w", id, noEOF(err))
+	}
+	return nil
+}
+
 func restorePattern(path string) string { return path + ".restore-*" }
 
 func checkSnapshot(path string) error {
@@ -105,7 +430,8 @@ func checkSnapshot(path string) error {
 		if tx.Bucket(bucketMeta) == nil {
 			return errors.New("snapshot has no meta bucket")
 		}
-		if v := tx.Bucket(bucketMeta).Get(keyLayout); string(v) != string(uint64Value(layoutVersion)) {
+		v := tx.Bucket(bucketMeta).Get(keyLayout)
+		if string(v) != string(uint64Value(layoutVersion)) && string(v) != string(uint64Value(layoutV2)) {
 			return fmt.Errorf("snapshot has layout %x, want version %d", v, layoutVersion)
 		}
 		_, err := readApplied(tx)
@@ -113,8 +439,9 @@ func checkSnapshot(path string) error {
 	})
 }
 
-// swap closes the live database, renames tmp over it and reopens it. If the
-// rename fails the old database is reopened.
+// swap closes the live database, renames tmp over it and reopens it (which
+// migrates a version 2 snapshot and removes the files the restored state
+// does not reference). If the rename fails the old database is reopened.
 func (f *FSM) swap(tmp string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -135,20 +462,11 @@ func (f *FSM) swap(tmp string) error {
 			slog.Warn("fsm: restore: sync directory", "err", err)
 		}
 	}
-	db, applied, err := openDB(f.path, f.opts)
+	db, applied, err := openDB(f.path, f.dirs, f.opts)
 	if err != nil {
 		return errors.Join(renameErr, err)
 	}
 	f.db = db
 	f.applied.Store(applied)
 	return renameErr
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

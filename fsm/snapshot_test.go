@@ -3,8 +3,10 @@ package fsm
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -62,12 +64,12 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 	snap.Release()
 
-	// Restore replaces whatever the destination had, and a blob opened
-	// before the restore whose content is gone errors instead of panicking.
+	// Restore replaces whatever the destination had, and content opened
+	// before the restore whose blob is gone stays readable to its end.
 	dst := newFSM(t)
-	gone := pattern(6, 50)
+	gone := pattern(6, SmallBlobSize+50)
 	(&feeder{f: dst}).ok(t, storeCmds(t, "other", "ocirepository/x/y/z.tar.gz", gone)...)
-	stale, err := dst.OpenBlob(digestOf(gone))
+	stale, err := dst.Open(mustKey(t, "ocirepository/x/y/z.tar.gz"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +93,11 @@ func TestSnapshotRestore(t *testing.T) {
 	wantArtifact(t, dst, pathB, small)
 	wantMissing(t, dst, "ocirepository/x/y/z.tar.gz")
 	wantUploads(t, dst, Upload{ID: "pending", StartedAt: testTime.UnixNano(), Chunks: 3, Bytes: 30})
-	if _, err := stale.Read(make([]byte, 10)); !errors.Is(err, storage.ErrNotFound) {
-		t.Fatalf("read of a blob gone by restore: %v", err)
+	if got, err := io.ReadAll(stale.Reader()); err != nil || !bytes.Equal(got, gone) {
+		t.Fatalf("read of a blob gone by restore: %d bytes, %v", len(got), err)
+	}
+	if blobs, uploads := files(t, dst); blobs != 2 || uploads != 1 {
+		t.Fatalf("%d blob files, %d upload files after restore; want 2 and 1", blobs, uploads)
 	}
 
 	// The restored replica carries on from the snapshot's index.
@@ -179,4 +184,166 @@ func TestRestartDoesNotApplyTwice(t *testing.T) {
 	}
 	wantMissing(t, f, pathB)
 	wantArtifact(t, f, pathA, pattern(1, 3000))
+}
+
+// linkSink keeps files by hard link, as a SnapshotStore on the same volume
+// does, and remembers where in the stream each one goes.
+type linkSink struct {
+	memSink
+	dir   string
+	links []linked
+}
+
+type linked struct {
+	at   int
+	path string
+	size int64
+}
+
+func (s *linkSink) LinkFile(path string, size int64) error {
+	kept := filepath.Join(s.dir, fmt.Sprint(len(s.links)))
+	if err := os.Link(path, kept); err != nil {
+		return err
+	}
+	s.links = append(s.links, linked{at: s.Len(), path: kept, size: size})
+	return nil
+}
+
+// stream splices the linked files back in: what a reader of the stored
+// snapshot gets.
+func (s *linkSink) stream(t *testing.T) []byte {
+	t.Helper()
+	var out []byte
+	prev := 0
+	b := s.Bytes()
+	for _, l := range s.links {
+		out = append(out, b[prev:l.at]...)
+		data, err := os.ReadFile(l.path)
+		if err != nil || int64(len(data)) != l.size {
+			t.Fatalf("linked file %s: %d bytes, %v; want %d", l.path, len(data), err, l.size)
+		}
+		out = append(out, data...)
+		prev = l.at
+	}
+	return append(out, b[prev:]...)
+}
+
+// TestSnapshotLinksBlobFiles persists one snapshot to a sink that keeps
+// files by link and one that takes bytes: spliced, the first is the
+// second byte for byte, and neither breaks when the blobs are deleted
+// between Snapshot and Persist.
+func TestSnapshotLinksBlobFiles(t *testing.T) {
+	f := newFSM(t)
+	fd := &feeder{f: f}
+	fd.ok(t, storeCmds(t, "u1", pathA, pattern(1, 3*storage.MaxChunkSize+5))...)
+	fd.ok(t, storeCmds(t, "u2", pathB, pattern(2, 10))...)
+	fd.ok(t, chunkCmds("pending", pattern(3, 3000), 1000)[:2]...)
+	want := contentHash(t, f)
+	snaps := make([]raft.FSMSnapshot, 2)
+	for i := range snaps {
+		s, err := f.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps[i] = s
+	}
+	// The blobs go, and their files with them, before Persist runs.
+	fd.ok(t, EncodeDeleteArtifacts([]string{pathA, pathB}), EncodeAbortUploads([]string{"pending"}))
+	if blobs, uploads := files(t, f); blobs != 0 || uploads != 0 {
+		t.Fatalf("%d blob and %d upload files after deleting everything", blobs, uploads)
+	}
+	ls := &linkSink{dir: t.TempDir()}
+	if err := snaps[0].Persist(ls); err != nil {
+		t.Fatal(err)
+	}
+	var inline memSink
+	if err := snaps[1].Persist(&inline); err != nil {
+		t.Fatal(err)
+	}
+	if len(ls.links) != 2 {
+		t.Fatalf("%d files linked, want the 2 blobs", len(ls.links))
+	}
+	if !bytes.Equal(ls.stream(t), inline.Bytes()) {
+		t.Fatal("linked snapshot differs from the inline one")
+	}
+	if entries, _ := filepath.Glob(filepath.Join(f.dirs.root, pinPrefix+"*")); len(entries) != 0 {
+		t.Fatalf("pins left after Persist: %v", entries)
+	}
+	dst := newFSM(t)
+	if err := dst.Restore(io.NopCloser(bytes.NewReader(ls.stream(t)))); err != nil {
+		t.Fatal(err)
+	}
+	if contentHash(t, dst) != want {
+		t.Fatal("restored state differs from the snapshot's")
+	}
+	wantArtifact(t, dst, pathA, pattern(1, 3*storage.MaxChunkSize+5))
+}
+
+// TestRestoreKeepsGoodBlobFiles restores onto a replica that holds one of
+// the snapshot's blobs intact, one with the right size but wrong bytes,
+// and one the snapshot does not have.
+func TestRestoreKeepsGoodBlobFiles(t *testing.T) {
+	kept, bad, missing := pattern(1, 200<<10), pattern(2, 100<<10), pattern(3, 5000)
+	src := newFSM(t)
+	fd := &feeder{f: src}
+	fd.ok(t, storeCmds(t, "u1", pathA, kept)...)
+	fd.ok(t, storeCmds(t, "u2", pathB, bad)...)
+	fd.ok(t, storeCmds(t, "u3", "helmchart/default/x/x-1.0.0.tgz", missing)...)
+	snap := snapshotOf(t, src)
+
+	dst := newFSM(t)
+	dfd := &feeder{f: dst}
+	dfd.ok(t, storeCmds(t, "v1", "ocirepository/a/b/kept.tar.gz", kept)...)
+	dfd.ok(t, storeCmds(t, "v2", "ocirepository/a/b/bad.tar.gz", bad)...)
+	dfd.ok(t, storeCmds(t, "v3", "ocirepository/a/b/other.tar.gz", pattern(4, 100))...)
+	damage(t, dst, bad, 1000)
+	keptBefore, err := os.Stat(dst.dirs.blob(digestOf(kept)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	badBefore, err := os.Stat(dst.dirs.blob(digestOf(bad)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Restore(io.NopCloser(bytes.NewReader(snap.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if contentHash(t, dst) != contentHash(t, src) {
+		t.Fatal("restored state differs from the source")
+	}
+	checkInvariants(t, dst)
+	keptAfter, _ := os.Stat(dst.dirs.blob(digestOf(kept)))
+	badAfter, _ := os.Stat(dst.dirs.blob(digestOf(bad)))
+	if !os.SameFile(keptBefore, keptAfter) {
+		t.Error("an intact blob file was written again")
+	}
+	if os.SameFile(badBefore, badAfter) {
+		t.Error("a blob file with the wrong bytes was kept")
+	}
+	for _, d := range [][]byte{kept, bad, missing} {
+		if err := dst.Verify(digestOf(d)); err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := os.Stat(dst.dirs.blob(digestOf(pattern(4, 100)))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("blob the snapshot does not reference: %v", err)
+	}
+}
+
+func TestRestoreRejectsTruncatedSnapshot(t *testing.T) {
+	src := newFSM(t)
+	(&feeder{f: src}).ok(t, storeCmds(t, "u1", pathA, pattern(1, 50<<10))...)
+	snap := snapshotOf(t, src).Bytes()
+	f := newFSM(t)
+	fd := &feeder{f: f}
+	fd.ok(t, storeCmds(t, "u1", pathB, pattern(2, 10))...)
+	before := contentHash(t, f)
+	for _, cut := range []int{len(snap) - 1, len(snap) - 17, len(snap) - 10<<10} {
+		if err := f.Restore(io.NopCloser(bytes.NewReader(snap[:cut]))); err == nil {
+			t.Fatalf("restore of a snapshot cut at %d of %d bytes succeeded", cut, len(snap))
+		}
+	}
+	if contentHash(t, f) != before {
+		t.Fatal("a failed restore changed the state")
+	}
 }

@@ -3,13 +3,15 @@ package fsm
 import (
 	"bytes"
 	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
-	"strings"
+	"io"
+	"io/fs"
+	"os"
 
 	"github.com/sourceraft/sourceraft/storage"
 	bolt "go.etcd.io/bbolt"
@@ -31,22 +33,6 @@ type Stats struct {
 	BlobBytes    int64
 	Uploads      int
 	AppliedIndex uint64
-}
-
-// Artifact returns the artifact at path, or storage.ErrNotFound.
-func (f *FSM) Artifact(path string) (storage.Artifact, error) {
-	var a storage.Artifact
-	err := f.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketArtifacts).Get([]byte(path))
-		if v == nil {
-			return storage.ErrNotFound
-		}
-		return decodeArtifact(path, v, &a)
-	})
-	if err != nil {
-		return storage.Artifact{}, fmt.Errorf("artifact %s: %w", path, err)
-	}
-	return a, nil
 }
 
 // List returns the artifacts matching filter, sorted by path.
@@ -135,7 +121,7 @@ func (f *FSM) Nodes() ([]Node, error) {
 	return out, nil
 }
 
-// Stats counts the applied state in one read transaction.
+// Stats reads the counters apply maintains, in one short read transaction.
 func (f *FSM) Stats() (Stats, error) {
 	var s Stats
 	err := f.view(func(tx *bolt.Tx) error {
@@ -143,32 +129,11 @@ func (f *FSM) Stats() (Stats, error) {
 		if s.AppliedIndex, err = readApplied(tx); err != nil {
 			return err
 		}
-		err = tx.Bucket(bucketArtifacts).ForEach(func(k, v []byte) error {
-			var a struct {
-				Size int64 `json:"size"`
-			}
-			if err := json.Unmarshal(v, &a); err != nil {
-				return fmt.Errorf("artifact %s: %v: %w", k, err, storage.ErrCorrupt)
-			}
-			s.Artifacts++
-			s.Bytes += a.Size
-			return nil
-		})
+		c, err := readCounters(tx)
 		if err != nil {
 			return err
 		}
-		err = tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			r, err := decodeBlobRecord(v)
-			if err != nil {
-				return fmt.Errorf("blob %s: %w", k, err)
-			}
-			s.Blobs++
-			s.BlobBytes += r.Size
-			return nil
-		})
-		if err != nil {
-			return err
-		}
+		s.Artifacts, s.Bytes, s.Blobs, s.BlobBytes = int(c.Artifacts), c.ArtifactBytes, int(c.Blobs), c.BlobBytes
 		s.Uploads = tx.Bucket(bucketUploads).Stats().KeyN
 		return nil
 	})
@@ -179,10 +144,13 @@ func (f *FSM) Stats() (Stats, error) {
 }
 
 // ContentHash is the sha256 of every bucket's keys and values except the
-// applied index, in key order: replicas that applied the same commands have
-// the same hash, whatever their batching or restarts. It reads the whole
-// database, chunks included, in one read transaction, and returns the
-// applied index that state is at.
+// applied index, in key order, then of every blob file's digest and size
+// on disk: replicas that applied the same commands have the same hash,
+// whatever their batching, restarts or snapshots, and a blob file missing
+// or cut short changes it. A blob file's name is its digest; that its
+// bytes match it is what verification on first serve and the scrub check.
+// It reads the metadata in one read transaction and returns the applied
+// index that state is at.
 func (f *FSM) ContentHash() (string, uint64, error) {
 	h := sha256.New()
 	var applied uint64
@@ -191,8 +159,26 @@ func (f *FSM) ContentHash() (string, uint64, error) {
 		if applied, err = readApplied(tx); err != nil {
 			return err
 		}
-		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		err = tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			hashBucket(h, name, b, bytes.Equal(name, bucketMeta))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Apply unlinks a released blob's file under filesMu after its
+		// commit: holding it, every file this transaction sees a record
+		// of is still there.
+		f.filesMu.Lock()
+		defer f.filesMu.Unlock()
+		return tx.Bucket(bucketBlobs).ForEach(func(k, _ []byte) error {
+			size := int64(-1)
+			if st, err := os.Stat(f.dirs.blob(string(k))); err == nil {
+				size = st.Size()
+			}
+			h.Write([]byte{'F'})
+			h.Write(k)
+			h.Write(binary.BigEndian.AppendUint64(nil, uint64(size)))
 			return nil
 		})
 	})
@@ -225,34 +211,100 @@ func hashBucket(h hash.Hash, name []byte, b *bolt.Bucket, meta bool) {
 	h.Write([]byte{'E'})
 }
 
-// digestHashes are the algorithms Flux digests artifacts with that Verify
-// can check.
-var digestHashes = map[string]func() hash.Hash{
-	"sha256": sha256.New,
-	"sha384": sha512.New384,
-	"sha512": sha512.New,
+// Verify hashes the blob file of digest: nil if it matches, an error
+// wrapping storage.ErrCorrupt (the blob reported for repair) if not, and
+// storage.ErrNotFound if no artifact references it any more.
+func (f *FSM) Verify(digest string) error {
+	return f.VerifyPaced(digest, nil)
 }
 
-// Verify recomputes the blob's digest from its chunks. It fails with
-// storage.ErrCorrupt when a chunk fails its checksum and
-// storage.ErrDigestMismatch when the content hashes to another digest.
-func (f *FSM) Verify(digest string) error {
-	algo, want, _ := strings.Cut(digest, ":")
-	newHash, ok := digestHashes[algo]
-	if !ok {
-		return fmt.Errorf("verify %s: unsupported digest algorithm %q", digest, algo)
+// VerifyPaced is Verify calling wait(n) before it reads each n bytes, so a
+// background scrub can bound its rate.
+func (f *FSM) VerifyPaced(digest string, wait func(n int) error) error {
+	if !f.HasBlob(digest) {
+		return fmt.Errorf("verify %s: %w", digest, storage.ErrNotFound)
 	}
-	b, err := f.OpenBlob(digest)
+	sum, err := f.hashBlobFile(digest, wait)
+	if errors.Is(err, fs.ErrNotExist) {
+		if !f.HasBlob(digest) {
+			return fmt.Errorf("verify %s: %w", digest, storage.ErrNotFound)
+		}
+		return fmt.Errorf("verify: %w", f.corrupt(digest, "file is missing"))
+	}
 	if err != nil {
-		return fmt.Errorf("verify: %w", err)
+		return fmt.Errorf("verify %s: %w", digest, err)
 	}
-	defer b.Close()
-	h := newHash()
-	if _, err := b.WriteTo(h); err != nil {
+	if err := f.checked(digest, sum); err != nil {
 		return fmt.Errorf("verify: %w", err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return fmt.Errorf("verify %s: content hashes to %s:%s: %w", digest, algo, got, storage.ErrDigestMismatch)
 	}
 	return nil
+}
+
+func (f *FSM) hashBlobFile(digest string, wait func(n int) error) (string, error) {
+	fh, err := os.Open(f.dirs.blob(digest))
+	if err != nil {
+		return "", err
+	}
+	defer fh.Close()
+	var r io.Reader = fh
+	if wait != nil {
+		r = &pacedReader{r: fh, wait: wait}
+	}
+	sum, _, err := readerDigest(r)
+	return sum, err
+}
+
+// pacedReader asks wait before every read.
+type pacedReader struct {
+	r    io.Reader
+	wait func(n int) error
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	if err := p.wait(len(b)); err != nil {
+		return 0, err
+	}
+	return p.r.Read(b)
+}
+
+// NextBlob returns the first committed blob digest after the given one (""
+// for the first), with its size; ok is false past the last.
+func (f *FSM) NextBlob(after string) (digest string, size int64, ok bool, err error) {
+	err = f.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketBlobs).Cursor()
+		k, v := c.Seek([]byte(after))
+		if k != nil && string(k) == after {
+			k, v = c.Next()
+		}
+		if k == nil {
+			return nil
+		}
+		rec, err := decodeBlobRecord(v)
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", k, err)
+		}
+		digest, size, ok = string(k), rec.Size, true
+		return nil
+	})
+	return digest, size, ok, err
+}
+
+// ArtifactWithDigest returns an artifact whose content is digest, for a
+// repair that asks peers by path. It scans every record: only for the
+// rare blob found corrupt.
+func (f *FSM) ArtifactWithDigest(digest string) (storage.Artifact, error) {
+	var found storage.Artifact
+	err := f.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketArtifacts).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if storedRef(string(k), v).Digest == digest {
+				return decodeArtifact(string(k), v, &found)
+			}
+		}
+		return storage.ErrNotFound
+	})
+	if err != nil {
+		return storage.Artifact{}, fmt.Errorf("artifact with digest %s: %w", digest, err)
+	}
+	return found, nil
 }

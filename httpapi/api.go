@@ -225,7 +225,11 @@ func apiArtifactPath(r *http.Request) (string, storage.Artifact, error) {
 	if !ok {
 		return "", storage.Artifact{}, storage.ErrInvalidPath
 	}
-	return artifactPath(rest)
+	k, err := artifactKey(rest)
+	if err != nil {
+		return "", storage.Artifact{}, err
+	}
+	return k.String(), k.Identity(), nil
 }
 
 // limitedBody fails with storage.ErrTooLarge once more than max bytes

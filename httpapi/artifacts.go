@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/sourceraft/sourceraft/fsm"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -22,13 +25,18 @@ const forwardedHeader = "X-Sourceraft-Forwarded"
 
 type artifactServer struct {
 	cfg Config
+
+	repairMu  sync.Mutex
+	repairing map[string]bool
 }
 
 // NewArtifactServer serves GET and HEAD /<kind>/<namespace>/<name>/<file>
 // from the local replica, waiting briefly for apply and then asking peers
-// before it answers 404.
+// before it answers 404. It also repairs the blob files the backend finds
+// corrupt, from a peer's copy.
 func NewArtifactServer(cfg Config) *echo.Echo {
-	s := &artifactServer{cfg: cfg.withDefaults()}
+	s := &artifactServer{cfg: cfg.withDefaults(), repairing: map[string]bool{}}
+	s.cfg.Backend.OnCorrupt(s.repairLater)
 	e := newEcho(plainErrorHandler)
 	// One catch-all route, its middleware applied once here: echo builds
 	// the chain of e.Use and route middleware anew on every request.
@@ -51,22 +59,24 @@ func (s *artifactServer) handle(c echo.Context) error {
 		writePlain(c, http.StatusMethodNotAllowed, "only GET and HEAD")
 		return nil
 	}
-	p, parsed, err := artifactPath(c.Request().URL.EscapedPath())
+	k, err := artifactKey(c.Request().URL.EscapedPath())
 	defer func() {
-		observeServe(parsed.Kind, c.Response().Status, time.Since(start).Seconds())
+		observeServe(k.Identity().Kind, c.Response().Status, time.Since(start).Seconds())
 	}()
 	if err != nil {
 		writePlain(c, http.StatusBadRequest, "invalid artifact path")
 		return nil
 	}
-	a, err := s.cfg.Backend.Lookup(p)
+	content, err := s.cfg.Backend.OpenArtifact(k)
 	switch {
 	case err == nil:
-		s.serveLocal(c, p, a)
+		s.serveLocal(c, k, content)
 	case errors.Is(err, storage.ErrNotFound):
-		s.serveMissing(c, p)
+		s.serveMissing(c, k)
+	case errors.Is(err, storage.ErrCorrupt):
+		s.bodyFailed(c, k, 0, err)
 	default:
-		s.cfg.Logger.Error("artifact lookup failed", "path", p, "error", err)
+		s.cfg.Logger.Error("artifact lookup failed", "path", k, "error", err)
 		writePlain(c, http.StatusInternalServerError, err.Error())
 	}
 	return nil
@@ -74,20 +84,23 @@ func (s *artifactServer) handle(c echo.Context) error {
 
 // serveMissing covers an artifact this replica has not applied (yet): it
 // may be committed but still in flight here, or only on a peer.
-func (s *artifactServer) serveMissing(c echo.Context, p string) {
+func (s *artifactServer) serveMissing(c echo.Context, k storage.Key) {
 	r := c.Request()
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PeerWait)
-	a, err := s.cfg.Backend.WaitFor(ctx, p)
+	content, err := s.cfg.Backend.WaitFor(ctx, k)
 	cancel()
 	switch {
 	case err == nil:
-		s.serveLocal(c, p, a)
+		s.serveLocal(c, k, content)
+		return
+	case errors.Is(err, storage.ErrCorrupt):
+		s.bodyFailed(c, k, 0, err)
 		return
 	case r.Context().Err() != nil:
 		writePlain(c, http.StatusServiceUnavailable, "request canceled")
 		return
 	case !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, context.DeadlineExceeded):
-		s.cfg.Logger.Error("waiting for artifact failed", "path", p, "error", err)
+		s.cfg.Logger.Error("waiting for artifact failed", "path", k, "error", err)
 		writePlain(c, http.StatusInternalServerError, err.Error())
 		return
 	}
@@ -95,21 +108,12 @@ func (s *artifactServer) serveMissing(c echo.Context, p string) {
 		writePlain(c, http.StatusNotFound, storage.ErrNotFound.Error())
 		return
 	}
-	s.fromPeers(c, p)
+	s.fromPeers(c, k)
 }
 
-func (s *artifactServer) serveLocal(c echo.Context, p string, a storage.Artifact) {
-	blob, err := s.cfg.Backend.OpenBlob(a)
-	if err != nil {
-		code := statusOf(err)
-		if code >= 500 {
-			s.cfg.Logger.Error("opening artifact failed", "path", p, "error", err)
-		}
-		writePlain(c, code, err.Error())
-		return
-	}
-	defer blob.Close()
-
+func (s *artifactServer) serveLocal(c echo.Context, k storage.Key, content *fsm.Content) {
+	defer content.Close()
+	a := content.Artifact
 	w := c.Response()
 	r := c.Request()
 	h := w.Header()
@@ -131,29 +135,34 @@ func (s *artifactServer) serveLocal(c echo.Context, p string, a storage.Artifact
 		h["Last-Modified"] = vals[1:2:2]
 	}
 	if isConditional(r.Header) {
-		s.serveContent(c, p, a, blob)
+		// A range cannot stream through the hash: a blob this process
+		// has not verified yet is checked whole first.
+		if err := content.VerifyNow(); err != nil {
+			s.bodyFailed(c, k, 0, err)
+			return
+		}
+		http.ServeContent(sendfileWriter{w}, r, a.File, a.LastUpdateTime, content.Reader())
 		return
 	}
 
-	size := blob.Size()
+	size := content.Size()
 	vals[2] = strconv.FormatInt(size, 10)
 	h["Content-Length"] = vals[2:3:3]
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	// No explicit WriteHeader: the status goes out with the first chunk,
-	// so corruption found in chunk 0 can still be served from a peer.
-	n, err := blob.WriteTo(w)
-	if err == nil && n != size {
-		err = fmt.Errorf("%w: wrote %d of %d bytes", storage.ErrCorrupt, n, size)
-	}
-	if err != nil {
-		s.bodyFailed(c, p, n, err)
-		return
-	}
-	if !w.Committed {
-		w.WriteHeader(http.StatusOK) // empty blob
+	switch {
+	case content.Data != nil || size == 0:
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(content.Data)
+	case content.Verified():
+		w.WriteHeader(http.StatusOK)
+		if n, err := (sendfileWriter{w}).ReadFrom(content.File); err != nil || n != size {
+			s.bodyFailed(c, k, n, fmt.Errorf("sent %d of %d bytes: %w", n, size, err))
+		}
+	default:
+		s.sendVerifying(c, k, content)
 	}
 }
 
@@ -162,33 +171,143 @@ func isConditional(h http.Header) bool {
 		len(h["If-Match"]) > 0 || len(h["If-Unmodified-Since"]) > 0 || len(h["If-Range"]) > 0
 }
 
-func (s *artifactServer) serveContent(c echo.Context, p string, a storage.Artifact, blob storage.Blob) {
-	cr := &checkedReader{rs: blob}
-	// ServeContent may leave its multi-range goroutine reading after it
-	// returns; closing cr first makes that goroutine stop before the
-	// deferred blob.Close.
-	defer cr.close()
-	http.ServeContent(c.Response(), c.Request(), a.File, a.LastUpdateTime, cr)
-	if err := cr.failure(); err != nil {
-		s.bodyFailed(c, p, -1, err)
+// sendfileWriter hands a file to the connection itself: net/http's
+// response then lets the kernel copy it to the socket (sendfile), and
+// echo still records the status and size.
+type sendfileWriter struct{ *echo.Response }
+
+func (w sendfileWriter) ReadFrom(src io.Reader) (int64, error) {
+	if !w.Committed {
+		w.WriteHeader(http.StatusOK)
 	}
+	rf, ok := w.Writer.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(w.Writer, src)
+	}
+	n, err := rf.ReadFrom(src)
+	w.Size += n
+	return n, err
+}
+
+// sendVerifying is the first download of a blob file by this process: it
+// streams through sha256 and always holds the last piece read back until
+// the whole file hashed to its digest, so a corrupt file is never served
+// complete. One that fits the first read is checked before any byte goes
+// out, and a peer answers instead.
+func (s *artifactServer) sendVerifying(c echo.Context, k storage.Key, content *fsm.Content) {
+	w := c.Response()
+	hash := sha256.New()
+	bp, np := copyBufs.Get().(*[]byte), copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	defer copyBufs.Put(np)
+	var (
+		pending []byte
+		sent    int64
+		spare   = *np
+	)
+	buf := *bp
+	for {
+		n, err := io.ReadFull(content.File, buf)
+		hash.Write(buf[:n])
+		if n > 0 && pending != nil {
+			if _, werr := w.Write(pending); werr != nil {
+				return // the client went away
+			}
+			sent += int64(len(pending))
+		}
+		if n > 0 {
+			pending, buf, spare = buf[:n], spare, buf
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			s.bodyFailed(c, k, sent, fmt.Errorf("read blob file: %w", err))
+			return
+		}
+	}
+	sum := "sha256:" + hex.EncodeToString(hash.Sum(nil))
+	if err := content.Check(sum); err != nil {
+		s.bodyFailed(c, k, sent, err)
+		return
+	}
+	if sent+int64(len(pending)) != content.Size() {
+		s.bodyFailed(c, k, sent, fmt.Errorf("%w: file has %d of %d bytes", storage.ErrCorrupt, sent+int64(len(pending)), content.Size()))
+		return
+	}
+	_, _ = w.Write(pending)
+}
+
+// repairLater starts one repair per corrupt blob at a time.
+func (s *artifactServer) repairLater(digest string) {
+	s.repairMu.Lock()
+	defer s.repairMu.Unlock()
+	if s.repairing[digest] {
+		return
+	}
+	s.repairing[digest] = true
+	go func() {
+		s.repair(digest)
+		s.repairMu.Lock()
+		delete(s.repairing, digest)
+		s.repairMu.Unlock()
+	}()
+}
+
+// repair fetches a peer's copy of a corrupt blob through the same path as
+// a download's peer fallback and hands it to the backend, which writes it
+// aside, verifies it and renames it over the bad file.
+func (s *artifactServer) repair(digest string) {
+	a, err := s.cfg.Backend.ArtifactWithDigest(digest)
+	if err != nil {
+		s.cfg.Logger.Warn("cannot repair blob: no artifact has it", "digest", digest, "error", err)
+		return
+	}
+	k, err := storage.KeyOf(a)
+	if err != nil {
+		s.cfg.Logger.Warn("cannot repair blob", "digest", digest, "error", err)
+		return
+	}
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, "/", nil)
+	if err != nil {
+		return
+	}
+	for _, peer := range peerOrder(s.cfg.Backend.Status()) {
+		resp, done, err := s.askPeer(req, peer, k)
+		if err != nil {
+			continue
+		}
+		if resp.StatusCode != http.StatusOK {
+			drain(resp.Body)
+			done()
+			continue
+		}
+		err = s.cfg.Backend.RepairBlob(digest, a.Size, resp.Body)
+		done()
+		if err == nil {
+			s.cfg.Logger.Info("repaired blob from a peer", "digest", digest, "peer", peer.ID, "path", k)
+			return
+		}
+		s.cfg.Logger.Warn("repair from peer failed", "digest", digest, "peer", peer.ID, "error", err)
+	}
+	s.cfg.Logger.Warn("blob corrupt and no peer could repair it", "digest", digest, "path", k)
 }
 
 // bodyFailed ends a download whose content could not be read. Before any
 // byte went out a peer's intact copy is served instead (a 500 if none
 // has one); after, the connection is cut so a consumer sees a failed
 // download and never a short or wrong artifact.
-func (s *artifactServer) bodyFailed(c echo.Context, p string, sent int64, err error) {
+func (s *artifactServer) bodyFailed(c echo.Context, k storage.Key, sent int64, err error) {
 	corrupt := errors.Is(err, storage.ErrCorrupt)
 	if !c.Response().Committed {
-		s.cfg.Logger.Error("artifact unreadable", "path", p, "error", err)
+		s.cfg.Logger.Error("artifact unreadable", "path", k, "error", err)
 		countError("artifacts", c.Request().Method)
 		if corrupt && c.Request().Header.Get(forwardedHeader) == "" {
 			h := c.Response().Header()
-			for _, k := range peerResponseHeaders {
-				h.Del(k)
+			for _, name := range peerResponseHeaders {
+				h.Del(name)
 			}
-			if s.relayFromPeers(c, p) == peersServed {
+			if s.relayFromPeers(c, k) == peersServed {
 				return
 			}
 		}
@@ -196,55 +315,10 @@ func (s *artifactServer) bodyFailed(c echo.Context, p string, sent int64, err er
 		return
 	}
 	if corrupt {
-		s.cfg.Logger.Error("artifact corrupt mid-download, aborting", "path", p, "sent", sent, "error", err)
+		s.cfg.Logger.Error("artifact corrupt mid-download, aborting", "path", k, "sent", sent, "error", err)
 		countError("artifacts", c.Request().Method)
 	} else {
-		s.cfg.Logger.Debug("artifact download interrupted", "path", p, "sent", sent, "error", err)
+		s.cfg.Logger.Debug("artifact download interrupted", "path", k, "sent", sent, "error", err)
 	}
 	panic(http.ErrAbortHandler)
-}
-
-// checkedReader remembers why http.ServeContent, which swallows read
-// errors, stopped reading.
-type checkedReader struct {
-	mu     sync.Mutex
-	rs     io.ReadSeeker
-	err    error
-	closed bool
-}
-
-var errReaderClosed = errors.New("reader closed")
-
-func (r *checkedReader) Read(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return 0, errReaderClosed
-	}
-	n, err := r.rs.Read(p)
-	if err != nil && err != io.EOF && r.err == nil {
-		r.err = err
-	}
-	return n, err
-}
-
-func (r *checkedReader) Seek(offset int64, whence int) (int64, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return 0, errReaderClosed
-	}
-	return r.rs.Seek(offset, whence)
-}
-
-func (r *checkedReader) failure() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.err
-}
-
-func (r *checkedReader) close() {
-	r.mu.Lock()
-	r.closed = true
-	r.mu.Unlock()
 }

@@ -2,7 +2,9 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -285,7 +287,9 @@ func TestArtifactMissingEverywhere(t *testing.T) {
 
 // getExpectingFailure reads a download that must not complete: either the
 // request fails or the body is short of Content-Length with a read error.
-// Whatever arrived must be a prefix of the real content.
+// What arrived may differ from the content (a first download streams
+// through the hash, and only its end shows the mismatch), but it is never
+// all of it.
 func getExpectingFailure(t *testing.T, url string, hdr map[string]string, data []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
@@ -301,16 +305,19 @@ func getExpectingFailure(t *testing.T, url string, hdr map[string]string, data [
 	if err == nil && (resp.ContentLength < 0 || int64(len(body)) == resp.ContentLength) {
 		t.Fatalf("corrupt download completed: status %d, %d bytes, Content-Length %d", resp.StatusCode, len(body), resp.ContentLength)
 	}
-	if resp.StatusCode == http.StatusOK && !bytes.HasPrefix(data, body) {
-		t.Errorf("client received bytes that are not the artifact's")
+	if len(body) >= len(data) {
+		t.Errorf("client received %d bytes of a %d-byte artifact", len(body), len(data))
 	}
 }
 
+// TestArtifactCorruptMidBody corrupts a blob file far from its start: the
+// first download streams through the hash and is cut off before its last
+// bytes, so it never completes; a range is checked whole before it starts.
 func TestArtifactCorruptMidBody(t *testing.T) {
 	n := startNode(t, "a", nil)
 	data := randomBytes(10*64<<10, 8)
 	n.b.put(artPath, data)
-	n.b.corruptChunk(artPath, 5)
+	n.b.corrupt(artPath, 5*64<<10+150)
 	errs := metrics.HTTPRequestErrors.WithLabelValues("artifacts", "GET")
 	before := counterValue(t, errs)
 
@@ -326,17 +333,20 @@ func TestArtifactCorruptMidBody(t *testing.T) {
 		t.Errorf("error log lines: %d, want 1:\n%s", got, n.logs.String())
 	}
 
-	// A range that reaches the corrupt chunk fails the same way.
-	getExpectingFailure(t, "http://"+n.artifact+"/"+artPath, map[string]string{"Range": "bytes=0-"}, data)
+	// A range is verified before its first byte: no peer has it, so 500.
+	resp, _ := do(t, http.MethodGet, "http://"+n.artifact+"/"+artPath, nil, map[string]string{"Range": "bytes=0-"})
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("range of a corrupt blob: %d, want 500", resp.StatusCode)
+	}
 }
 
 func TestArtifactCorruptFirstChunk(t *testing.T) {
 	n := startNode(t, "a", nil)
 	n.b.put(artPath, randomBytes(3*64<<10, 9))
-	n.b.corruptChunk(artPath, 0)
+	n.b.corrupt(artPath, 150)
 	resp, body := do(t, http.MethodGet, "http://"+n.artifact+"/"+artPath, nil, nil)
 	if resp.StatusCode != http.StatusInternalServerError {
-		t.Fatalf("corrupt chunk 0: %d, want 500", resp.StatusCode)
+		t.Fatalf("corrupt start: %d, want 500", resp.StatusCode)
 	}
 	if resp.Header.Get("ETag") != "" || resp.Header.Get("Content-Type") == "application/gzip" {
 		t.Errorf("500 carries the artifact's headers: %v", resp.Header)
@@ -349,8 +359,53 @@ func TestArtifactCorruptFirstChunk(t *testing.T) {
 func TestArtifactPeerCorruptMidBody(t *testing.T) {
 	data := randomBytes(10*64<<10, 10)
 	f, l := twoNodes(t, data)
-	l.b.corruptChunk(artPath, 6)
+	l.b.corrupt(artPath, 6*64<<10+150)
 	getExpectingFailure(t, "http://"+f.artifact+"/"+artPath, nil, data)
+}
+
+// TestArtifactCorruptRepairedFromPeer: a replica whose blob file went bad
+// answers from a peer while nothing was sent, and replaces its file with
+// the peer's verified copy, after which it serves it itself.
+func TestArtifactCorruptRepairedFromPeer(t *testing.T) {
+	for _, size := range []int{1000, 100 << 10, 3 << 20} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			data := randomBytes(size, 11)
+			a, b := startNode(t, "a", nil), startNode(t, "b", nil)
+			formCluster(b, a, b)
+			a.b.put(artPath, data)
+			b.b.put(artPath, data)
+			a.b.corrupt(artPath, int64(size/2))
+			url := "http://" + a.artifact + "/" + artPath
+			if size <= 256<<10 {
+				// Checked before the first byte: the peer's copy is served.
+				resp, body := do(t, http.MethodGet, url, nil, nil)
+				if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+					t.Fatalf("GET: %d, %d bytes", resp.StatusCode, len(body))
+				}
+			} else {
+				// Found at the end of the stream: cut off.
+				getExpectingFailure(t, url, nil, data)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for a.b.f.Integrity().Repaired == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("not repaired: %+v\n%s", a.b.f.Integrity(), a.logs.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			lookups := b.b.lookups.Load()
+			resp, body := do(t, http.MethodGet, url, nil, nil)
+			if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+				t.Fatalf("GET after repair: %d, %d bytes", resp.StatusCode, len(body))
+			}
+			if b.b.lookups.Load() != lookups {
+				t.Fatal("the repaired replica still asks its peer")
+			}
+			if st := a.b.f.Integrity(); st.Corrupt != 1 || st.Repaired != 1 {
+				t.Fatalf("integrity %+v", st)
+			}
+		})
+	}
 }
 
 func TestArtifactMethodNotAllowed(t *testing.T) {
@@ -370,12 +425,55 @@ func TestArtifactPathUnit(t *testing.T) {
 		"/helmchart/ns/podinfo/%2e":                         storage.ErrInvalidPath,
 		"/helmchart/ns/podinfo/%1f":                         storage.ErrInvalidPath,
 	} {
-		p, _, err := artifactPath(in)
+		k, err := artifactKey(in)
 		if !errors.Is(err, want) && !(want == nil && err == nil) {
 			t.Errorf("%q: %v, want %v", in, err, want)
 		}
-		if err == nil && strings.HasPrefix(p, "/") {
-			t.Errorf("%q: path %q keeps its slash", in, p)
+		if err == nil && strings.HasPrefix(k.String(), "/") {
+			t.Errorf("%q: path %q keeps its slash", in, k)
 		}
+	}
+}
+
+// TestArtifactDownloadSurvivesGC: a slow consumer of a blob sent with
+// sendfile gets the right bytes although the artifact is deleted (its file
+// unlinked) and others are written while it reads.
+func TestArtifactDownloadSurvivesGC(t *testing.T) {
+	n := startNode(t, "a", nil)
+	data := randomBytes(8<<20, 12)
+	n.b.put(artPath, data)
+	url := "http://" + n.artifact + "/" + artPath
+	// The first download verifies the file; the next one is sent by the kernel.
+	if resp, body := do(t, http.MethodGet, url, nil, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+		t.Fatalf("first GET: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	resp, err := testClient.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	head := make([]byte, 64<<10)
+	if _, err := io.ReadFull(resp.Body, head); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := storage.ParsePath(artPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.b.Delete(context.Background(), gone); err != nil {
+		t.Fatal(err)
+	}
+	if n.b.f.HasBlob(digestOf(data)) {
+		t.Fatal("blob still stored after its artifact went")
+	}
+	for i := range 3 {
+		n.b.put(fmt.Sprintf("gitrepository/flux-system/other/%d.tar.gz", i), randomBytes(len(data), uint64(20+i)))
+	}
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := append(head, rest...); !bytes.Equal(got, data) {
+		t.Fatalf("received %d bytes that differ from the %d sent", len(got), len(data))
 	}
 }

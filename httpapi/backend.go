@@ -2,7 +2,9 @@ package httpapi
 
 import (
 	"context"
+	"io"
 
+	"github.com/sourceraft/sourceraft/fsm"
 	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/storage"
 )
@@ -12,14 +14,20 @@ import (
 // follower, which the internal API answers by forwarding to the leader.
 type Backend interface {
 	storage.Storage
-	// Lookup returns the locally applied artifact at path, or storage.ErrNotFound.
-	Lookup(path string) (storage.Artifact, error)
-	// OpenBlob returns the artifact's content from the local store.
-	OpenBlob(a storage.Artifact) (storage.Blob, error)
-	// WaitFor blocks until the artifact at path is applied locally, or this
-	// replica has applied everything it knows to be committed and still lacks
-	// it (storage.ErrNotFound), or ctx ends.
-	WaitFor(ctx context.Context, path string) (storage.Artifact, error)
+	// OpenArtifact looks up the locally applied artifact at k and opens
+	// its content, or fails with storage.ErrNotFound (storage.ErrCorrupt
+	// for a blob found bad before anything was sent).
+	OpenArtifact(k storage.Key) (*fsm.Content, error)
+	// WaitFor blocks until the artifact at k is applied locally and opens
+	// it, or this replica has applied everything it knows to be committed
+	// and still lacks it (storage.ErrNotFound), or ctx ends.
+	WaitFor(ctx context.Context, k storage.Key) (*fsm.Content, error)
+	// OnCorrupt sets the function told about every blob file found not to
+	// match its digest; RepairBlob then replaces it with a peer's copy,
+	// found through ArtifactWithDigest.
+	OnCorrupt(fn func(digest string))
+	RepairBlob(digest string, size int64, r io.Reader) error
+	ArtifactWithDigest(digest string) (storage.Artifact, error)
 	// Status describes this replica and its peers.
 	Status() raftstore.Status
 	// Ready returns nil when this replica should receive traffic.

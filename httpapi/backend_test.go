@@ -6,27 +6,36 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
+	"github.com/sourceraft/sourceraft/fsm"
 	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
-// memBackend is a unit-test double for one replica: committed artifacts
-// in memory, blobs split into chunks that can be marked corrupt, and
-// artifacts that become applied only after a delay.
+// memBackend is a unit-test double for one replica's Raft side: which
+// artifacts are applied (some only after a delay), the status and peers.
+// The blobs are stored in a real FSM, fed the commands a leader would
+// send, so downloads read real blob files that a test can corrupt.
 type memBackend struct {
-	id    string
-	chunk int
+	id  string
+	f   *fsm.FSM
+	dir string
 
 	mu      sync.Mutex
+	index   uint64
 	arts    map[string]memArtifact
 	pending map[string]bool
 	changed chan struct{}
-	corrupt map[string]int
 	status  raftstore.Status
 	ready   error
 	peers   []raftstore.Peer
@@ -44,15 +53,29 @@ type memArtifact struct {
 
 var _ Backend = (*memBackend)(nil)
 
-func newMemBackend(id string) *memBackend {
+func newMemBackend(t testing.TB, id string) *memBackend {
+	dir := t.TempDir()
+	f, err := fsm.Open(filepath.Join(dir, "fsm.db"), fsm.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
 	return &memBackend{
 		id:      id,
-		chunk:   64 << 10,
+		f:       f,
+		dir:     dir,
 		arts:    map[string]memArtifact{},
 		pending: map[string]bool{},
 		changed: make(chan struct{}),
-		corrupt: map[string]int{},
 		status:  raftstore.Status{NodeID: id, State: "Leader", LeaderID: id},
+	}
+}
+
+// applyLocked feeds one command to the FSM at the next index.
+func (b *memBackend) applyLocked(cmd []byte) {
+	b.index++
+	if res := b.f.Apply(&raft.Log{Index: b.index, Type: raft.LogCommand, Data: cmd}); res != nil {
+		panic(fmt.Sprintf("apply: %v", res))
 	}
 }
 
@@ -71,6 +94,14 @@ func (b *memBackend) commitLocked(p string, data []byte, rev string) storage.Art
 	a.Digest = digestOf(data)
 	a.Size = int64(len(data))
 	a.LastUpdateTime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	id := fmt.Sprintf("upload-%d", b.index)
+	var seq uint32
+	for off := 0; off < len(data) || seq == 0; seq++ {
+		n := min(storage.MaxChunkSize, len(data)-off)
+		b.applyLocked(fsm.EncodeChunk(fsm.Chunk{UploadID: id, Seq: seq, Data: data[off : off+n]}))
+		off += n
+	}
+	b.applyLocked(fsm.EncodeCommit(fsm.Commit{UploadID: id, Chunks: seq, Artifact: a}))
 	b.arts[p] = memArtifact{a: a, data: data}
 	delete(b.pending, p)
 	close(b.changed)
@@ -97,10 +128,25 @@ func (b *memBackend) putAfter(p string, data []byte, d time.Duration) {
 	})
 }
 
-func (b *memBackend) corruptChunk(p string, n int) {
+// corrupt flips the byte at off in the blob file of the artifact at p.
+func (b *memBackend) corrupt(p string, off int64) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.corrupt[p] = n
+	digest := b.arts[p].a.Digest
+	b.mu.Unlock()
+	name := filepath.Join(b.dir, "blobs", "sha256", strings.TrimPrefix(digest, "sha256:"))
+	fh, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		panic(err)
+	}
+	defer fh.Close()
+	c := make([]byte, 1)
+	if _, err := fh.ReadAt(c, off); err != nil {
+		panic(err)
+	}
+	c[0] ^= 0xff
+	if _, err := fh.WriteAt(c, off); err != nil {
+		panic(err)
+	}
 }
 
 func (b *memBackend) setStatus(f func(*raftstore.Status)) {
@@ -136,52 +182,49 @@ func (b *memBackend) registered() []raftstore.Peer {
 
 func (b *memBackend) leaderLocked() bool { return b.status.LeaderID == b.id }
 
-func (b *memBackend) Lookup(p string) (storage.Artifact, error) {
+func (b *memBackend) OpenArtifact(k storage.Key) (*fsm.Content, error) {
 	b.lookups.Add(1)
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.asked = append(b.asked, p)
-	if m, ok := b.arts[p]; ok {
-		return m.a, nil
-	}
-	return storage.Artifact{}, storage.ErrNotFound
-}
-
-func (b *memBackend) OpenBlob(a storage.Artifact) (storage.Blob, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.asked = append(b.asked, a.Path())
-	m, ok := b.arts[a.Path()]
+	b.asked = append(b.asked, k.String())
+	_, ok := b.arts[k.String()]
+	b.mu.Unlock()
 	if !ok {
 		return nil, storage.ErrNotFound
 	}
-	corrupt, ok := b.corrupt[a.Path()]
-	if !ok {
-		corrupt = -1
-	}
-	return &memBlob{data: m.data, chunk: b.chunk, corrupt: corrupt}, nil
+	return b.f.Open(k)
 }
 
-func (b *memBackend) WaitFor(ctx context.Context, p string) (storage.Artifact, error) {
+func (b *memBackend) WaitFor(ctx context.Context, k storage.Key) (*fsm.Content, error) {
+	p := k.String()
 	for {
 		b.mu.Lock()
 		b.asked = append(b.asked, p)
-		if m, ok := b.arts[p]; ok {
+		if _, ok := b.arts[p]; ok {
 			b.mu.Unlock()
-			return m.a, nil
+			return b.f.Open(k)
 		}
 		if !b.pending[p] {
 			b.mu.Unlock()
-			return storage.Artifact{}, storage.ErrNotFound
+			return nil, storage.ErrNotFound
 		}
 		ch := b.changed
 		b.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return storage.Artifact{}, ctx.Err()
+			return nil, ctx.Err()
 		case <-ch:
 		}
 	}
+}
+
+func (b *memBackend) OnCorrupt(fn func(string)) { b.f.OnCorrupt(fn) }
+
+func (b *memBackend) RepairBlob(digest string, size int64, r io.Reader) error {
+	return b.f.Repair(digest, size, r)
+}
+
+func (b *memBackend) ArtifactWithDigest(digest string) (storage.Artifact, error) {
+	return b.f.ArtifactWithDigest(digest)
 }
 
 func (b *memBackend) Status() raftstore.Status {
@@ -265,7 +308,15 @@ func (b *memBackend) Store(_ context.Context, a *storage.Artifact, r io.Reader) 
 }
 
 func (b *memBackend) Retrieve(_ context.Context, a storage.Artifact) (io.ReadCloser, error) {
-	return b.OpenBlob(a)
+	k, err := storage.KeyOf(a)
+	if err != nil {
+		return nil, err
+	}
+	c, err := b.OpenArtifact(k)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(c.Reader()), nil
 }
 
 func (b *memBackend) Exists(_ context.Context, a storage.Artifact) (bool, error) {
@@ -282,6 +333,7 @@ func (b *memBackend) Delete(_ context.Context, a storage.Artifact) error {
 		return storage.ErrNotFound
 	}
 	delete(b.arts, a.Path())
+	b.applyLocked(fsm.EncodeDeleteArtifacts([]string{a.Path()}))
 	return nil
 }
 
@@ -299,71 +351,3 @@ func (b *memBackend) List(_ context.Context, f storage.Filter) ([]storage.Artifa
 }
 
 func (b *memBackend) GarbageCollect(context.Context, storage.GCPolicy) error { return nil }
-
-// memBlob verifies chunk by chunk like the real blob: a corrupt chunk
-// fails the read that reaches it, after the earlier chunks were returned.
-type memBlob struct {
-	data    []byte
-	chunk   int
-	corrupt int
-	off     int64
-}
-
-func (m *memBlob) check(off int64) error {
-	if int(off)/m.chunk == m.corrupt {
-		return fmt.Errorf("chunk %d: %w", m.corrupt, storage.ErrCorrupt)
-	}
-	return nil
-}
-
-func (m *memBlob) chunkEnd(off int64) int64 {
-	return min(int64((int(off)/m.chunk+1)*m.chunk), int64(len(m.data)))
-}
-
-func (m *memBlob) Read(p []byte) (int, error) {
-	if m.off >= int64(len(m.data)) {
-		return 0, io.EOF
-	}
-	if err := m.check(m.off); err != nil {
-		return 0, err
-	}
-	n := copy(p, m.data[m.off:m.chunkEnd(m.off)])
-	m.off += int64(n)
-	return n, nil
-}
-
-func (m *memBlob) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += m.off
-	case io.SeekEnd:
-		offset += int64(len(m.data))
-	default:
-		return 0, fmt.Errorf("bad whence %d", whence)
-	}
-	if offset < 0 {
-		return 0, fmt.Errorf("negative offset")
-	}
-	m.off = offset
-	return offset, nil
-}
-
-func (m *memBlob) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	for m.off < int64(len(m.data)) {
-		if err := m.check(m.off); err != nil {
-			return total, err
-		}
-		n, err := w.Write(m.data[m.off:m.chunkEnd(m.off)])
-		total += int64(n)
-		m.off += int64(n)
-		if err != nil {
-			return total, err
-		}
-	}
-	return total, nil
-}
-
-func (m *memBlob) Size() int64  { return int64(len(m.data)) }
-func (m *memBlob) Close() error { return nil }

@@ -44,8 +44,8 @@ func peerOrder(st raftstore.Status) []raftstore.Peer {
 // It answers 404 only when the peers that could be asked say so: the
 // leader, or all of them; if some could not be reached and none had it,
 // the client gets 503 and retries instead of a 404 it would trust.
-func (s *artifactServer) fromPeers(c echo.Context, p string) {
-	switch s.relayFromPeers(c, p) {
+func (s *artifactServer) fromPeers(c echo.Context, k storage.Key) {
+	switch s.relayFromPeers(c, k) {
 	case peersServed:
 	case peersMissing:
 		writePlain(c, http.StatusNotFound, storage.ErrNotFound.Error())
@@ -66,18 +66,18 @@ const (
 // relayFromPeers asks the peers in order and relays the first answer that
 // proves the artifact exists; otherwise it writes nothing and says whether
 // the peers agree the artifact is missing.
-func (s *artifactServer) relayFromPeers(c echo.Context, p string) peersOutcome {
+func (s *artifactServer) relayFromPeers(c echo.Context, k storage.Key) peersOutcome {
 	r := c.Request()
 	st := s.cfg.Backend.Status()
 	allAnswered, leaderSaysMissing := true, false
 	for _, peer := range peerOrder(st) {
-		resp, done, err := s.askPeer(r, peer, p)
+		resp, done, err := s.askPeer(r, peer, k)
 		if err != nil {
 			if r.Context().Err() != nil {
 				writePlain(c, http.StatusServiceUnavailable, "request canceled")
 				return peersServed
 			}
-			s.cfg.Logger.Debug("asking peer for artifact failed", "peer", peer.ID, "path", p, "error", err)
+			s.cfg.Logger.Debug("asking peer for artifact failed", "peer", peer.ID, "path", k, "error", err)
 			allAnswered = false
 			continue
 		}
@@ -85,7 +85,7 @@ func (s *artifactServer) relayFromPeers(c echo.Context, p string) peersOutcome {
 		case http.StatusOK, http.StatusPartialContent, http.StatusNotModified,
 			http.StatusPreconditionFailed, http.StatusRequestedRangeNotSatisfiable:
 			defer done()
-			s.relay(c, p, peer, resp)
+			s.relay(c, k, peer, resp)
 			return peersServed
 		case http.StatusNotFound:
 			leaderSaysMissing = leaderSaysMissing || peer.Leader
@@ -104,8 +104,8 @@ func (s *artifactServer) relayFromPeers(c echo.Context, p string) peersOutcome {
 // askPeer bounds only the wait for response headers, which covers the
 // peer's own apply wait; the body may then take as long as it takes. done
 // releases the request once the body is consumed.
-func (s *artifactServer) askPeer(r *http.Request, peer raftstore.Peer, p string) (*http.Response, func(), error) {
-	u := url.URL{Scheme: "http", Host: peer.StorageAddr, Path: "/" + p}
+func (s *artifactServer) askPeer(r *http.Request, peer raftstore.Peer, k storage.Key) (*http.Response, func(), error) {
+	u := url.URL{Scheme: "http", Host: peer.StorageAddr, Path: "/" + k.String()}
 	ctx, cancel := context.WithCancel(r.Context())
 	req, err := http.NewRequestWithContext(ctx, r.Method, u.String(), nil)
 	if err != nil {
@@ -139,7 +139,7 @@ func (s *artifactServer) askPeer(r *http.Request, peer raftstore.Peer, p string)
 // answering.
 const peerHeaderSlack = 3 * time.Second
 
-func (s *artifactServer) relay(c echo.Context, p string, peer raftstore.Peer, resp *http.Response) {
+func (s *artifactServer) relay(c echo.Context, k storage.Key, peer raftstore.Peer, resp *http.Response) {
 	w := c.Response()
 	h := w.Header()
 	for _, k := range peerResponseHeaders {
@@ -168,7 +168,7 @@ func (s *artifactServer) relay(c echo.Context, p string, peer raftstore.Peer, re
 			if c.Request().Context().Err() != nil {
 				return // the client went away and took the peer request with it
 			}
-			s.cfg.Logger.Error("peer failed mid-download, aborting", "peer", peer.ID, "path", p, "error", rerr)
+			s.cfg.Logger.Error("peer failed mid-download, aborting", "peer", peer.ID, "path", k, "error", rerr)
 			countError("artifacts", c.Request().Method)
 			panic(http.ErrAbortHandler)
 		}

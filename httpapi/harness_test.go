@@ -52,7 +52,7 @@ func (s *syncBuffer) String() string {
 
 func startNode(t *testing.T, id string, tweak func(*Config)) *testNode {
 	t.Helper()
-	n := &testNode{id: id, b: newMemBackend(id), logs: &syncBuffer{}}
+	n := &testNode{id: id, b: newMemBackend(t, id), logs: &syncBuffer{}}
 	logger := slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := Config{
 		Backend:         n.b,

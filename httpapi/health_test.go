@@ -30,7 +30,7 @@ func TestMetrics(t *testing.T) {
 	n := startNode(t, "a", nil)
 	n.b.put(artPath, []byte("x"))
 	n.b.put("helmchart/ns/c/c-1.0.0.tgz", randomBytes(10, 30))
-	n.b.corruptChunk("helmchart/ns/c/c-1.0.0.tgz", 0)
+	n.b.corrupt("helmchart/ns/c/c-1.0.0.tgz", 3)
 	do(t, http.MethodGet, "http://"+n.artifact+"/"+artPath, nil, nil)
 	do(t, http.MethodGet, "http://"+n.artifact+"/helmchart/ns/c/c-1.0.0.tgz", nil, nil)
 	do(t, http.MethodGet, "http://"+n.health+"/healthz", nil, nil)

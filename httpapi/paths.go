@@ -8,29 +8,23 @@ import (
 	"github.com/sourceraft/sourceraft/storage"
 )
 
-// artifactPath turns an escaped request path into a clean storage path
-// (no leading slash). It works on the escaped form because an escaped
-// separator or dot (%2f, %2e, %5c) would only become dangerous after
-// decoding: such escapes are refused outright instead of being decoded
-// into something ParsePath might then accept.
-func artifactPath(escaped string) (string, storage.Artifact, error) {
+// artifactKey turns an escaped request path into the key every later
+// step uses. It works on the escaped form because an escaped separator or
+// dot (%2f, %2e, %5c) would only become dangerous after decoding: such
+// escapes are refused outright instead of being decoded into something
+// ParseKey might then accept.
+func artifactKey(escaped string) (storage.Key, error) {
 	p := escaped
 	if strings.IndexByte(p, '%') >= 0 {
 		if err := checkEscapes(p); err != nil {
-			return "", storage.Artifact{}, err
+			return storage.Key{}, err
 		}
 		var err error
 		if p, err = url.PathUnescape(p); err != nil {
-			return "", storage.Artifact{}, fmt.Errorf("%w: %v", storage.ErrInvalidPath, err)
+			return storage.Key{}, fmt.Errorf("%w: %v", storage.ErrInvalidPath, err)
 		}
 	}
-	a, err := storage.ParsePath(p)
-	if err != nil {
-		return "", storage.Artifact{}, err
-	}
-	// ParsePath accepted it, so it is exactly kind/namespace/name/file and
-	// equal to a.Path(); reusing the string saves an allocation per request.
-	return strings.TrimPrefix(p, "/"), a, nil
+	return storage.ParseKey(p)
 }
 
 func checkEscapes(p string) error {

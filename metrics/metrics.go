@@ -48,6 +48,13 @@ var (
 		Help:    "The duration in seconds of a GitOps Toolkit resource reconciliation.",
 		Buckets: prometheus.ExponentialBucketsRange(10e-3, 1800, 10),
 	}, []string{"kind", "name", "namespace"})
+	// BlobChecks counts blob files hashed against their digest (on their
+	// first download by this process, or by the scrub) by result:
+	// verified, corrupt (never served complete), repaired (from a peer).
+	BlobChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "source_controller_blob_checks_total",
+		Help: "Blob files checked against their digest, by result.",
+	}, []string{"result"})
 	// StorageBackend is 1 for the blob backend in use.
 	StorageBackend = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "source_controller_storage_backend",
@@ -61,8 +68,11 @@ func init() {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		ArtifactServeDuration, HTTPRequests, HTTPRequestErrors,
 		StorageOperations, StorageOperationDuration, StorageBackend,
-		ReconcileDuration,
+		ReconcileDuration, BlobChecks,
 	)
+	for _, r := range []string{"verified", "corrupt", "repaired"} {
+		BlobChecks.WithLabelValues(r) // present at 0 from the start
+	}
 }
 
 // ObserveStorage records one storage operation that started at start.

@@ -56,6 +56,7 @@ type Node struct {
 	uploads   *uploadSet
 	notify    chan bool
 	observers []func(isLeader bool)
+	onCorrupt func(digest string)
 	done      chan struct{}
 	wg        sync.WaitGroup
 }
@@ -103,6 +104,7 @@ func (n *Node) Open() (err error) {
 		return fmt.Errorf("open fsm: %w", err)
 	}
 	closers = append(closers, n.fsm)
+	n.fsm.OnCorrupt(n.onCorrupt)
 
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", JSONFormat: true, Level: hclog.Info, Output: os.Stderr}).
 		With("node", n.cfg.NodeID)

@@ -146,6 +146,15 @@ func art(name, file string) storage.Artifact {
 	return storage.Artifact{Kind: "gitrepository", Namespace: "default", Name: name, File: file}
 }
 
+func mustKey(t *testing.T, a storage.Artifact) storage.Key {
+	t.Helper()
+	k, err := storage.KeyOf(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func readAll(t *testing.T, nd *Node, a storage.Artifact) []byte {
 	t.Helper()
 	rc, err := nd.Retrieve(context.Background(), a)
@@ -177,9 +186,13 @@ func TestStoreReplicatesToEveryNode(t *testing.T) {
 		if got := readAll(t, nd, a); !bytes.Equal(got, content) {
 			t.Fatalf("%s returned %d bytes that differ from the %d stored", nd.cfg.NodeID, len(got), len(content))
 		}
-		got, err := nd.Lookup(a.Path())
-		if err != nil || got.Digest != a.Digest || got.Revision != a.Revision {
-			t.Fatalf("%s: lookup %+v, %v", nd.cfg.NodeID, got, err)
+		c, err := nd.OpenArtifact(mustKey(t, a))
+		if err != nil {
+			t.Fatalf("%s: open %v", nd.cfg.NodeID, err)
+		}
+		c.Close()
+		if got := c.Artifact; got.Digest != a.Digest || got.Revision != a.Revision {
+			t.Fatalf("%s: open %+v", nd.cfg.NodeID, got)
 		}
 	}
 }
@@ -216,7 +229,7 @@ func TestMissingArtifactAfterBarrierIsNotFoundAtOnce(t *testing.T) {
 	for _, nd := range tc.nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		start := time.Now()
-		_, err := nd.WaitFor(ctx, art("app", "missing.tar.gz").Path())
+		_, err := nd.WaitFor(ctx, mustKey(t, art("app", "missing.tar.gz")))
 		cancel()
 		if !errors.Is(err, storage.ErrNotFound) || time.Since(start) > time.Second {
 			t.Fatalf("%s: WaitFor a missing artifact = %v after %v, want ErrNotFound at once", nd.cfg.NodeID, err, time.Since(start))

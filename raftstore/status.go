@@ -22,6 +22,12 @@ type Status struct {
 	Peers        []Peer `json:"peers"`
 	Artifacts    int    `json:"artifacts"`
 	Bytes        int64  `json:"bytes"`
+	// Blobs and BlobBytes count distinct contents, stored once each.
+	Blobs     int   `json:"blobs"`
+	BlobBytes int64 `json:"blobBytes"`
+	// Integrity is what hashing blob files against their digests (first
+	// downloads and the scrub) found since this process started.
+	Integrity fsm.IntegrityStats `json:"integrity"`
 	// Uploads counts uploads still waiting for their commit.
 	Uploads int `json:"uploads"`
 	// FSMError is the last error applying the log locally (disk full, I/O),
@@ -41,8 +47,9 @@ type ContentHash struct {
 	Hash         string `json:"hash"`
 }
 
-// ContentHash hashes the whole local store (chunks included): it reads
-// every byte, so it is for verification, not for probes.
+// ContentHash hashes the local store's metadata and the digest and size
+// of every blob file on disk (see fsm.FSM.ContentHash); it reads every
+// record, so it is for verification, not for probes.
 func (n *Node) ContentHash() (ContentHash, error) {
 	h, applied, err := n.fsm.ContentHash()
 	return ContentHash{NodeID: n.cfg.NodeID, AppliedIndex: applied, Hash: h}, err
@@ -96,7 +103,9 @@ func (n *Node) Status() Status {
 	}
 	if st, err := n.fsm.Stats(); err == nil {
 		s.Artifacts, s.Bytes, s.Uploads = st.Artifacts, st.Bytes, st.Uploads
+		s.Blobs, s.BlobBytes = st.Blobs, st.BlobBytes
 	}
+	s.Integrity = n.fsm.Integrity()
 	nodes := map[string]fsm.Node{}
 	if ns, err := n.fsm.Nodes(); err == nil {
 		for _, nd := range ns {

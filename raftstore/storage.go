@@ -132,16 +132,29 @@ func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, conte
 
 // Retrieve opens the artifact's content in the local store.
 func (n *Node) Retrieve(_ context.Context, a storage.Artifact) (io.ReadCloser, error) {
-	stored, err := n.Lookup(a.Path())
+	k, err := storage.KeyOf(a)
 	if err != nil {
 		return nil, err
 	}
-	return n.fsm.OpenBlob(stored.Digest)
+	c, err := n.fsm.Open(k)
+	if err != nil {
+		return nil, err
+	}
+	return contentReader{c.Reader(), c}, nil
+}
+
+type contentReader struct {
+	io.Reader
+	io.Closer
 }
 
 // Exists reports whether the artifact is committed and applied locally.
 func (n *Node) Exists(_ context.Context, a storage.Artifact) (bool, error) {
-	_, err := n.fsm.Artifact(a.Path())
+	k, err := storage.KeyOf(a)
+	if err != nil {
+		return false, err
+	}
+	_, err = n.fsm.Artifact(k)
 	if errors.Is(err, storage.ErrNotFound) {
 		return false, nil
 	}
@@ -155,7 +168,11 @@ func (n *Node) Delete(ctx context.Context, a storage.Artifact) (err error) {
 	if err != nil {
 		return err
 	}
-	if _, err := n.fsm.Artifact(a.Path()); err != nil {
+	k, err := storage.KeyOf(a)
+	if err != nil {
+		return err
+	}
+	if _, err := n.fsm.Artifact(k); err != nil {
 		return fmt.Errorf("delete %s: %w", a.Path(), err)
 	}
 	return n.propose(ctx, r, fsm.EncodeDeleteArtifacts([]string{a.Path()}))
@@ -197,29 +214,27 @@ func (n *Node) GarbageCollect(ctx context.Context, p storage.GCPolicy) (err erro
 	return nil
 }
 
-// Lookup returns the locally applied artifact at path.
-func (n *Node) Lookup(path string) (storage.Artifact, error) {
-	if _, err := storage.ParsePath(path); err != nil {
-		return storage.Artifact{}, err
-	}
-	return n.fsm.Artifact(path)
+// OpenArtifact looks up the locally applied artifact at k and opens its
+// content in one call.
+func (n *Node) OpenArtifact(k storage.Key) (*fsm.Content, error) {
+	return n.fsm.Open(k)
 }
 
-// WaitFor blocks until the artifact at path is applied locally, or this
-// replica has applied everything it knows to be committed and still lacks
-// it, or ctx ends. The commit index it knows is refreshed while it waits,
-// so an artifact committed elsewhere a moment ago is waited for.
-func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, error) {
+// WaitFor blocks until the artifact at k is applied locally and opens it,
+// or this replica has applied everything it knows to be committed and
+// still lacks it, or ctx ends. The commit index it knows is refreshed while
+// it waits, so an artifact committed elsewhere a moment ago is waited for.
+func (n *Node) WaitFor(ctx context.Context, k storage.Key) (*fsm.Content, error) {
 	r := n.raftOrNil()
 	if r == nil {
-		return storage.Artifact{}, ErrNotOpen
+		return nil, ErrNotOpen
 	}
 	target := r.CommitIndex()
 	for {
 		ch := n.fsm.Changed()
-		a, err := n.Lookup(path)
+		c, err := n.fsm.Open(k)
 		if !errors.Is(err, storage.ErrNotFound) {
-			return a, err
+			return c, err
 		}
 		applied := n.appliedIndex(r)
 		target = max(target, r.CommitIndex())
@@ -229,13 +244,13 @@ func (n *Node) WaitFor(ctx context.Context, path string) (storage.Artifact, erro
 		// leader commits them. Wait for that rather than send the client
 		// to peers that cannot answer either.
 		if applied >= n.lastCommandIndex(max(target, r.LastIndex()), applied) {
-			return storage.Artifact{}, err
+			return nil, err
 		}
 		select {
 		case <-ch:
 		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
-			return storage.Artifact{}, fmt.Errorf("wait for %s: %w", path, ctx.Err())
+			return nil, fmt.Errorf("wait for %s: %w", k, ctx.Err())
 		}
 	}
 }
@@ -342,9 +357,4 @@ func (s *uploadSet) has(id string) bool {
 	defer s.mu.Unlock()
 	_, ok := s.ids[id]
 	return ok
-}
-
-// OpenBlob opens the artifact's content in the local store.
-func (n *Node) OpenBlob(a storage.Artifact) (storage.Blob, error) {
-	return n.fsm.OpenBlob(a.Digest)
 }

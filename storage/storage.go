@@ -121,13 +121,29 @@ type Storage interface {
 	GarbageCollect(ctx context.Context, p GCPolicy) error
 }
 
-// Blob is an artifact's content in a replica's local store. Reads verify
-// each chunk's checksum before returning its bytes and fail with ErrCorrupt
-// otherwise, so corrupt bytes are never served.
-type Blob interface {
-	io.ReadSeeker
-	io.Closer
-	// WriteTo writes the whole content chunk by chunk.
-	io.WriterTo
-	Size() int64
+// Key is an artifact's validated storage path: made once at the edge by
+// ParseKey or KeyOf, then passed on without being parsed again.
+type Key struct {
+	path string
+	id   Artifact
 }
+
+// ParseKey validates p as ParsePath does.
+func ParseKey(p string) (Key, error) {
+	a, err := ParsePath(p)
+	if err != nil {
+		return Key{}, err
+	}
+	return Key{path: a.Path(), id: a}, nil
+}
+
+// KeyOf validates the path of a.
+func KeyOf(a Artifact) (Key, error) {
+	return ParseKey(a.Path())
+}
+
+// String is the storage path, kind/namespace/name/file.
+func (k Key) String() string { return k.path }
+
+// Identity returns an Artifact with only the path's fields set.
+func (k Key) Identity() Artifact { return k.id }

@@ -39,7 +39,7 @@ type options struct {
 	insecure, reconcile, pprof                          bool
 	retentionTTL, gcInterval                            time.Duration
 	retentionRecords                                    int
-	maxArtifactSize, snapshotBytes                      int64
+	maxArtifactSize, snapshotBytes, scrubRate           int64
 	logLevel                                            string
 
 	// StatefulSet identity (package identity).
@@ -99,6 +99,7 @@ func main() {
 	flag.IntVar(&o.retentionRecords, "artifact-retention-records", 2, "How many artifacts per source are kept, the current one included.")
 	flag.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "How often the leader collects garbage across all sources (0 disables).")
 	flag.Int64Var(&o.maxArtifactSize, "max-artifact-size", 1<<30, "Largest artifact accepted, in bytes.")
+	flag.Int64Var(&o.scrubRate, "scrub-rate", 16<<20, "Bytes per second the background scrub reads to check blob files against their digests (corrupt ones are repaired from a peer); 0 disables.")
 	flag.Int64Var(&o.snapshotBytes, "raft-snapshot-bytes", 64<<20, "Log bytes that trigger a Raft snapshot (at least; larger stores snapshot after half their size).")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error.")
 	// --kubeconfig is registered by controller-runtime (its client config
@@ -185,6 +186,7 @@ func run(o options, log *slog.Logger) error {
 	srv.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go node.Scrub(ctx, o.scrubRate)
 	log.Info("source-controller started", "node", o.nodeID, "raft", raftAdv, "peers", peerList(peers))
 	return srv.Run(ctx)
 }

@@ -13,64 +13,49 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/sourceraft/sourceraft/internal/cluster"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
-// corruptChunk flips one byte inside chunk seq of the only upload in a
-// stopped replica's store, below the checksum the FSM keeps per chunk; a
-// second call flips it back.
-func corruptChunk(t *testing.T, r *cluster.Replica, seq int) {
+// corruptBlob flips one byte of a blob file in a stopped replica's store.
+func corruptBlob(t *testing.T, r *cluster.Replica, digest string, off int64) {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(r.Dir, "data", "fsm.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	name := filepath.Join(r.Dir, "data", "blobs", "sha256", strings.TrimPrefix(digest, "sha256:"))
+	fh, err := os.OpenFile(name, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	err = db.Update(func(tx *bolt.Tx) error {
-		chunks := tx.Bucket([]byte("chunks"))
-		if chunks == nil {
-			return fmt.Errorf("no chunks bucket")
-		}
-		uploadID, _ := chunks.Cursor().First()
-		upload := chunks.Bucket(uploadID)
-		if upload == nil {
-			return fmt.Errorf("no upload bucket")
-		}
-		c := upload.Cursor()
-		k, _ := c.First()
-		for i := 0; i < seq && k != nil; i++ {
-			k, _ = c.Next()
-		}
-		chunk := upload.Bucket(k)
-		if k == nil || chunk == nil {
-			return fmt.Errorf("chunk %d not found", seq)
-		}
-		ck, v := chunk.Cursor().First()
-		if len(v) < 200 {
-			return fmt.Errorf("chunk %d holds %d bytes", seq, len(v))
-		}
-		bad := append([]byte(nil), v...)
-		bad[150] ^= 0xff
-		return chunk.Put(ck, bad)
-	})
-	if err != nil {
-		t.Fatalf("corrupt %s: %v", r.ID, err)
+	defer fh.Close()
+	b := make([]byte, 1)
+	if _, err := fh.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := fh.WriteAt(b, off); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// TestCorruptChunkIsNeverServed corrupts a follower's copy on disk: a
-// download that has not started falls back to an intact peer, one whose
-// corrupt chunk comes mid-body is cut off, and wrong bytes never pass as
-// the artifact.
-func TestCorruptChunkIsNeverServed(t *testing.T) {
-	c, leader := startCluster(t, 3, nil, nil)
-	victim := (leader + 1) % 3
-	content := randomContent(7, 3*storage.MaxChunkSize)
-	res := put(t, c, leader, "ocirepository/default/app/app.tar.gz", content)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+// TestCorruptBlobIsNeverServed corrupts a follower's blob files on disk: a
+// small one is checked before its first byte and served from an intact
+// peer, a large one streams through the hash and is cut off before its
+// end, wrong bytes never pass as the artifact, both are repaired from a
+// peer, and with the scrub on a corrupt file is found and repaired
+// without any download.
+func TestCorruptBlobIsNeverServed(t *testing.T) {
+	scrub := false
+	victim := -1
+	wrap := func(r *cluster.Replica, argv []string) []string {
+		if r.ID == fmt.Sprintf("replica-%d", victim) && !scrub {
+			return append(argv, "--scrub-rate=0")
+		}
+		return argv
+	}
+	c, leader := startCluster(t, 3, nil, wrap)
+	victim = (leader + 1) % 3
+	big := put(t, c, leader, "ocirepository/default/app/app.tar.gz", randomContent(7, 3*storage.MaxChunkSize))
+	small := put(t, c, leader, "ocirepository/default/small/app.tar.gz", randomContent(8, 10<<10))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// Only a replica that applied the artifact serves it from its own disk.
 	caughtUp := func() {
@@ -88,39 +73,70 @@ func TestCorruptChunkIsNeverServed(t *testing.T) {
 		}
 	}
 	caughtUp()
-	mustServe(t, c, victim, res.Path, res.Digest)
+	mustServe(t, c, victim, big.Path, big.Digest)
 	c.Stop(victim)
-	corruptChunk(t, c.Replicas[victim], 0)
+	corruptBlob(t, c.Replicas[victim], big.Digest, 150)
+	corruptBlob(t, c.Replicas[victim], small.Digest, 150)
 	if err := c.StartReplica(victim); err != nil {
 		t.Fatal(err)
 	}
 	caughtUp()
-	// Chunk 0 is checked before any byte goes out: served from a peer,
-	// and counted as a server-side error on the victim.
-	mustServe(t, c, victim, res.Path, res.Digest)
+	// The small one is checked before any byte goes out: served from a
+	// peer, and counted as a server-side error on the victim.
+	mustServe(t, c, victim, small.Path, small.Digest)
 	if m := scrape(ctx, t, c.Replicas[victim]); !strings.Contains(m, `source_controller_http_request_errors_total{listener="artifacts",method="GET"} 1`) {
 		t.Fatalf("corruption not counted on %s:\n%s", c.Replicas[victim].ID, grepLines(m, "errors_total"))
 	}
-
-	c.Stop(victim)
-	corruptChunk(t, c.Replicas[victim], 0) // flips the byte back
-	corruptChunk(t, c.Replicas[victim], 1)
-	if err := c.StartReplica(victim); err != nil {
-		t.Fatal(err)
-	}
-	caughtUp()
-	code, got, err := get(ctx, c.ArtifactURL(victim, res.Path))
-	if err == nil && got != res.Digest {
+	code, got, err := get(ctx, c.ArtifactURL(victim, big.Path))
+	if err == nil && got != big.Digest {
 		t.Fatalf("corrupt bytes served as a complete download (code %d, digest %s)", code, got)
 	}
 	if err == nil {
-		t.Fatalf("download with a corrupt middle chunk completed")
+		t.Fatal("download of a corrupt blob completed")
 	}
-	t.Logf("mid-body corruption cut the download: %v", err)
+	t.Logf("corrupt first download cut: %v", err)
+	waitRepaired(ctx, t, c, victim, 2)
+	mustServe(t, c, victim, big.Path, big.Digest)
+	mustServe(t, c, victim, small.Path, small.Digest)
+	m := scrape(ctx, t, c.Replicas[victim])
+	for _, want := range []string{`source_controller_blob_checks_total{result="corrupt"} 2`, `source_controller_blob_checks_total{result="repaired"} 2`} {
+		if !strings.Contains(m, want) {
+			t.Fatalf("%s lacks %s:\n%s", c.Replicas[victim].ID, want, grepLines(m, "blob_checks"))
+		}
+	}
+
+	// With the scrub on, nobody has to download it first.
+	c.Stop(victim)
+	corruptBlob(t, c.Replicas[victim], big.Digest, 3*storage.MaxChunkSize-10)
+	scrub = true
+	if err := c.StartReplica(victim); err != nil {
+		t.Fatal(err)
+	}
+	waitRepaired(ctx, t, c, victim, 1)
+	mustServe(t, c, victim, big.Path, big.Digest)
 	// The other replicas are unaffected.
 	for i := range c.Replicas {
 		if i != victim {
-			mustServe(t, c, i, res.Path, res.Digest)
+			mustServe(t, c, i, big.Path, big.Digest)
+		}
+	}
+}
+
+// waitRepaired waits until replica i reports n blobs repaired.
+func waitRepaired(ctx context.Context, t *testing.T, c *cluster.Cluster, i int, n uint64) {
+	t.Helper()
+	for {
+		st, err := c.Status(ctx, i)
+		if err == nil && st.Integrity.Repaired >= n {
+			if st.Integrity.Corrupt < n {
+				t.Fatalf("%s: %+v: repaired more than it found corrupt", c.Replicas[i].ID, st.Integrity)
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: %d blobs not repaired: %+v, %v", c.Replicas[i].ID, n, st.Integrity, err)
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
