@@ -538,7 +538,7 @@ func refusesForeignPeers(target string, clusterCA *x509.Certificate) error {
 	defer trans.Close()
 	var resp raft.RequestVoteResponse
 	err = trans.RequestVote("n0", raft.ServerAddress(target), &raft.RequestVoteRequest{
-		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("rogue"), Addr: []byte("127.0.0.1:1")}, Candidate: []byte("127.0.0.1:1"),
+		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("rogue"), Addr: []byte("127.0.0.1:1")},
 	}, &resp)
 	if err == nil {
 		errs = append(errs, fmt.Errorf("a Raft RPC with a foreign certificate went through: %+v", resp))
