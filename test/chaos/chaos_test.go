@@ -525,7 +525,7 @@ func (s *suite) minimums() []string {
 	}
 	minFinal := int64(len(s.memberList()) * (s.cfg.repos + 1))
 	if f := s.n.finalChecks.Load(); f < minFinal {
-		short = append(short, fmt.Sprintf("the final check read %d artifacts intact from the replicas' own stores, want at least %d (every source's current artifact on every replica)", f, minFinal))
+		short = append(short, fmt.Sprintf("the final check read %d artifacts intact from the replicas' own stores, want at least %d (sources times replicas)", f, minFinal))
 	}
 	fmt.Printf("checked: faults that took effect %s (each ≥ 1); leader killed or cut off %s; scaling %s; %d downloads digest-checked (≥ %d); final check %d artifacts intact in the replicas' own stores (≥ %d); %d minority checks, %d held artifacts served by the replica hit\n",
 		strings.Join(ran, ", "), leaderHit, scaling, s.n.downloads.Load(), minDownloads, s.n.finalChecks.Load(), minFinal,

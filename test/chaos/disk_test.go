@@ -65,14 +65,15 @@ func (s *suite) diskFull(ctx context.Context, rng *rand.Rand) error {
 	for i := range fill {
 		fill[i] = byte(rng.Uint32())
 	}
+	members := s.memberList()
+	via := members[rng.IntN(len(members))]
+	path := fmt.Sprintf("ocirepository/chaos-disk/fill/rev-%d.tar.gz", s.n.diskFills.Load())
 	putDone := make(chan struct{})
 	go func() {
 		defer close(putDone)
-		via := s.memberList()
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		path := fmt.Sprintf("ocirepository/chaos-disk/fill/rev-%d.tar.gz", s.n.diskFills.Load())
-		if _, err := s.c.Put(pctx, via[rng.IntN(len(via))], path, bytes.NewReader(fill), int64(len(fill))); err != nil {
+		if _, err := s.c.Put(pctx, via, path, bytes.NewReader(fill), int64(len(fill))); err != nil {
 			s.putFailed(fmt.Sprintf("PUT %s while the disk is full: %v", path, err))
 		}
 	}()
