@@ -456,8 +456,14 @@ func (s *suite) report() {
 	fmt.Printf("availability: %d downloads found no replica serving at first and retried (Retry-After); time to success %s\n",
 		s.n.retried.Load(), waits)
 	size := fmt.Sprintf("%d replicas", s.cfg.replicas)
-	if len(s.spares) > 0 {
+	s.mu.Lock()
+	scaled := s.scaledTo[0] != nil && s.scaledTo[1] != nil
+	s.mu.Unlock()
+	switch {
+	case len(s.spares) > 0 && scaled:
 		size += fmt.Sprintf(" (scaled %d → %d → %d)", s.cfg.replicas, s.cfg.replicas+len(s.spares), s.cfg.replicas)
+	case len(s.spares) > 0:
+		size += fmt.Sprintf(" (scaling %d → %d → %d not completed)", s.cfg.replicas, s.cfg.replicas+len(s.spares), s.cfg.replicas)
 	}
 	fmt.Printf("chaos: %s, %d kills (%d of the leader), %d partitions (%d of the leader), %d pauses, %d disk full (of %d fills), %d rolling restarts, %d downloads, %d failed, %d digest mismatches, %d lost artifacts, %s\n",
 		size, s.n.kills.Load(), s.n.leaderKills.Load(), s.n.partitions.Load(), s.n.leaderPartitions.Load(),
