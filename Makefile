@@ -22,11 +22,26 @@ run: build envtest-bins
 
 test: build lint envtest-bins test-unit image-test test-e2e test-fluxcli chaos-short
 
-test-unit: $(MINIO_BIN)
+# internal/cluster's partition test, test/e2e's disk-full test and the chaos
+# suite run replicas in network namespaces (ip from iproute2) and on tmpfs
+# mounts, as root. Where ip or tc is missing and the machine allows it (root
+# with apt-get), iproute2 is installed; otherwise this names what is missing.
+.PHONY: host-tools
+host-tools:
+	@[ "$$(id -u)" = 0 ] || { echo 'host-tools: the partition, disk-full and chaos tests create network namespaces and mount tmpfs: run as root' >&2; exit 1; }
+	@if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then \
+		command -v apt-get >/dev/null || { echo 'host-tools: ip and tc (iproute2) are missing and there is no apt-get to install them' >&2; exit 1; }; \
+		echo 'host-tools: installing iproute2 (ip, tc)'; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null || { echo 'host-tools: apt-get install iproute2 failed' >&2; exit 1; }; \
+	fi
+	@command -v mount >/dev/null && command -v umount >/dev/null || { echo 'host-tools: mount and umount (util-linux) are missing' >&2; exit 1; }
+	@d=$$(mktemp -d) && { mount -t tmpfs -o size=1m tmpfs "$$d" && umount "$$d"; rc=$$?; rmdir "$$d"; [ $$rc = 0 ]; } || { echo 'host-tools: cannot mount a tmpfs here (no CAP_SYS_ADMIN?)' >&2; exit 1; }
+
+test-unit: host-tools $(MINIO_BIN)
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /fsm -e /raftstore -e /httpapi -e /test/e2e -e /test/bench -e /test/fluxcli)
 
-test-e2e: build envtest-bins
+test-e2e: build envtest-bins host-tools
 	SOURCERAFT_BIN=$(BIN)/source-controller $(GO) test -count=1 -timeout 20m -v ./test/e2e/... 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
 
 # The chaos suite (test/chaos): kills, pauses, partitions, disk full, rolling
@@ -36,10 +51,10 @@ test-e2e: build envtest-bins
 # chaos-short is a 60 s round of the 3-replica cluster that `make test` runs.
 CHAOS_DURATION ?= 3m
 .PHONY: chaos chaos-short
-chaos chaos-short: build envtest-bins
+chaos chaos-short: build envtest-bins host-tools
 	set -o pipefail; SOURCERAFT_BIN=$(BIN)/source-controller CHAOS_DURATION=$(if $(filter chaos-short,$@),60s,$(CHAOS_DURATION)) \
 		$(GO) test -count=1 -timeout $${CHAOS_TIMEOUT:-90m} -v ./test/chaos/ -run '$(if $(filter chaos-short,$@),TestChaos3Replicas$$,.)' 2>&1 | tee $(BIN)/chaos.log; \
-		rc=$$?; grep -hE '^(availability:|failover:|minority:|chaos:|chaos dump:)' $(BIN)/chaos.log; exit $$rc
+		rc=$$?; grep -hE '^(availability:|failover:|minority:|checked:|chaos:|chaos dump:)' $(BIN)/chaos.log; exit $$rc
 
 bench: build
 	SOURCERAFT_BIN=$(BIN)/source-controller BENCH_OUT=$${BENCH_OUT:-bench-results.json} $(GO) run ./test/bench

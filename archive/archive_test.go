@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -113,12 +114,28 @@ func TestWriteIsDeterministic(t *testing.T) {
 	two := writeTree(t, files)
 	// Different mod times and permissions in the second tree must not matter.
 	old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
-	filepath.Walk(two, func(p string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() {
-			os.Chmod(p, 0o664)
+	err := filepath.WalkDir(two, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			if err := os.Chmod(p, 0o664); err != nil {
+				return err
+			}
 		}
 		return os.Chtimes(p, old, old)
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi1, err1 := os.Stat(filepath.Join(one, "a.txt"))
+	fi2, err2 := os.Stat(filepath.Join(two, "a.txt"))
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	if fi1.Mode() == fi2.Mode() || fi1.ModTime().Equal(fi2.ModTime()) {
+		t.Fatalf("the trees do not differ in mode and time: %v %v, %v %v", fi1.Mode(), fi1.ModTime(), fi2.Mode(), fi2.ModTime())
+	}
 	a, b := archiveBytes(t, one, Options{}), archiveBytes(t, two, Options{})
 	if !bytes.Equal(a, b) {
 		t.Fatal("the same tree archived twice gave different bytes")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -285,9 +286,10 @@ func TestArtifactMissingEverywhere(t *testing.T) {
 	}
 }
 
-// getExpectingFailure reads a download that must not complete: either the
-// request fails or the body is short of Content-Length with a read error.
-// What arrived may differ from the content (a first download streams
+// getExpectingFailure reads a download that must not complete: the server
+// refuses it or cuts the body short of Content-Length. A client timeout is
+// not such a failure (a server that stalls would pass), so it fails the
+// test. What arrived may differ from the content (a first download streams
 // through the hash, and only its end shows the mismatch), but it is never
 // all of it.
 func getExpectingFailure(t *testing.T, url string, hdr map[string]string, data []byte) {
@@ -298,16 +300,29 @@ func getExpectingFailure(t *testing.T, url string, hdr map[string]string, data [
 	}
 	resp, err := testClient.Do(req)
 	if err != nil {
+		if isTimeout(err) {
+			t.Fatalf("download timed out instead of failing: %v", err)
+		}
 		return
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
+	if err != nil && isTimeout(err) {
+		t.Fatalf("download stalled after %d bytes until the client gave up instead of failing: %v", len(body), err)
+	}
 	if err == nil && (resp.ContentLength < 0 || int64(len(body)) == resp.ContentLength) {
 		t.Fatalf("corrupt download completed: status %d, %d bytes, Content-Length %d", resp.StatusCode, len(body), resp.ContentLength)
 	}
 	if len(body) >= len(data) {
 		t.Errorf("client received %d bytes of a %d-byte artifact", len(body), len(data))
 	}
+}
+
+// isTimeout reports whether err is the client giving up rather than the
+// server ending the exchange.
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return (ok && ne.Timeout()) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // TestArtifactCorruptMidBody corrupts a blob file far from its start: the

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand"
 	"net"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -237,6 +239,49 @@ func TestMissingArtifactAfterBarrierIsNotFoundAtOnce(t *testing.T) {
 	}
 }
 
+// TestNewLeaderIsCaughtUpWithoutANewCommand is the other half: after an
+// election the new leader's log ends in its own no-op, which the FSM never
+// sees. The new leader must count itself caught up at once, without
+// waiting for the next command: its barrier (what it waits for before it
+// reconciles) returns, and its applied index (what /v1/cluster reports and
+// WaitForAppliedIndex waits for) reaches the end of its log.
+func TestNewLeaderIsCaughtUpWithoutANewCommand(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	li, l := tc.leader()
+	ctx := context.Background()
+	a := art("app", "a.tar.gz")
+	if err := l.Store(ctx, &a, bytes.NewReader([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	// Every node registered while the first leader leads, so the next one
+	// has no command of its own to propose when it takes over.
+	for _, nd := range tc.nodes {
+		if err := l.RegisterPeer(ctx, nd.self()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc.converge()
+	tc.stop(li)
+	_, nl := tc.leader()
+	st := nl.Status()
+	if applied := nl.fsm.AppliedIndex(); applied >= st.LastIndex {
+		t.Fatalf("%s: the FSM applied %d of a log ending at %d: the log does not end in entries the FSM never sees", nl.cfg.NodeID, applied, st.LastIndex)
+	}
+	start := time.Now()
+	if err := nl.Barrier(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.WaitForAppliedIndex(nl.Status().LastIndex, 2*time.Second); err != nil {
+		t.Fatalf("%s: new leader not caught up with its own log without a new command: %v", nl.cfg.NodeID, err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("%s: new leader caught up %v after its election, want at once", nl.cfg.NodeID, d)
+	}
+	if st := nl.Status(); st.AppliedIndex != st.LastIndex {
+		t.Fatalf("%s reports applied index %d of %d", nl.cfg.NodeID, st.AppliedIndex, st.LastIndex)
+	}
+}
+
 func TestWritesOnFollowerAreRefused(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
 	li, _ := tc.leader()
@@ -420,11 +465,17 @@ func TestRestartedFollowerCatchesUpFromSnapshot(t *testing.T) {
 		}
 	}
 	// A restart on its own data re-applies nothing: same index, same hash.
-	before, _, _ := tc.nodes[fi].fsm.ContentHash()
+	before, _, err := tc.nodes[fi].fsm.ContentHash()
+	if err != nil {
+		t.Fatal(err)
+	}
 	tc.stop(fi)
 	tc.start(fi)
 	tc.converge()
-	after, _, _ := tc.nodes[fi].fsm.ContentHash()
+	after, _, err := tc.nodes[fi].fsm.ContentHash()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if before != after {
 		t.Fatalf("content hash changed across restart: %s -> %s", before, after)
 	}
@@ -433,56 +484,123 @@ func TestRestartedFollowerCatchesUpFromSnapshot(t *testing.T) {
 func TestTransportRefusesPeersWithoutClusterCertificate(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
 	tc.leader()
-	target := tc.cfgs[0].RaftBind
+	if err := refusesForeignPeers(tc.cfgs[0].RaftBind, tc.ca.Cert); err != nil {
+		t.Fatal(err)
+	}
+}
 
+// TestForeignPeerCheckFailsAgainstPermissiveTransport is the negative
+// control of the test above: against a node that asks for a client
+// certificate but accepts any, or none, every part of the same check must
+// fail, or that part proves nothing.
+func TestForeignPeerCheckFailsAgainstPermissiveTransport(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) { c.TLS.config.ClientAuth = tls.RequestClientCert })
+	tc.leader()
+	err := refusesForeignPeers(tc.cfgs[0].RaftBind, tc.ca.Cert)
+	if err == nil {
+		t.Fatal("the foreign-certificate check passed against a transport that accepts any client certificate")
+	}
+	for _, part := range []string{"a peer with a foreign certificate: ", "a peer without a certificate: ", "a Raft RPC with a foreign certificate"} {
+		if !strings.Contains(err.Error(), part) {
+			t.Errorf("against a permissive transport the check did not fail on %q:\n%v", part, err)
+		}
+	}
+	t.Logf("the check fails as it must:\n%v", err)
+}
+
+// refusesForeignPeers returns nil when the Raft transport at target
+// refuses peers without a certificate from the cluster CA: a client with
+// a foreign certificate and one without any get a TLS alert from the
+// server naming the certificate (a timeout is not a refusal: Raft's
+// transport never writes first, so a server that accepted the peer also
+// stays silent), and a Raft RPC sent with the foreign certificate fails
+// with such an alert instead of being answered.
+func refusesForeignPeers(target string, clusterCA *x509.Certificate) error {
 	rogueCA, err := pki.NewCA("rogue")
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	pair, err := rogueCA.IssueLoopback("rogue")
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	rogue, err := rogueCA.TLSConfig(pair)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	// Trust the cluster's server certificate, present a foreign client one:
-	// the handshake must fail on the server's check.
-	rogue.RootCAs.AddCert(tc.ca.Cert)
-	conn, err := tls.Dial("tcp", target, rogue)
-	if err == nil {
-		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-		_, err = conn.Read(make([]byte, 1))
-		conn.Close()
+	// Trust the cluster's server certificate and present the foreign client
+	// one whatever CAs the server asks for (a Go client otherwise sends
+	// none): only the server's check of the client can fail the session.
+	rogue.RootCAs.AddCert(clusterCA)
+	rogue.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &rogue.Certificates[0], nil }
+	var errs []error
+	if err := expectAlert(handshakeAndRead(target, rogue), badCertificate...); err != nil {
+		errs = append(errs, fmt.Errorf("a peer with a foreign certificate: %w", err))
 	}
-	if err == nil {
-		t.Fatal("a peer with a foreign certificate completed a session")
-	}
-	// No client certificate at all.
 	noCert := &tls.Config{RootCAs: rogue.RootCAs, ServerName: "127.0.0.1"}
-	conn, err = tls.Dial("tcp", target, noCert)
-	if err == nil {
-		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-		_, err = conn.Read(make([]byte, 1))
-		conn.Close()
+	if err := expectAlert(handshakeAndRead(target, noCert), noCertificate...); err != nil {
+		errs = append(errs, fmt.Errorf("a peer without a certificate: %w", err))
 	}
-	if err == nil {
-		t.Fatal("a peer without a certificate completed a session")
-	}
-	// A node configured with the foreign CA cannot join: its dials fail.
+	// A node configured with the foreign CA asks for a vote (term 0, so a
+	// node that answers does not change state): the RPC must not go through.
 	sl, err := newStreamLayer("127.0.0.1:0", "127.0.0.1:1", rogue)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	defer sl.Close()
-	if c, err := sl.Dial(raft.ServerAddress("127.0.0.1:"+portOf(target)), time.Second); err == nil {
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); err == nil {
-			t.Fatal("rogue stream layer got data from the cluster")
+	trans := raft.NewNetworkTransport(sl, 1, 5*time.Second, io.Discard)
+	defer trans.Close()
+	var resp raft.RequestVoteResponse
+	err = trans.RequestVote("n0", raft.ServerAddress(target), &raft.RequestVoteRequest{
+		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("rogue"), Addr: []byte("127.0.0.1:1")},
+	}, &resp)
+	if err == nil {
+		errs = append(errs, fmt.Errorf("a Raft RPC with a foreign certificate went through: %+v", resp))
+	} else if err := expectAlert(err, badCertificate...); err != nil {
+		errs = append(errs, fmt.Errorf("a Raft RPC with a foreign certificate: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// handshakeAndRead dials target with cfg and reads: with TLS 1.3 the
+// client's handshake completes before the server has checked the client's
+// certificate, so the server's verdict arrives with the first read.
+func handshakeAndRead(target string, cfg *tls.Config) error {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", target, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetReadDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		return err
+	}
+	_, err = conn.Read(make([]byte, 1))
+	return err
+}
+
+// The TLS alerts a server sends when it rejects a client's certificate
+// (crypto/tls sends "bad certificate" when verification fails) or, under
+// TLS 1.3, its absence.
+var (
+	badCertificate = []string{"tls: bad certificate", "tls: unknown certificate authority"}
+	noCertificate  = append([]string{"tls: certificate required"}, badCertificate...)
+)
+
+// expectAlert returns nil if err carries one of the TLS alerts the server
+// sent, else what err is instead. Raft's transport keeps only the text of
+// the error it read, so the alert is matched in the text.
+func expectAlert(err error, alerts ...string) error {
+	if err == nil {
+		return errors.New("the session stayed open: no alert from the server")
+	}
+	if ne, ok := errors.AsType[net.Error](err); (ok && ne.Timeout()) || strings.Contains(err.Error(), "i/o timeout") {
+		return fmt.Errorf("timed out without an alert from the server: %w", err)
+	}
+	for _, a := range alerts {
+		if strings.Contains(err.Error(), "remote error: "+a) {
+			return nil
 		}
-		c.Close()
 	}
+	return fmt.Errorf("failed, but not with an alert %q from the server: %w", alerts, err)
 }
 
 func TestOpenRefusesPlaintextWithoutInsecureFlag(t *testing.T) {
@@ -490,11 +608,6 @@ func TestOpenRefusesPlaintextWithoutInsecureFlag(t *testing.T) {
 	if err := nd.Open(); !errors.Is(err, ErrNoTLS) {
 		t.Fatalf("open without TLS: %v, want ErrNoTLS", err)
 	}
-}
-
-func portOf(addr string) string {
-	_, p, _ := net.SplitHostPort(addr)
-	return p
 }
 
 func sortedCopy(s []string) []string {

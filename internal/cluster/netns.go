@@ -38,6 +38,9 @@ func newNetwork() (*network, error) {
 	if _, err := rand.Read(b); err != nil {
 		return nil, err
 	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, fmt.Errorf("network namespaces need ip from iproute2 (make host-tools installs it): %w", err)
+	}
 	n := &network{id: hex.EncodeToString(b[:2]), partitioned: map[int]bool{}}
 	n.bridge = "srb" + n.id
 	used, err := ip("-4", "-o", "addr", "show")

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -93,6 +94,9 @@ type suite struct {
 	rejoins         []time.Duration            // partition healed → replica Ready, following the leader
 	putErrors       []string
 	converged       string
+	// scaledTo are the leader's configuration after the scale-up and after
+	// the scale-down, as "replica-3/Voter".
+	scaledTo [2][]string
 	// stacks are goroutine dumps taken when a replica stopped answering.
 	stacks map[string]string
 }
@@ -144,6 +148,7 @@ func (s *suite) run() {
 	defer cancel()
 
 	s.setup(ctx)
+	s.event("setup took %v; faults for %v from now", time.Since(s.start).Round(time.Millisecond), s.cfg.duration)
 
 	// Background load.
 	var load sync.WaitGroup
@@ -451,16 +456,87 @@ func (s *suite) report() {
 	fmt.Printf("availability: %d downloads found no replica serving at first and retried (Retry-After); time to success %s\n",
 		s.n.retried.Load(), waits)
 	size := fmt.Sprintf("%d replicas", s.cfg.replicas)
-	if s.n.scalings.Load() == 2 {
+	s.mu.Lock()
+	scaled := s.scaledTo[0] != nil && s.scaledTo[1] != nil
+	s.mu.Unlock()
+	switch {
+	case len(s.spares) > 0 && scaled:
 		size += fmt.Sprintf(" (scaled %d → %d → %d)", s.cfg.replicas, s.cfg.replicas+len(s.spares), s.cfg.replicas)
+	case len(s.spares) > 0:
+		size += fmt.Sprintf(" (scaling %d → %d → %d not completed)", s.cfg.replicas, s.cfg.replicas+len(s.spares), s.cfg.replicas)
 	}
-	fmt.Printf("chaos: %s, %d kills (%d of the leader), %d partitions (%d of the leader), %d pauses, %d disk full, %d rolling restarts, %d downloads, %d failed, %d digest mismatches, %d lost artifacts, %s\n",
+	fmt.Printf("chaos: %s, %d kills (%d of the leader), %d partitions (%d of the leader), %d pauses, %d disk full (of %d fills), %d rolling restarts, %d downloads, %d failed, %d digest mismatches, %d lost artifacts, %s\n",
 		size, s.n.kills.Load(), s.n.leaderKills.Load(), s.n.partitions.Load(), s.n.leaderPartitions.Load(),
-		s.n.pauses.Load(), s.n.diskFulls.Load(), s.n.rollings.Load(),
+		s.n.ran[faultPause].Load(), s.n.ran[faultDiskFull].Load(), s.n.diskFills.Load(), s.n.ran[faultRolling].Load(),
 		s.n.downloads.Load(), s.n.failed.Load(), s.n.mismatches.Load(), s.n.lost.Load(), converged)
+	problems = append(problems, s.minimums()...)
 	if len(problems) > 0 {
 		s.t.Errorf("%d problems (seed %d):\n%s", len(problems), s.seed, strings.Join(problems, "\n"))
 	}
+}
+
+// minDownloadsPerSecond of the fault window is the least the consumers
+// must download and digest-check (they aim at one per 30 ms each) for a
+// run to say anything about availability.
+const minDownloadsPerSecond = 10
+
+// minimums prints the "checked:" line, what the run did against what it
+// must have done to prove anything, and returns each shortfall: a run in
+// which faults, the leader, the scaling or the load never happened passes
+// no invariant by doing nothing.
+func (s *suite) minimums() []string {
+	var short, ran []string
+	for f := range numFaults {
+		if !s.cfg.faults[f] {
+			continue
+		}
+		n := s.n.ran[f].Load()
+		ran = append(ran, fmt.Sprintf("%s %d", faultNames[f], n))
+		if n == 0 {
+			short = append(short, fmt.Sprintf("no %s fault took effect (enabled kinds must each run at least once)", faultNames[f]))
+		}
+	}
+	hits := s.n.leaderKills.Load() + s.n.leaderPartitions.Load()
+	leaderHit := "not enabled"
+	if s.cfg.faults[faultKill] || s.cfg.faults[faultPartition] {
+		leaderHit = fmt.Sprintf("%d (≥ 1)", hits)
+		if hits == 0 {
+			short = append(short, "the leader was never killed or cut off")
+		}
+	}
+	s.mu.Lock()
+	up, down := s.scaledTo[0], s.scaledTo[1]
+	s.mu.Unlock()
+	scaling := "none"
+	if len(s.spares) > 0 {
+		scaling = fmt.Sprintf("up to %v, down to %v", up, down)
+		var voters []string
+		for _, i := range append(s.memberList(), s.spares...) {
+			voters = append(voters, s.c.Replicas[i].ID+"/Voter")
+		}
+		if slices.Sort(voters); !slices.Equal(up, voters) {
+			short = append(short, fmt.Sprintf("scale-up: configuration %v, want voters %v", up, voters))
+		}
+		voters = voters[:0]
+		for _, i := range s.memberList() {
+			voters = append(voters, s.c.Replicas[i].ID+"/Voter")
+		}
+		if slices.Sort(voters); !slices.Equal(down, voters) {
+			short = append(short, fmt.Sprintf("scale-down: configuration %v, want voters %v", down, voters))
+		}
+	}
+	minDownloads := int64(s.cfg.duration.Seconds() * minDownloadsPerSecond)
+	if d := s.n.downloads.Load(); d < minDownloads {
+		short = append(short, fmt.Sprintf("%d downloads digest-checked, want at least %d", d, minDownloads))
+	}
+	minFinal := int64(len(s.memberList()) * (s.cfg.repos + 1))
+	if f := s.n.finalChecks.Load(); f < minFinal {
+		short = append(short, fmt.Sprintf("the final check read %d artifacts intact from the replicas' own stores, want at least %d (sources times replicas)", f, minFinal))
+	}
+	fmt.Printf("checked: faults that took effect %s (each ≥ 1); leader killed or cut off %s; scaling %s; %d downloads digest-checked (≥ %d); final check %d artifacts intact in the replicas' own stores (≥ %d); %d minority checks, %d held artifacts served by the replica hit\n",
+		strings.Join(ran, ", "), leaderHit, scaling, s.n.downloads.Load(), minDownloads, s.n.finalChecks.Load(), minFinal,
+		s.n.minorityChecks.Load(), s.n.heldChecked.Load())
+	return short
 }
 
 // distribution is "n=… min/median/p90/max".

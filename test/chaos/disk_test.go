@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -36,9 +37,11 @@ func mountSmallDisk(t *testing.T, r *cluster.Replica) error {
 }
 
 // diskFull fills the small-disk replica's tmpfs for a few seconds, leader
-// or not: a leader that cannot write its log steps down, a follower falls
-// behind; either way it goes on serving what it holds and catches up once
-// the space is back.
+// or not, and stores a blob meanwhile, so that the replica has to write: a
+// leader that cannot write its log steps down, a follower falls behind;
+// either way it goes on serving what it holds from its own store and
+// catches up once the space is back. Only a fill the replica hit (its
+// status reports the failed write) counts as a disk-full fault.
 func (s *suite) diskFull(ctx context.Context, rng *rand.Rand) error {
 	v := s.smallDisk
 	d := time.Duration(3000+rng.IntN(5000)) * time.Millisecond
@@ -51,40 +54,65 @@ func (s *suite) diskFull(ctx context.Context, rng *rand.Rand) error {
 	if err != nil {
 		return err
 	}
-	s.n.diskFulls.Add(1)
+	s.n.diskFills.Add(1)
 	role := ""
 	if v == leader {
 		role = " (leader)"
 	}
 	desc := fmt.Sprintf("disk full on %s%s for %v", s.c.Replicas[v].ID, role, d)
 	s.event("%s: %d MiB ballast", desc, ballast>>20)
-	// Whether the replica hits the full disk depends on whether bbolt
-	// needs a new page meanwhile: recorded, not required.
+	fill := make([]byte, 4<<20)
+	for i := range fill {
+		fill[i] = byte(rng.Uint32())
+	}
+	members := s.memberList()
+	via := members[rng.IntN(len(members))]
+	path := fmt.Sprintf("ocirepository/chaos-disk/fill/rev-%d.tar.gz", s.n.diskFills.Load())
+	putDone := make(chan struct{})
+	go func() {
+		defer close(putDone)
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if _, err := s.c.Put(pctx, via, path, bytes.NewReader(fill), int64(len(fill))); err != nil {
+			s.putFailed(fmt.Sprintf("PUT %s while the disk is full: %v", path, err))
+		}
+	}()
 	noticed := ""
+	checks := 0
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		st, err := s.c.Status(sctx, v)
 		cancel()
 		if err == nil && noticed == "" && st.LogError+st.FSMError != "" {
 			noticed = strings.TrimSpace(st.LogError + " " + st.FSMError)
-			if msg := s.servesHeld(ctx, v, held); msg != "" {
-				s.problem("%s: %s", desc, msg)
-			}
+			checks += s.checkHeld(ctx, v, held, desc)
 		}
 	}
 	if noticed == "" {
-		if msg := s.servesHeld(ctx, v, held); msg != "" {
-			s.problem("%s: %s", desc, msg)
-		}
 		noticed = "no write failed"
 	} else {
-		s.n.diskFullsNoticed.Add(1)
+		s.n.ran[faultDiskFull].Add(1)
+	}
+	checks += s.checkHeld(ctx, v, held, desc)
+	if checks == 0 {
+		s.problem("%s: nothing to check: none of the %d artifacts held before the fill served or protected", desc, len(held))
 	}
 	if err := s.freeDisk(); err != nil {
 		return err
 	}
+	<-putDone
 	s.event("%s: space back; the replica reported %q", desc, noticed)
 	return s.waitRecovered(ctx, v)
+}
+
+// checkHeld records a problem if replica v does not serve what it held
+// and returns how many held artifacts it served.
+func (s *suite) checkHeld(ctx context.Context, v int, held []artifactRec, desc string) int {
+	checked, msg := s.servesHeld(ctx, v, held)
+	if msg != "" {
+		s.problem("%s: %s", desc, msg)
+	}
+	return checked
 }
 
 func (s *suite) ballastPath() string {

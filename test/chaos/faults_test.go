@@ -30,13 +30,19 @@ type fault int
 var faultNames = [numFaults]string{"kill", "pause", "partition", "disk", "rolling"}
 
 // parseFaults reads CHAOS_FAULTS, a comma-separated subset of faultNames
-// to inject (all when empty): to chase one kind of failure.
+// to inject (all when unset or empty): to chase one kind of failure. A
+// value that names no fault (",") is an error, not a run without faults.
 func parseFaults(v string) (map[fault]bool, error) {
 	on := map[fault]bool{}
 	for f := range numFaults {
 		on[f] = v == ""
 	}
+	if v == "" {
+		return on, nil
+	}
+	named := 0
 	for _, name := range strings.Split(v, ",") {
+		name = strings.TrimSpace(name)
 		if name == "" {
 			continue
 		}
@@ -45,6 +51,10 @@ func parseFaults(v string) (map[fault]bool, error) {
 			return nil, fmt.Errorf("CHAOS_FAULTS: unknown fault %q (known: %s)", name, strings.Join(faultNames[:], ", "))
 		}
 		on[fault(i)] = true
+		named++
+	}
+	if named == 0 {
+		return nil, fmt.Errorf("CHAOS_FAULTS=%q names no fault (known: %s; unset for all)", v, strings.Join(faultNames[:], ", "))
 	}
 	return on, nil
 }
@@ -58,14 +68,14 @@ const (
 	numFaults
 )
 
-// faultLoop injects faults until the duration is over: first each kind
-// once in a seeded order, so even a short run sees them all, then at
-// random. With spares, the cluster scales up a third of the way in and
-// back down at two thirds. Faults never overlap beyond a minority: a
-// replica faulted is Ready again, following a leader, before the next
-// fault starts.
+// faultLoop injects faults for the duration, counted from its start (after
+// setup): first each kind once in a seeded order, so even a short run sees
+// them all, then at random. With spares, the cluster scales up a third of
+// the way in and back down at two thirds. Faults never overlap beyond a
+// minority: a replica faulted is Ready again, following a leader, before
+// the next fault starts.
 func (s *suite) faultLoop(ctx context.Context, rng *rand.Rand) {
-	start := s.start
+	start := time.Now()
 	end := start.Add(s.cfg.duration)
 	deck := rng.Perm(int(numFaults))
 	scaledUp, scaledDown := len(s.spares) == 0, len(s.spares) == 0
@@ -153,6 +163,7 @@ func (s *suite) kill(ctx context.Context, rng *rand.Rand) error {
 		s.c.Kill(v)
 	}
 	killedAt := time.Now()
+	s.n.ran[faultKill].Add(1)
 	var probeSHA string
 	if killedLeader {
 		s.n.leaderKills.Add(1)
@@ -255,7 +266,7 @@ func (s *suite) pause(ctx context.Context, rng *rand.Rand) error {
 	if !s.c.Pause(v) {
 		return fmt.Errorf("pause %s: not running", s.c.Replicas[v].ID)
 	}
-	s.n.pauses.Add(1)
+	s.n.ran[faultPause].Add(1)
 	what := ""
 	if v == leader {
 		what = " (leader)"
@@ -269,7 +280,6 @@ func (s *suite) pause(ctx context.Context, rng *rand.Rand) error {
 // rollingRestart SIGTERMs the replicas one by one from the highest
 // ordinal, as a StatefulSet update does, each Ready before the next.
 func (s *suite) rollingRestart(ctx context.Context) error {
-	s.n.rollings.Add(1)
 	s.event("rolling restart")
 	members := s.memberList()
 	for k := len(members) - 1; k >= 0; k-- {
@@ -286,6 +296,7 @@ func (s *suite) rollingRestart(ctx context.Context) error {
 		s.event("  %s restarted (stopped in %v, Ready %v after SIGTERM)", s.c.Replicas[i].ID,
 			stopped.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	}
+	s.n.ran[faultRolling].Add(1)
 	return nil
 }
 

@@ -31,13 +31,21 @@ var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16
 // from a peer (see httpapi): how the final check reads each store.
 const forwardedHeader = "X-Sourceraft-Forwarded"
 
-// counters are the figures of the summary line.
+// counters are the figures of the summary lines.
 type counters struct {
-	kills, leaderKills, pauses, rollings, partitions         atomic.Int64
-	leaderPartitions, diskFulls, diskFullsNoticed, scalings  atomic.Int64
-	minorityChecks                                           atomic.Int64
-	downloads, failed, mismatches, lost, gone, spur, retried atomic.Int64
-	commits, puts, putsAcked, statusDigestChanged            atomic.Int64
+	// ran counts the faults of each kind that took effect: replicas
+	// signalled (kill, pause), a replica cut off, a disk fill the replica
+	// hit (its status reported the failed write), a rolling restart done.
+	ran                                       [numFaults]atomic.Int64
+	kills, leaderKills                        atomic.Int64 // replicas killed
+	partitions, leaderPartitions, diskFills   atomic.Int64
+	minorityChecks, heldChecked               atomic.Int64
+	downloads, failed, mismatches, lost, gone atomic.Int64
+	spur, retried                             atomic.Int64
+	// finalChecks are the artifacts the final check read from a replica's
+	// own store with the expected digest.
+	finalChecks                                   atomic.Int64
+	commits, puts, putsAcked, statusDigestChanged atomic.Int64
 }
 
 // gitRepo is one Git repository under load with its GitRepository.
@@ -230,8 +238,9 @@ const (
 // it. When none does and none answers 404 (replicas down, or answering 503
 // "not applied here and some peers are unreachable" with Retry-After while
 // a new leader is elected), it retries every second for up to
-// downloadPatience, as Flux's fetcher (retryablehttp) would. A 404 ends
-// the download: an artifact retention protects must never get one.
+// downloadPatience, as Flux's fetcher (retryablehttp) would, and then
+// counts as failed. A 404 ends the download: an artifact retention
+// protects, or a status still names, must never get one.
 func (s *suite) download(ctx context.Context, rng *rand.Rand, a artifactRec) {
 	start := time.Now()
 	for round := 0; ; round++ {
@@ -266,9 +275,12 @@ func (s *suite) download(ctx context.Context, rng *rand.Rand, a artifactRec) {
 				errs = append(errs, fmt.Sprintf("%s: %v", s.c.Replicas[i].ID, err))
 			}
 		}
-		protected := s.tr.protected(a.path, time.Now())
+		// Only a 404 says an artifact is gone: a replica answers it once it
+		// has applied what is committed (or its leader said so), so the
+		// collection is in the replicated state. A 503 from every replica
+		// decides nothing, whatever the statuses say: retried, then failed.
 		switch {
-		case len(notFoundAt) > 0 && protected:
+		case len(notFoundAt) > 0 && s.tr.protected(a.path, time.Now()):
 			s.n.lost.Add(1)
 			s.problem("lost: %s (committed, still within retention) answered 404 by %v; errors %v", a.path, notFoundAt, errs)
 			return
@@ -278,11 +290,6 @@ func (s *suite) download(ctx context.Context, rng *rand.Rand, a artifactRec) {
 			return
 		case len(notFoundAt) > 0:
 			s.n.gone.Add(1) // superseded and collected: allowed
-			return
-		case !protected && !s.stillNamed(ctx, a):
-			// Collected while some replica could not tell: a 503 for an
-			// artifact that may be gone is the designed answer.
-			s.n.gone.Add(1)
 			return
 		case time.Since(start) > downloadPatience:
 			s.n.failed.Add(1)

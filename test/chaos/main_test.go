@@ -1,18 +1,24 @@
 // Package chaos runs the real source-controller as a replicated cluster
 // reconciling GitRepositories from a real API server and Git server, while
-// a seeded fault loop kills, pauses and restarts replicas under download
-// and upload load; then it heals the cluster and verifies the invariants:
-// no download failed on every replica, no digest mismatched, no committed
-// artifact disappeared before retention allowed it, at most one leader per
-// term, every replica's store equal, and reconciliation resumed within
-// 5 s of a new leader after the old one was killed.
+// a seeded fault loop kills, pauses, partitions, fills the disk of and
+// restarts replicas under download and upload load; then it heals the
+// cluster and verifies the invariants: no download failed on every
+// replica, no digest mismatched, no committed artifact disappeared before
+// retention allowed it, at most one leader per term, every replica's store
+// equal, and reconciliation resumed within 5 s of a new leader after the
+// old one was killed or cut off. A run that did too little to prove them
+// fails too: every enabled kind of fault must have taken effect, the
+// leader must have been hit, the scaling must have been seen in the Raft
+// configuration, and the consumers and the final check must have checked
+// enough digests.
 //
 // The shape follows hashicorp/raft's fuzzy tests: start cluster →
 // background load → fault loop → heal → stop → verify. `make chaos` runs it
-// for CHAOS_DURATION (default 3m) per cluster size; `make chaos-short` runs
-// a 60 s round of the 3-replica cluster. CHAOS_FAULTS (e.g.
-// "partition,kill") limits the kinds of fault, CHAOS_SEED replays a fault
-// sequence, CHAOS_OUT names where a failure's logs and states are dumped.
+// for CHAOS_DURATION (default 3m, counted from the end of setup) per
+// cluster size; `make chaos-short` runs a 60 s round of the 3-replica
+// cluster. CHAOS_FAULTS (e.g. "partition,kill") limits the kinds of fault,
+// CHAOS_SEED replays a fault sequence, CHAOS_OUT names where a failure's
+// logs and states are dumped.
 package chaos
 
 import (

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -36,6 +37,7 @@ func (s *suite) partition(ctx context.Context, rng *rand.Rand) error {
 	}
 	cut := time.Now()
 	s.n.partitions.Add(1)
+	s.n.ran[faultPartition].Add(1)
 	desc := fmt.Sprintf("partition %s for %v", s.c.Replicas[v].ID, d)
 	var probeSHA string
 	if ofLeader {
@@ -102,7 +104,8 @@ func (s *suite) held(ctx context.Context, v int, rng *rand.Rand) []artifactRec {
 }
 
 // checkMinority checks that replica v, cut off from its peers, reports
-// Ready and serves every artifact it held to a consumer.
+// Ready and serves from its own store the artifacts it held. A check with
+// nothing to serve proves nothing and fails.
 func (s *suite) checkMinority(ctx context.Context, v int, held []artifactRec, desc string) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -111,28 +114,42 @@ func (s *suite) checkMinority(ctx context.Context, v int, held []artifactRec, de
 		s.grabStacks(v, "not Ready while cut off: "+err.Error())
 		return
 	}
-	if msg := s.servesHeld(ctx, v, held); msg != "" {
+	checked, msg := s.servesHeld(ctx, v, held)
+	switch {
+	case msg != "":
 		s.problem("%s: %s", desc, msg)
-		return
+	case checked == 0:
+		s.problem("%s: minority check with no artifact to check (%d held before the cut, none served or protected now)", desc, len(held))
+	default:
+		s.n.minorityChecks.Add(1)
 	}
-	s.n.minorityChecks.Add(1)
 }
 
-// servesHeld downloads each held artifact retention still protects from
-// replica v as a consumer would and returns what went wrong, "" when all
-// were served intact. (A replica with a full disk may still apply the
-// leader's garbage collection: bbolt reuses its free pages.)
-func (s *suite) servesHeld(ctx context.Context, v int, held []artifactRec) string {
+// servesHeld downloads each held artifact from replica v's own store
+// (never relayed from a peer) and returns how many it served intact and
+// what went wrong, "" when nothing did. An artifact retention no longer
+// protects may be gone: the replica may still apply a garbage collection
+// committed before the fault (a replica with a full disk applies new
+// ones: bbolt reuses its free pages).
+func (s *suite) servesHeld(ctx context.Context, v int, held []artifactRec) (int, string) {
+	checked := 0
 	for _, a := range held {
-		if !s.tr.protected(a.path, time.Now()) {
-			continue
-		}
 		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		d, res, err := fetch(fctx, s.c.ArtifactURL(v, a.path), false)
+		d, res, err := fetch(fctx, s.c.ArtifactURL(v, a.path), true)
 		cancel()
-		if res != served || d != a.digest {
-			return fmt.Sprintf("%s stopped serving %s it held (digest %q, %v)", s.c.Replicas[v].ID, a.path, d, err)
+		switch {
+		case res == served && d == a.digest:
+			checked++
+			s.n.heldChecked.Add(1)
+		case res == served:
+			s.n.mismatches.Add(1)
+			return checked, fmt.Sprintf("%s served %s it held with digest %s, want %s", s.c.Replicas[v].ID, a.path, d, a.digest)
+		case s.tr.protected(a.path, time.Now()):
+			if res == notFound {
+				err = errors.New("404")
+			}
+			return checked, fmt.Sprintf("%s stopped serving %s it held (%v)", s.c.Replicas[v].ID, a.path, err)
 		}
 	}
-	return ""
+	return checked, ""
 }

@@ -41,10 +41,14 @@ func (s *suite) scaleUp(ctx context.Context) error {
 			return fmt.Errorf("scale up: %w", err)
 		}
 	}
+	voters, err := s.voters(ctx)
+	if err != nil {
+		return fmt.Errorf("scale up: %w", err)
+	}
 	s.mu.Lock()
 	s.members = append(s.members, s.spares...)
+	s.scaledTo[0] = voters
 	s.mu.Unlock()
-	s.n.scalings.Add(1)
 	s.event("scaled %d → %d: %s joined as non-voters, all voters and Ready %v later",
 		len(before), len(before)+len(s.spares), s.ids(s.spares), time.Since(t0).Round(time.Millisecond))
 	return nil
@@ -83,8 +87,35 @@ func (s *suite) scaleDown(ctx context.Context) error {
 	if err := s.c.WaitVoters(wctx, s.idList(after), nil); err != nil {
 		return fmt.Errorf("scale down: %w", err)
 	}
-	s.n.scalings.Add(1)
+	voters, err := s.voters(ctx)
+	if err != nil {
+		return fmt.Errorf("scale down: %w", err)
+	}
+	s.mu.Lock()
+	s.scaledTo[1] = voters
+	s.mu.Unlock()
 	s.event("scaled %d → %d: %s removed, voters %s, %v", len(after)+len(s.spares), len(after),
 		s.ids(s.spares), s.ids(after), time.Since(t0).Round(time.Millisecond))
 	return nil
+}
+
+// voters returns the members of the leader's Raft configuration, each
+// with its suffrage ("replica-3/Voter"), sorted.
+func (s *suite) voters(ctx context.Context) ([]string, error) {
+	leader, err := s.leader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := s.c.Status(sctx, leader)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range st.Peers {
+		out = append(out, p.ID+"/"+p.Suffrage)
+	}
+	slices.Sort(out)
+	return out, nil
 }

@@ -244,6 +244,7 @@ func (s *suite) verifyStores(ctx context.Context) {
 				s.n.mismatches.Add(1)
 				s.problem("final check: %s holds %s with digest %s, want %s", id, a.path, r.digest, a.digest)
 			case r.res == served:
+				s.n.finalChecks.Add(1)
 				have = append(have, id)
 			case r.res == notFound:
 				missing = append(missing, id)

@@ -396,8 +396,35 @@ func portOf(p intstr.IntOrString, named map[string]int32) int32 {
 
 // dryRunPod submits pod 0 as the StatefulSet controller would create it:
 // Pod Security admission enforces only on Pods, so this is where a
-// restricted-level violation of the template would surface.
+// restricted-level violation of the template would surface. The negative
+// control, the same pod made privileged, must be refused by Pod Security
+// admission: otherwise the namespace enforces nothing and the check
+// proves nothing.
 func dryRunPod(ctx context.Context, t *testing.T, objs []*unstructured.Unstructured) {
+	pod := podOf(t, objs)
+	dry := client.NewDryRunClient(client.WithFieldValidation(env.Client, metav1.FieldValidationStrict))
+	if err := dry.Create(ctx, pod.DeepCopy()); err != nil {
+		t.Fatalf("dry-run create of pod %s in a namespace enforcing restricted: %v", pod.Name, err)
+	}
+	bad, yes := pod.DeepCopy(), true
+	for i := range bad.Spec.Containers {
+		c := &bad.Spec.Containers[i]
+		if c.SecurityContext == nil {
+			c.SecurityContext = &corev1.SecurityContext{}
+		}
+		c.SecurityContext.Privileged, c.SecurityContext.AllowPrivilegeEscalation = &yes, &yes
+	}
+	err := dry.Create(ctx, bad)
+	if err == nil {
+		t.Fatalf("a privileged pod was admitted into %s: Pod Security admission does not enforce restricted there", ns)
+	}
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), `violates PodSecurity "restricted:latest"`) {
+		t.Fatalf("a privileged pod was refused, but not by Pod Security admission: %v", err)
+	}
+}
+
+// podOf is pod 0 of the StatefulSet as its controller would create it.
+func podOf(t *testing.T, objs []*unstructured.Unstructured) *corev1.Pod {
 	var sts appsv1.StatefulSet
 	find(t, objs, "StatefulSet", stsName, &sts)
 	pod := &corev1.Pod{
@@ -411,10 +438,7 @@ func dryRunPod(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: vct.Name + "-" + pod.Name},
 		}})
 	}
-	dry := client.NewDryRunClient(client.WithFieldValidation(env.Client, metav1.FieldValidationStrict))
-	if err := dry.Create(ctx, pod); err != nil {
-		t.Fatalf("dry-run create of pod %s in a namespace enforcing restricted: %v", pod.Name, err)
-	}
+	return pod
 }
 
 func checkServices(t *testing.T, objs []*unstructured.Unstructured) {

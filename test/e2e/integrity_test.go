@@ -206,7 +206,8 @@ func TestDiskFullReplica(t *testing.T) {
 	if code := readyz(ctx, c.Replicas[2]); code != http.StatusServiceUnavailable {
 		t.Fatalf("full replica /readyz = %d, want 503", code)
 	}
-	// What it has is intact; what it lacks comes from a peer.
+	// What it has it serves itself, intact; what it lacks comes from a peer.
+	mustServeLocally(t, c, 2, small.Path, small.Digest)
 	mustServe(t, c, 2, small.Path, small.Digest)
 	mustServe(t, c, 2, big.Path, big.Digest)
 

@@ -109,10 +109,20 @@ func digestOf(b []byte) string {
 
 // get downloads url and returns status and the body's digest; a body that
 // ends early is an error.
-func get(ctx context.Context, url string) (int, string, error) {
+func get(ctx context.Context, url string) (int, string, error) { return getWith(ctx, url, nil) }
+
+// forwardedHeader marks a request as one replica's to another: it is
+// answered from the replica's own store, never relayed from a peer.
+const forwardedHeader = "X-Sourceraft-Forwarded"
+
+// getWith is get with extra request headers.
+func getWith(ctx context.Context, url string, hdr http.Header) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, "", err
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -142,6 +152,18 @@ func mustServe(t *testing.T, c *cluster.Cluster, i int, path, digest string) {
 	code, got, err := get(ctx, c.ArtifactURL(i, path))
 	if err != nil || code != http.StatusOK || got != digest {
 		t.Fatalf("%s: GET %s: code %d digest %s err %v; want 200 %s", c.Replicas[i].ID, path, code, got, err, digest)
+	}
+}
+
+// mustServeLocally checks replica i serves path with the wanted digest
+// from its own store, not relayed from a peer.
+func mustServeLocally(t *testing.T, c *cluster.Cluster, i int, path, digest string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	code, got, err := getWith(ctx, c.ArtifactURL(i, path), http.Header{forwardedHeader: {"e2e"}})
+	if err != nil || code != http.StatusOK || got != digest {
+		t.Fatalf("%s: GET %s from its own store: code %d digest %s err %v; want 200 %s", c.Replicas[i].ID, path, code, got, err, digest)
 	}
 }
 

@@ -27,9 +27,10 @@ import (
 )
 
 // TestLeaderChangeMidReconcile kills the leader while it reconciles a batch
-// of GitRepositories: the new leader finishes them, every artifact a status
-// ever names is already served by the surviving replicas, and each source
-// ends with exactly one artifact.
+// of GitRepositories (some Ready, some not): the new leader finishes them,
+// every artifact a status ever names is already served by the surviving
+// replicas, each source ends with exactly one artifact, and once the old
+// leader is back every replica serves them all to Flux's fetcher.
 func TestLeaderChangeMidReconcile(t *testing.T) {
 	env, err := testenv.StartEnv()
 	if err != nil {
@@ -124,9 +125,37 @@ func TestLeaderChangeMidReconcile(t *testing.T) {
 		}
 	}()
 
-	time.Sleep(300 * time.Millisecond)
+	// Kill the leader while it reconciles: once a first source is Ready,
+	// and, as checked right after, while some are not.
+	readyAt := func() (int, error) {
+		var list sourcev1.GitRepositoryList
+		if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, o := range list.Items {
+			ready := apimeta.FindStatusCondition(o.Status.Conditions, meta.ReadyCondition)
+			if ready != nil && ready.Status == metav1.ConditionTrue && o.Status.Artifact != nil && o.Status.Artifact.Revision == revisions[o.Name] {
+				n++
+			}
+		}
+		return n, nil
+	}
+	for n := 0; n == 0; time.Sleep(20 * time.Millisecond) {
+		if n, err = readyAt(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c.Kill(leader)
 	killed := time.Now()
+	done, err := readyAt()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done == sources {
+		t.Fatalf("every source was reconciled before the leader was killed: nothing was left mid-reconcile")
+	}
+	t.Logf("%d of %d sources reconciled when the leader was killed", done, sources)
 	newLeader, err := c.WaitLeader(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -164,13 +193,17 @@ func TestLeaderChangeMidReconcile(t *testing.T) {
 	if st.Artifacts != sources {
 		t.Fatalf("store holds %d artifacts for %d sources at one revision each", st.Artifacts, sources)
 	}
+	// The killed replica comes back on its data and catches up.
+	if err := c.StartReplica(leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitApplied(ctx, leader, st.CommitIndex); err != nil {
+		t.Fatal(err)
+	}
 	// What kustomize-controller does with a status: Flux's ArchiveFetcher
 	// downloads, verifies the digest and extracts, from every replica.
 	fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(50<<20), fetch.WithUntar(tar.WithMaxUntarSize(50<<20)))
 	for i := range c.Replicas {
-		if !c.Running(i) {
-			continue
-		}
 		for p, d := range named {
 			dir := t.TempDir()
 			if err := fetcher.Fetch(c.ArtifactURL(i, p), d, dir); err != nil {

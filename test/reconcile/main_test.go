@@ -1,8 +1,9 @@
 // Package reconcile tests the reconcilers end to end in-process: a real
-// kube-apiserver and etcd (envtest), a real single-node raftstore.Node over
-// loopback TCP, the real httpapi artifact server over it, and a real
-// smart-HTTP Git server (git http-backend). Multi-replica serving is
-// covered by test/e2e.
+// kube-apiserver and etcd (envtest), a real 3-voter raftstore cluster over
+// loopback TCP with the real httpapi artifact server on each replica, and
+// real Git, Helm, OCI and S3 servers. Artifacts are fetched from every
+// replica. The process boundaries, kills and partitions are test/e2e's and
+// test/chaos's.
 package reconcile
 
 import (
@@ -17,6 +18,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -96,31 +98,35 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	raftAddr, err := freeAddr()
-	if err != nil {
-		return 0, err
+	// Three voters. n0 reconciles: it runs the reconcilers and its artifact
+	// server's address goes into the URLs. The others wait far longer
+	// before they stand for election, so n0 wins the first one and keeps
+	// leading.
+	peers := make([]raftstore.Peer, 3)
+	for i := range peers {
+		addr, err := freeAddr()
+		if err != nil {
+			return 0, err
+		}
+		peers[i] = raftstore.Peer{ID: fmt.Sprintf("n%d", i), RaftAddr: addr}
 	}
-
-	// The artifact server is bound first: its address goes into the URLs.
-	node = raftstore.New(raftstore.Config{
-		NodeID: "n0", Dir: dir, RaftBind: raftAddr,
-		Peers:    []raftstore.Peer{{ID: "n0", RaftAddr: raftAddr}},
-		Insecure: true, NoSync: true,
-		HeartbeatTimeout: 300 * time.Millisecond, ElectionTimeout: 300 * time.Millisecond,
-		MaxArtifactSize: 64 << 20,
-		Logger:          log,
-	})
-	srv := httpapi.NewServer(httpapi.Listener{Name: "artifacts", Addr: "127.0.0.1:0",
-		Handler: httpapi.NewArtifactServer(httpapi.Config{Backend: node, Logger: log})})
-	srv.Logger = log
-	if err := srv.Listen(); err != nil {
-		return 0, err
+	ctx, stopServers := context.WithCancel(context.Background())
+	defer stopServers()
+	replicas := make([]*raftstore.Node, len(peers))
+	for i, p := range peers {
+		timeout := 300 * time.Millisecond
+		if i > 0 {
+			timeout = 10 * time.Second
+		}
+		nd, addr, stop, err := startReplica(ctx, p, peers, timeout, dir, log)
+		if err != nil {
+			return 0, err
+		}
+		defer stop()
+		replicas[i] = nd
+		replicaAddrs = append(replicaAddrs, addr)
 	}
-	advAddr = srv.Addr("artifacts")
-	ctx, stopServer := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Run(ctx) }()
-	defer func() { stopServer(); <-served }()
+	node, advAddr = replicas[0], replicaAddrs[0]
 
 	runner, err = reconcilers.NewLeaderRunner(reconcilers.Options{
 		RestConfig:        env.Config,
@@ -133,7 +139,7 @@ func run(m *testing.M) (int, error) {
 		ArchiveMaxSize:    archiveMaxSize,
 		ArchiveMaxEntries: archiveMaxEntries,
 		CatchUp: func(context.Context) error {
-			return node.WaitForAppliedIndex(node.Status().LastIndex, time.Minute)
+			return node.Barrier(time.Minute)
 		},
 		Logger: log,
 	})
@@ -141,69 +147,62 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	node.OnLeadership(runner.OnLeadership)
-	if err := node.Open(); err != nil {
-		return 0, err
-	}
-	defer node.Close()
-	defer runner.Stop()
-	if _, err := node.WaitForLeader(30 * time.Second); err != nil {
-		return 0, err
-	}
-	replicaAddrs = []string{advAddr}
-	// Two more replicas replicate the store as non-voters, so n0 stays the
-	// leader that reconciles, and consumers fetch from every replica.
-	for _, id := range []string{"n1", "n2"} {
-		addr, stop, err := startFollower(ctx, id, log)
-		if err != nil {
+	for _, nd := range replicas {
+		if err := nd.Open(); err != nil {
 			return 0, err
 		}
-		defer stop()
-		replicaAddrs = append(replicaAddrs, addr)
+		defer nd.Close()
+	}
+	defer runner.Stop()
+	if id, err := node.WaitForLeader(30 * time.Second); err != nil || id != "n0" {
+		return 0, fmt.Errorf("leader %q (%v), want n0, the replica that reconciles", id, err)
+	}
+	// A replica serves what it has not applied yet from a peer: the
+	// followers' artifact addresses are registered through the leader
+	// (they have no internal API to register themselves).
+	for i, p := range peers[1:] {
+		p.StorageAddr = replicaAddrs[i+1]
+		if err := node.RegisterPeer(ctx, p); err != nil {
+			return 0, fmt.Errorf("register %s: %w", p.ID, err)
+		}
+	}
+	var voters []string
+	for _, p := range node.Status().Peers {
+		if p.Suffrage == "Voter" {
+			voters = append(voters, p.ID)
+		}
+	}
+	if len(voters) != 3 {
+		return 0, fmt.Errorf("voters %v, want n0, n1 and n2", voters)
 	}
 	return m.Run(), nil
 }
 
-// startFollower runs a replica with its own store and artifact server and
-// has the leader n0 add it to the Raft configuration.
-func startFollower(ctx context.Context, id string, log *slog.Logger) (string, func(), error) {
-	dir, err := os.MkdirTemp("", "reconcile-"+id+"-")
+// startReplica prepares a voter of the bootstrap set peers with its own
+// store under dir and starts its artifact server; Open starts Raft.
+func startReplica(ctx context.Context, self raftstore.Peer, peers []raftstore.Peer, timeout time.Duration, dir string, log *slog.Logger) (*raftstore.Node, string, func(), error) {
+	// The artifact address is chosen first: a leader registers its own.
+	storageAddr, err := freeAddr()
 	if err != nil {
-		return "", nil, err
+		return nil, "", nil, err
 	}
-	raftAddr, err := freeAddr()
-	if err != nil {
-		return "", nil, err
-	}
-	f := raftstore.New(raftstore.Config{
-		NodeID: id, Dir: dir, RaftBind: raftAddr, Insecure: true, NoSync: true,
-		HeartbeatTimeout: 300 * time.Millisecond, ElectionTimeout: 300 * time.Millisecond,
-		Logger: log,
+	nd := raftstore.New(raftstore.Config{
+		NodeID: self.ID, Dir: filepath.Join(dir, self.ID), RaftBind: self.RaftAddr, Peers: peers,
+		StorageAddr: storageAddr, Insecure: true, NoSync: true,
+		HeartbeatTimeout: timeout, ElectionTimeout: timeout,
+		MaxArtifactSize: 64 << 20,
+		Logger:          log.With("node", self.ID),
 	})
-	srv := httpapi.NewServer(httpapi.Listener{Name: "artifacts", Addr: "127.0.0.1:0",
-		Handler: httpapi.NewArtifactServer(httpapi.Config{Backend: f, Logger: log})})
+	srv := httpapi.NewServer(httpapi.Listener{Name: "artifacts", Addr: storageAddr,
+		Handler: httpapi.NewArtifactServer(httpapi.Config{Backend: nd, Logger: log})})
 	srv.Logger = log
 	if err := srv.Listen(); err != nil {
-		return "", nil, err
+		return nil, "", nil, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() { served <- srv.Run(sctx) }()
-	stop := func() {
-		cancel()
-		<-served
-		f.Close()
-		os.RemoveAll(dir)
-	}
-	if err := f.Open(); err != nil {
-		stop()
-		return "", nil, err
-	}
-	peer := raftstore.Peer{ID: id, RaftAddr: raftAddr, StorageAddr: srv.Addr("artifacts")}
-	if err := node.RegisterPeer(ctx, peer); err != nil {
-		stop()
-		return "", nil, fmt.Errorf("add %s: %w", id, err)
-	}
-	return srv.Addr("artifacts"), stop, nil
+	return nd, srv.Addr("artifacts"), func() { cancel(); <-served }, nil
 }
 
 func freeAddr() (string, error) {
@@ -448,28 +447,46 @@ var (
 	storedArtifacts  = storedOf[*sourcev1.GitRepository]
 )
 
-// download fetches an artifact URL and checks its digest and size
-// against the status.
+// download GETs the artifact by its status URL and from every replica's
+// artifact server, checks each body against the status digest and size,
+// and returns the bytes. Flux's ArchiveFetcher (fetchFromEveryReplica)
+// cannot take what is not a tarball, such as a HelmRepository's index.
 func download(t *testing.T, a *meta.Artifact) []byte {
 	t.Helper()
-	resp, err := http.Get(a.URL)
+	urls := []string{a.URL}
+	for _, addr := range replicaAddrs {
+		urls = append(urls, "http://"+addr+"/"+a.Path)
+	}
+	var first []byte
+	for i, u := range urls {
+		body := get(t, u)
+		sum := sha256.Sum256(body)
+		if got := "sha256:" + hex.EncodeToString(sum[:]); got != a.Digest {
+			t.Fatalf("GET %s: digest %s, status says %s", u, got, a.Digest)
+		}
+		if a.Size == nil || *a.Size != int64(len(body)) {
+			t.Fatalf("GET %s: %d bytes, status says %v", u, len(body), a.Size)
+		}
+		if i == 0 {
+			first = body
+		}
+	}
+	return first
+}
+
+func get(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("GET %s: %v", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s: %s", a.URL, resp.Status, body)
-	}
-	sum := sha256.Sum256(body)
-	if got := "sha256:" + hex.EncodeToString(sum[:]); got != a.Digest {
-		t.Fatalf("GET %s: digest %s, status says %s", a.URL, got, a.Digest)
-	}
-	if a.Size == nil || *a.Size != int64(len(body)) {
-		t.Fatalf("GET %s: %d bytes, status says %v", a.URL, len(body), a.Size)
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, body)
 	}
 	return body
 }
