@@ -214,10 +214,41 @@ func (n *Node) GarbageCollect(ctx context.Context, p storage.GCPolicy) (err erro
 	return nil
 }
 
+// freshReadWait bounds how long a read waits for this replica to apply
+// the commands its log already holds (see catchUp): long enough for a
+// leader's next AppendEntries to say they are committed and for the apply,
+// short enough that a replica whose apply is stuck still serves promptly.
+const freshReadWait = time.Second
+
 // OpenArtifact looks up the locally applied artifact at k and opens its
-// content in one call.
+// content in one call, once the commands in this replica's log are applied.
 func (n *Node) OpenArtifact(k storage.Key) (*fsm.Content, error) {
+	n.catchUp(freshReadWait)
 	return n.fsm.Open(k)
+}
+
+// catchUp waits, up to timeout, until the store reflects every command in
+// this replica's log. A path can be stored again with other content (the
+// same revision under new ignore rules): a follower that holds the new
+// commit in its log but has not applied it must not serve the old bytes
+// under the digest the status now names. A replica without a leader, or one
+// whose store cannot commit, serves what it has at once: what its log holds
+// past the commit index may never be committed.
+func (n *Node) catchUp(timeout time.Duration) {
+	r := n.raftOrNil()
+	if r == nil || n.fsm.Err() != nil {
+		return
+	}
+	applied, last := n.fsm.AppliedIndex(), r.LastIndex()
+	if last <= applied {
+		return
+	}
+	if _, id := r.LeaderWithID(); id == "" {
+		return
+	}
+	if target := n.lastCommandIndex(last, applied); target > applied {
+		_ = n.WaitForAppliedIndex(target, timeout) // on timeout, serve what is here
+	}
 }
 
 // WaitFor blocks until the artifact at k is applied locally and opens it,
