@@ -239,15 +239,20 @@ func (f *FSM) loadSmall(c *Content) error {
 	return nil
 }
 
-// Artifact returns the artifact at k, or storage.ErrNotFound.
+// Artifact returns the artifact at k (its object's current artifact when k
+// is the alias), or storage.ErrNotFound.
 func (f *FSM) Artifact(k storage.Key) (storage.Artifact, error) {
 	var a storage.Artifact
 	err := f.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketArtifacts).Get([]byte(k.String()))
+		path := resolve(tx, k)
+		if path == nil {
+			return storage.ErrNotFound
+		}
+		v := tx.Bucket(bucketArtifacts).Get(path)
 		if v == nil {
 			return storage.ErrNotFound
 		}
-		return decodeArtifact(k.String(), v, &a)
+		return decodeArtifact(string(path), v, &a)
 	})
 	if err != nil {
 		return storage.Artifact{}, fmt.Errorf("artifact %s: %w", k, err)

@@ -191,6 +191,7 @@ func applyCommit(a *applyCtx, c commitCmd) error {
 	a.cnt.ArtifactBytes += art.Size
 	a.cntChanged = true
 	must(artifacts.Put([]byte(path), c.raw))
+	setCurrent(a.tx, []byte(path))
 	return nil
 }
 
@@ -207,6 +208,7 @@ func applyDeleteArtifacts(a *applyCtx, paths []string) error {
 		a.cnt.ArtifactBytes -= ref.Size
 		a.cntChanged = true
 		must(artifacts.Delete([]byte(p)))
+		dropCurrent(a.tx, []byte(p))
 	}
 	return nil
 }

@@ -15,6 +15,8 @@
 //	blobs      digest → size(8) refs(4), a committed blob
 //	uploads    upload-id → startedAt(8) chunks(4) bytes(8), uncommitted uploads
 //	nodes      node id → the set-node command's JSON, stored verbatim
+//	current    kind/namespace/name/ → path of the object's newest committed
+//	           artifact, what its alias (latest.tar.gz, index.yaml) serves
 //
 //	blobs/uploads/<sha256 of the upload id>  an upload's chunks, each written at its offset
 //	blobs/sha256/<hex>                       committed content, named by its digest

@@ -140,6 +140,9 @@ func openDB(path string, dirs blobDirs, opts Options) (*bolt.DB, uint64, error) 
 					return fmt.Errorf("create bucket %s: %w", name, err)
 				}
 			}
+			if err := ensureCurrent(tx); err != nil {
+				return err
+			}
 			var err error
 			layout, err = readLayout(tx)
 			return err

@@ -15,6 +15,9 @@ var (
 	bucketChunks    = []byte("chunks")
 	bucketUploads   = []byte("uploads")
 	bucketNodes     = []byte("nodes")
+	// bucketCurrent maps an object (kind/namespace/name/) to the path of
+	// its newest committed artifact, which its alias serves.
+	bucketCurrent = []byte("current")
 
 	// allBuckets are layout 3's; bucketChunks is only in a layout 2 file,
 	// until its migration drops it.

@@ -310,6 +310,12 @@ func TestRejectedStoresLeaveNothing(t *testing.T) {
 	if err := l.Store(ctx, &wrong, bytes.NewReader([]byte("content"))); !errors.Is(err, storage.ErrDigestMismatch) {
 		t.Fatalf("mismatched digest: %v, want ErrDigestMismatch", err)
 	}
+	// The alias name is the current artifact's on every replica: no stored
+	// artifact may take it.
+	alias := art("alias", "latest.tar.gz")
+	if err := l.Store(ctx, &alias, bytes.NewReader([]byte("content"))); !errors.Is(err, storage.ErrInvalidPath) {
+		t.Fatalf("store under the alias name: %v, want ErrInvalidPath", err)
+	}
 	tc.converge()
 	for _, nd := range tc.nodes {
 		st, err := nd.fsm.Stats()

@@ -36,6 +36,9 @@ func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader
 	if _, err := storage.ParsePath(a.Path()); err != nil {
 		return err
 	}
+	if a.IsAlias() {
+		return fmt.Errorf("%w: %s is the name every replica serves %s's current artifact under", storage.ErrInvalidPath, a.File, a.Object())
+	}
 	r, err := n.leaderRaft()
 	if err != nil {
 		return err

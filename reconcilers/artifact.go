@@ -49,13 +49,16 @@ func (s *artifactStore) toStatus(a storage.Artifact) *meta.Artifact {
 	}
 }
 
-// artifactURL is the status.url of the kinds that have one: the URL of
-// their status artifact, "" without one.
-func artifactURL(a *meta.Artifact) string {
+// statusURL is the status.url of the kinds that have one, as Flux sets it:
+// the object's alias (latest.tar.gz, a HelmRepository's index.yaml) beside
+// its status artifact, which every replica serves as the current artifact
+// whatever its revision; "" without an artifact.
+func statusURL(a *meta.Artifact) string {
 	if a == nil {
 		return ""
 	}
-	return a.URL
+	kind, _, _ := strings.Cut(a.Path, "/")
+	return a.URL[:strings.LastIndexByte(a.URL, '/')+1] + storage.AliasFile(kind)
 }
 
 // fromStatus is the storage identity of an artifact named in a status.

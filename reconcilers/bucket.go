@@ -65,7 +65,7 @@ var bucketKind = sourceKind[*sourcev1.Bucket]{
 	suspended:              func(o *sourcev1.Bucket) bool { return o.Spec.Suspend },
 	observedGeneration:     func(o *sourcev1.Bucket) int64 { return o.Status.ObservedGeneration },
 	lastHandledReconcileAt: func(o *sourcev1.Bucket) string { return o.Status.GetLastHandledReconcileRequest() },
-	setArtifact:            func(o *sourcev1.Bucket, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, artifactURL(a) },
+	setArtifact:            func(o *sourcev1.Bucket, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, statusURL(a) },
 }
 
 // SetupWithManager registers the reconciler, triggered by spec changes

@@ -42,7 +42,7 @@ var helmChartKind = sourceKind[*sourcev1.HelmChart]{
 	suspended:              func(o *sourcev1.HelmChart) bool { return o.Spec.Suspend },
 	observedGeneration:     func(o *sourcev1.HelmChart) int64 { return o.Status.ObservedGeneration },
 	lastHandledReconcileAt: func(o *sourcev1.HelmChart) string { return o.Status.GetLastHandledReconcileRequest() },
-	setArtifact:            func(o *sourcev1.HelmChart, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, artifactURL(a) },
+	setArtifact:            func(o *sourcev1.HelmChart, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, statusURL(a) },
 }
 
 // helmChartSourceIndexKey indexes HelmCharts by "<kind>/<name>" of their

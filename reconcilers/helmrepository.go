@@ -65,7 +65,7 @@ var helmRepositoryKind = sourceKind[*sourcev1.HelmRepository]{
 	observedGeneration:     func(o *sourcev1.HelmRepository) int64 { return o.Status.ObservedGeneration },
 	lastHandledReconcileAt: func(o *sourcev1.HelmRepository) string { return o.Status.GetLastHandledReconcileRequest() },
 	setArtifact: func(o *sourcev1.HelmRepository, a *meta.Artifact) {
-		o.Status.Artifact, o.Status.URL = a, artifactURL(a)
+		o.Status.Artifact, o.Status.URL = a, statusURL(a)
 	},
 }
 

@@ -81,7 +81,7 @@ var ociRepositoryKind = sourceKind[*sourcev1.OCIRepository]{
 	suspended:              func(o *sourcev1.OCIRepository) bool { return o.Spec.Suspend },
 	observedGeneration:     func(o *sourcev1.OCIRepository) int64 { return o.Status.ObservedGeneration },
 	lastHandledReconcileAt: func(o *sourcev1.OCIRepository) string { return o.Status.GetLastHandledReconcileRequest() },
-	setArtifact:            func(o *sourcev1.OCIRepository, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, artifactURL(a) },
+	setArtifact:            func(o *sourcev1.OCIRepository, a *meta.Artifact) { o.Status.Artifact, o.Status.URL = a, statusURL(a) },
 }
 
 // SetupWithManager registers the reconciler, triggered by spec changes

@@ -62,6 +62,26 @@ func (a Artifact) URL(advAddr string) string {
 	return "http://" + advAddr + "/" + a.Path()
 }
 
+// AliasFile is the file name under which every replica serves an object's
+// current artifact, where Flux's source-controller keeps a symlink to it:
+// index.yaml for a HelmRepository, latest.tar.gz for every other kind.
+func AliasFile(kind string) string {
+	if kind == "helmrepository" {
+		return "index.yaml"
+	}
+	return "latest.tar.gz"
+}
+
+// AliasURL returns the address of the object's current artifact, whatever
+// its revision: what Flux writes to status.url.
+func (a Artifact) AliasURL(advAddr string) string {
+	return "http://" + advAddr + "/" + a.Object() + AliasFile(a.Kind)
+}
+
+// IsAlias reports whether the artifact's file is its object's alias name,
+// which no stored artifact may take.
+func (a Artifact) IsAlias() bool { return a.File == AliasFile(a.Kind) }
+
 // ParsePath splits a storage path into an Artifact's identity fields and
 // rejects anything that could name a file outside the store: empty or dot
 // segments, backslashes, NUL bytes, and the wrong number of segments.

@@ -111,8 +111,8 @@ func bucketCheckArtifact(t *testing.T, o *sourcev1.Bucket) map[string]string {
 	if len(hexRev) != 64 || a.Path != wantPath {
 		t.Errorf("artifact revision %q path %q, want sha256:<hex> and %q", a.Revision, a.Path, wantPath)
 	}
-	if a.URL != "http://"+advAddr+"/"+wantPath || o.Status.URL != a.URL {
-		t.Errorf("artifact URL %q, status URL %q, want http://%s/%s", a.URL, o.Status.URL, advAddr, wantPath)
+	if a.URL != "http://"+advAddr+"/"+wantPath || o.Status.URL != aliasURL(a) {
+		t.Errorf("artifact URL %q, status URL %q, want http://%s/%s and its latest.tar.gz", a.URL, o.Status.URL, advAddr, wantPath)
 	}
 	if !conditions.IsTrue(o, sourcev1.ArtifactInStorageCondition) {
 		t.Errorf("ArtifactInStorage is not True: %v", o.Status.Conditions)

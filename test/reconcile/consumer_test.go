@@ -43,16 +43,19 @@ func newFetcher() *fetch.ArchiveFetcher {
 }
 
 // fetchFromEveryReplica downloads, digest-verifies and extracts the
-// artifact from every replica's artifact server, as a consumer behind the
+// artifact from every replica's artifact server, by its path and by its
+// object's alias (so it must be the object's current artifact), as a consumer behind the
 // Service may reach any of them, and returns the leader's extraction.
 func fetchFromEveryReplica(t *testing.T, a *meta.Artifact) string {
 	t.Helper()
 	var first string
 	for i, addr := range replicaAddrs {
 		dir := t.TempDir()
-		u := "http://" + addr + "/" + a.Path
-		if err := newFetcher().Fetch(u, a.Digest, dir); err != nil {
-			t.Fatalf("replica %d: ArchiveFetcher.Fetch(%s, %s): %v", i, u, a.Digest, err)
+		for _, p := range []string{a.Path, aliasPath(a)} {
+			u := "http://" + addr + "/" + p
+			if err := newFetcher().Fetch(u, a.Digest, dir); err != nil {
+				t.Fatalf("replica %d: ArchiveFetcher.Fetch(%s, %s): %v", i, u, a.Digest, err)
+			}
 		}
 		if i == 0 {
 			first = dir

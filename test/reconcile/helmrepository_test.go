@@ -41,7 +41,7 @@ func TestHelmRepositoryIndex(t *testing.T) {
 	o := helmReady(t, obj, rev1)
 	hex1 := strings.TrimPrefix(rev1, "sha256:")
 	wantPath := "helmrepository/" + ns + "/charts/index-" + hex1 + ".yaml"
-	if a := o.Status.Artifact; a.Path != wantPath || a.URL != "http://"+advAddr+"/"+wantPath || o.Status.URL != a.URL {
+	if a := o.Status.Artifact; a.Path != wantPath || a.URL != "http://"+advAddr+"/"+wantPath || o.Status.URL != "http://"+advAddr+"/helmrepository/"+ns+"/charts/index.yaml" {
 		t.Fatalf("artifact path %q url %q status url %q, want %s", a.Path, a.URL, o.Status.URL, wantPath)
 	}
 	if !conditions.IsTrue(o, sourcev1.ArtifactInStorageCondition) {

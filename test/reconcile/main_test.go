@@ -447,15 +447,17 @@ var (
 	storedArtifacts  = storedOf[*sourcev1.GitRepository]
 )
 
-// download GETs the artifact by its status URL and from every replica's
-// artifact server, checks each body against the status digest and size,
-// and returns the bytes. Flux's ArchiveFetcher (fetchFromEveryReplica)
-// cannot take what is not a tarball, such as a HelmRepository's index.
+// download GETs the artifact by its URL and from every replica's artifact
+// server, by its path and by its object's alias (the artifact must be the
+// object's current one), checks each body against the status digest and
+// size, and returns the bytes. Flux's ArchiveFetcher
+// (fetchFromEveryReplica) cannot take what is not a tarball, such as a
+// HelmRepository's index.
 func download(t *testing.T, a *meta.Artifact) []byte {
 	t.Helper()
 	urls := []string{a.URL}
 	for _, addr := range replicaAddrs {
-		urls = append(urls, "http://"+addr+"/"+a.Path)
+		urls = append(urls, "http://"+addr+"/"+a.Path, "http://"+addr+"/"+aliasPath(a))
 	}
 	var first []byte
 	for i, u := range urls {
@@ -473,6 +475,16 @@ func download(t *testing.T, a *meta.Artifact) []byte {
 	}
 	return first
 }
+
+// aliasPath is where every replica serves the object's current artifact:
+// latest.tar.gz beside it, index.yaml for a HelmRepository.
+func aliasPath(a *meta.Artifact) string {
+	kind, _, _ := strings.Cut(a.Path, "/")
+	return a.Path[:strings.LastIndexByte(a.Path, '/')+1] + storage.AliasFile(kind)
+}
+
+// aliasURL is the status.url Flux sets beside artifact a.
+func aliasURL(a *meta.Artifact) string { return "http://" + advAddr + "/" + aliasPath(a) }
 
 func get(t *testing.T, url string) []byte {
 	t.Helper()

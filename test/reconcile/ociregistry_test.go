@@ -70,8 +70,8 @@ func ociCheckArtifact(t *testing.T, o *sourcev1.OCIRepository, digest gcrv1.Hash
 	if a.Path != wantPath {
 		t.Errorf("artifact path %q, want %q", a.Path, wantPath)
 	}
-	if a.URL != "http://"+advAddr+"/"+wantPath || o.Status.URL != a.URL {
-		t.Errorf("artifact URL %q, status URL %q, want http://%s/%s", a.URL, o.Status.URL, advAddr, wantPath)
+	if a.URL != "http://"+advAddr+"/"+wantPath || o.Status.URL != aliasURL(a) {
+		t.Errorf("artifact URL %q, status URL %q, want http://%s/%s and its latest.tar.gz", a.URL, o.Status.URL, advAddr, wantPath)
 	}
 	if !conditions.IsTrue(o, sourcev1.ArtifactInStorageCondition) {
 		t.Errorf("ArtifactInStorage is not True: %v", o.Status.Conditions)
