@@ -141,7 +141,7 @@ func applyChunk(tx *bolt.Tx, c chunkCmd) error {
 func applyCommit(tx *bolt.Tx, c commitCmd) error {
 	a := c.Artifact
 	path := a.Path()
-	if _, err := storage.ParsePath(path); err != nil {
+	if _, err := storage.ParseWritePath(path); err != nil {
 		return fmt.Errorf("commit of upload %q: %w", c.UploadID, err)
 	}
 	if a.Digest == "" || len(a.Digest) > maxIDLen {

@@ -48,6 +48,13 @@ var (
 		Help:    "The duration in seconds of a GitOps Toolkit resource reconciliation.",
 		Buckets: prometheus.ExponentialBucketsRange(10e-3, 1800, 10),
 	}, []string{"kind", "name", "namespace"})
+	// UploadsAborted counts stores aborted through Raft instead of
+	// committed, by reason: incomplete (content ended early or short of its
+	// declared length), too_large, digest_mismatch, not_leader, canceled, other.
+	UploadsAborted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "source_controller_uploads_aborted_total",
+		Help: "Artifact uploads aborted instead of committed, by reason.",
+	}, []string{"reason"})
 	// StorageBackend is 1 for the blob backend in use.
 	StorageBackend = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "source_controller_storage_backend",
@@ -61,7 +68,7 @@ func init() {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		ArtifactServeDuration, HTTPRequests, HTTPRequestErrors,
 		StorageOperations, StorageOperationDuration, StorageBackend,
-		ReconcileDuration,
+		ReconcileDuration, UploadsAborted,
 	)
 }
 
