@@ -55,6 +55,19 @@ var (
 		Name: "source_controller_uploads_aborted_total",
 		Help: "Artifact uploads aborted instead of committed, by reason.",
 	}, []string{"reason"})
+	// HTTPConnections is the connections open per listener.
+	HTTPConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "source_controller_http_connections_open",
+		Help: "HTTP connections open, per listener.",
+	}, []string{"listener"})
+	// HTTPLimited counts what the serving limits refused or cut, per
+	// listener and limit: max_connections (answered 503), write_idle_timeout
+	// and read_idle_timeout (connection or body cut), max_ranges (Range
+	// ignored), unknown_method (answered 501).
+	HTTPLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "source_controller_http_limited_total",
+		Help: "Requests and connections refused or cut by a serving limit.",
+	}, []string{"listener", "limit"})
 	// StorageBackend is 1 for the blob backend in use.
 	StorageBackend = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "source_controller_storage_backend",
@@ -68,7 +81,7 @@ func init() {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		ArtifactServeDuration, HTTPRequests, HTTPRequestErrors,
 		StorageOperations, StorageOperationDuration, StorageBackend,
-		ReconcileDuration, UploadsAborted,
+		ReconcileDuration, UploadsAborted, HTTPConnections, HTTPLimited,
 	)
 }
 
