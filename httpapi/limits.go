@@ -218,6 +218,14 @@ type limitConn struct {
 	net.Conn
 	l      *limitListener
 	closed sync.Once
+	cut    atomic.Bool
+	// readDeadline is the deadline net/http (or a handler) set for reads;
+	// Read sets earlier ones of its own while a response is in flight.
+	readDeadline atomic.Pointer[time.Time]
+	// sent counts the bytes handed to the kernel; writing the writes
+	// under way, which Read leaves to their own deadlines.
+	sent    atomic.Int64
+	writing atomic.Int32
 }
 
 // sendChunk is how much of a file one sendfile call may send before the
@@ -229,44 +237,56 @@ func (c *limitConn) Write(p []byte) (int, error) {
 	if idle <= 0 {
 		return c.Conn.Write(p)
 	}
+	c.writing.Add(1)
+	defer c.writing.Add(-1)
 	written := 0
 	for {
-		queued := c.window(idle)
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(idle))
+		m := c.mark()
 		n, err := c.Conn.Write(p[written:])
 		written += n
-		if err == nil || !c.progressed(queued, int64(n), err) {
+		c.sent.Add(int64(n))
+		if err == nil || !c.progressed(m, err) {
 			return written, err
 		}
 	}
 }
 
-// window starts a progress window: it sets the write deadline and
-// returns the bytes queued unacknowledged at its start (-1 if unknown).
-func (c *limitConn) window(idle time.Duration) int {
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(idle))
-	if q, ok := unacked(c.Conn); ok {
-		return q
-	}
-	return -1
+// progressMark is where a progress window started: the bytes unacknowledged
+// in the send queue (-1 if unknown) and the bytes handed to it so far.
+type progressMark struct {
+	queued int
+	sent   int64
 }
 
-// progressed reports whether a write that failed with err, after adding n
-// bytes to a send queue that held queued at the window's start, may go on
-// in a new window: the client must have taken MinProgress bytes in this
-// one. A write that timed out without that closes the connection, so no
+func (c *limitConn) mark() progressMark {
+	m := progressMark{queued: -1, sent: c.sent.Load()}
+	if q, ok := unacked(c.Conn); ok {
+		m.queued = q
+	}
+	return m
+}
+
+// progressed reports whether an operation that failed with err may go on
+// in a new window: the client must have taken MinProgress bytes since m,
+// acknowledged ones where the kernel says (what was queued at m, plus what
+// was handed over since, minus what is queued now), else the bytes handed
+// over. One that timed out without that resets the connection, so no
 // later write gets a fresh deadline and the handler fails at once.
-func (c *limitConn) progressed(queued int, n int64, err error) bool {
+func (c *limitConn) progressed(m progressMark, err error) bool {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return false
 	}
-	moved := n
-	if q, ok := unacked(c.Conn); ok && queued >= 0 {
-		moved = int64(queued) + n - int64(q)
+	moved := c.sent.Load() - m.sent
+	if q, ok := unacked(c.Conn); ok && m.queued >= 0 {
+		moved += int64(m.queued - q)
 	}
 	if moved >= MinProgress {
 		return true
 	}
-	metrics.HTTPLimited.WithLabelValues(c.l.name, limitWriteIdle).Inc()
+	if c.cut.CompareAndSwap(false, true) {
+		metrics.HTTPLimited.WithLabelValues(c.l.name, limitWriteIdle).Inc()
+	}
 	// Reset rather than close: a plain close would leave the unsent
 	// response queued in the kernel for as long as the client keeps its
 	// window shut.
@@ -292,6 +312,8 @@ func (c *limitConn) ReadFrom(src io.Reader) (int64, error) {
 		// Not a file: no sendfile to keep, every write goes through Write.
 		return io.Copy(writerOnly{c}, src)
 	}
+	c.writing.Add(1)
+	defer c.writing.Add(-1)
 	var total int64
 	for {
 		chunk := int64(sendChunk)
@@ -301,16 +323,18 @@ func (c *limitConn) ReadFrom(src io.Reader) (int64, error) {
 			}
 			chunk = min(chunk, lr.N)
 		}
-		queued := c.window(idle)
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(idle))
+		m := c.mark()
 		// sendfile advances the file's offset by what it sent, so a chunk
 		// cut by the deadline resumes where it stopped.
 		n, err := rf.ReadFrom(io.LimitReader(f, chunk))
 		total += n
+		c.sent.Add(n)
 		if isLimited {
 			lr.N -= n
 		}
 		if err != nil {
-			if c.progressed(queued, n, err) {
+			if c.progressed(m, err) {
 				continue
 			}
 			return total, err
@@ -319,6 +343,50 @@ func (c *limitConn) ReadFrom(src io.Reader) (int64, error) {
 			return total, nil
 		}
 	}
+}
+
+// Read waits for the client's next bytes as net/http asks, but while
+// bytes of a response are still unacknowledged it wakes every write idle
+// timeout to check that the client takes them: a response small enough
+// to fit in the kernel's buffers never blocks a write, and a client that
+// reads none of it must be cut all the same, not kept until IdleTimeout.
+// While a write is under way its own deadline watches the client.
+func (c *limitConn) Read(p []byte) (int, error) {
+	idle := c.l.limits.WriteIdleTimeout
+	for {
+		var outer time.Time
+		if d := c.readDeadline.Load(); d != nil {
+			outer = *d
+		}
+		m := c.mark()
+		if idle <= 0 || m.queued <= 0 {
+			_ = c.Conn.SetReadDeadline(outer)
+			return c.Conn.Read(p)
+		}
+		check := time.Now().Add(idle)
+		if !outer.IsZero() && outer.Before(check) {
+			check = outer
+		}
+		_ = c.Conn.SetReadDeadline(check)
+		n, err := c.Conn.Read(p)
+		if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) ||
+			(!outer.IsZero() && !time.Now().Before(outer)) {
+			return n, err
+		}
+		if c.writing.Load() == 0 && !c.progressed(m, err) {
+			return 0, err
+		}
+	}
+}
+
+func (c *limitConn) SetReadDeadline(t time.Time) error {
+	c.readDeadline.Store(&t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *limitConn) SetDeadline(t time.Time) error {
+	c.readDeadline.Store(&t)
+	return c.Conn.SetDeadline(t)
 }
 
 // writerOnly hides limitConn's ReadFrom from io.Copy.
