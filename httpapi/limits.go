@@ -50,6 +50,7 @@ const (
 	limitWriteIdle   = "write_idle_timeout"
 	limitReadIdle    = "read_idle_timeout"
 	limitRanges      = "max_ranges"
+	limitBadRange    = "empty_suffix_range"
 	limitMethod      = "unknown_method"
 )
 
@@ -85,16 +86,39 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not implemented", http.StatusNotImplemented)
 		return
 	}
-	if g.limits.MaxRanges > 0 && len(r.Header["Range"]) > 0 && rangeCount(r.Header["Range"]) > g.limits.MaxRanges {
-		// http.ServeContent would answer with one multipart part per
-		// range, however many; ignoring the header serves the artifact once.
-		delete(r.Header, "Range")
-		metrics.HTTPLimited.WithLabelValues(g.listener, limitRanges).Inc()
+	if vals := r.Header["Range"]; len(vals) > 0 {
+		switch {
+		case g.limits.MaxRanges > 0 && rangeCount(vals) > g.limits.MaxRanges:
+			// http.ServeContent would answer with one multipart part per
+			// range, however many; ignoring the header serves the artifact once.
+			delete(r.Header, "Range")
+			metrics.HTTPLimited.WithLabelValues(g.listener, limitRanges).Inc()
+		case hasEmptySuffixRange(vals[0]):
+			// ServeContent answers "bytes=-0" with a 206 of no bytes and the
+			// impossible Content-Range "bytes <size>-<size-1>/<size>".
+			delete(r.Header, "Range")
+			metrics.HTTPLimited.WithLabelValues(g.listener, limitBadRange).Inc()
+		}
 	}
 	if g.limits.ReadIdleTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
 		r.Body = &progressBody{ReadCloser: r.Body, ctl: http.NewResponseController(w), g: g, windowStart: time.Now()}
 	}
 	g.next.ServeHTTP(w, r)
+}
+
+// hasEmptySuffixRange reports whether a bytes Range asks for the last 0
+// bytes, which no answer can satisfy.
+func hasEmptySuffixRange(v string) bool {
+	specs, ok := strings.CutPrefix(v, "bytes=")
+	if !ok {
+		return false
+	}
+	for _, spec := range strings.Split(specs, ",") {
+		if n, ok := strings.CutPrefix(strings.TrimSpace(spec), "-"); ok && n != "" && strings.Trim(n, "0") == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // rangeCount is how many ranges the Range header values ask for.

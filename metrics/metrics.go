@@ -63,7 +63,7 @@ var (
 	// HTTPLimited counts what the serving limits refused or cut, per
 	// listener and limit: max_connections (answered 503), write_idle_timeout
 	// and read_idle_timeout (connection or body cut), max_ranges (Range
-	// ignored), unknown_method (answered 501).
+	// ignored), empty_suffix_range (Range ignored), unknown_method (answered 501).
 	HTTPLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "source_controller_http_limited_total",
 		Help: "Requests and connections refused or cut by a serving limit.",
