@@ -393,14 +393,22 @@ func (c *limitConn) Read(p []byte) (int, error) {
 		}
 		_ = c.Conn.SetReadDeadline(check)
 		n, err := c.Conn.Read(p)
-		if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) ||
-			(!outer.IsZero() && !time.Now().Before(outer)) {
+		if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || c.readDeadlinePassed() {
 			return n, err
 		}
 		if c.writing.Load() == 0 && !c.progressed(m, err) {
 			return 0, err
 		}
 	}
+}
+
+// readDeadlinePassed reports whether the deadline the caller set, now,
+// has passed: net/http ends its background read at the end of every
+// request by setting one in the past from another goroutine, which must
+// end the Read, never count as a client that stopped reading.
+func (c *limitConn) readDeadlinePassed() bool {
+	d := c.readDeadline.Load()
+	return d != nil && !d.IsZero() && !time.Now().Before(*d)
 }
 
 func (c *limitConn) SetReadDeadline(t time.Time) error {

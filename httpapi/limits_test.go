@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -315,5 +316,51 @@ func TestConnectionsBeyondTheBoundGet503(t *testing.T) {
 			t.Fatalf("after a connection closed: %v, %v; want 200", resp, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAbortedReadWithResponseInFlightIsNotCut: net/http ends its
+// background read at the end of every handler by setting a past read
+// deadline from another goroutine; a response still queued in the kernel
+// at that moment must go on. The limit once took that wake-up for a
+// client that stopped reading and reset the connection (seen as resets in
+// the middle of downloads on keep-alive connections).
+func TestAbortedReadWithResponseInFlightIsNotCut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ll := newLimitListener(ln, "abort-read", Limits{WriteIdleTimeout: 30 * time.Second})
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	_ = client.(*net.TCPConn).SetReadBuffer(4 << 10)
+	server, err := ll.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	// A response the client has not read yet, still queued.
+	data := randomBytes(256<<10, 45)
+	if _, err := server.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := server.Read(make([]byte, 1))
+		readErr <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	_ = server.SetReadDeadline(time.Unix(1, 0)) // what abortPendingRead does
+	if err := <-readErr; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("aborted read: %v, want a deadline error", err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(data))
+	if _, err := io.ReadFull(client, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("response after the aborted read: %v", err)
 	}
 }
