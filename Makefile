@@ -20,7 +20,7 @@ build:
 run: build envtest-bins
 	$(BIN)/devcluster -binary $(BIN)/source-controller -flux $(FLUX_CLI) -dir .run -replicas 3
 
-test: build lint envtest-bins test-unit image-test test-e2e test-fluxcli chaos-short
+test: build lint envtest-bins test-unit fuzz-short image-test test-e2e test-fluxcli chaos-short
 
 # internal/cluster's partition test, test/e2e's disk-full test and the chaos
 # suite run replicas in network namespaces (ip from iproute2) and on tmpfs
@@ -55,6 +55,28 @@ chaos chaos-short: build envtest-bins host-tools
 	set -o pipefail; SOURCERAFT_BIN=$(BIN)/source-controller CHAOS_DURATION=$(if $(filter chaos-short,$@),60s,$(CHAOS_DURATION)) \
 		$(GO) test -count=1 -timeout $${CHAOS_TIMEOUT:-90m} -v ./test/chaos/ -run '$(if $(filter chaos-short,$@),TestChaos3Replicas$$,.)' 2>&1 | tee $(BIN)/chaos.log; \
 		rc=$$?; grep -hE '^(availability:|failover:|minority:|checked:|chaos:|chaos dump:)' $(BIN)/chaos.log; exit $$rc
+
+# Go's native fuzzing of every parser of untrusted input; the seed corpora
+# are checked in under each package's testdata/fuzz. fuzz-short (in `make
+# test`) runs each target for a few seconds, `make fuzz` for FUZZTIME each.
+FUZZ_TARGETS := ./storage:FuzzParsePath ./httpapi:FuzzArtifactPath ./httpapi:FuzzRange \
+	./httpapi:FuzzRegisterPeer ./archive:FuzzIgnorePatterns ./fsm:FuzzDecode
+FUZZTIME ?= 10m
+.PHONY: fuzz fuzz-short
+fuzz fuzz-short:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} in $${t%%:*} for $(if $(filter fuzz-short,$@),5s,$(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(if $(filter fuzz-short,$@),5s,$(FUZZTIME)) $${t%%:*}; \
+	done
+
+# The soak (test/soak, not part of `make test`): 3 replicas reconciling and
+# serving under steady load for SOAK_DURATION; fails on goroutine, fd, heap
+# or RSS growth after warm-up, or on any failed download.
+SOAK_DURATION ?= 30m
+.PHONY: soak
+soak: build envtest-bins
+	SOURCERAFT_BIN=$(BIN)/source-controller SOAK_DURATION=$(SOAK_DURATION) \
+		$(GO) test -count=1 -timeout $${SOAK_TIMEOUT:-3h} -v ./test/soak/ 2>&1 | tee $(BIN)/soak.log; exit $${PIPESTATUS[0]}
 
 bench: build
 	SOURCERAFT_BIN=$(BIN)/source-controller BENCH_OUT=$${BENCH_OUT:-bench-results.json} $(GO) run ./test/bench

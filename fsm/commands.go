@@ -140,6 +140,9 @@ func applyChunk(a *applyCtx, c chunkCmd) error {
 func applyCommit(a *applyCtx, c commitCmd) error {
 	art := c.Artifact
 	path := art.Path()
+	// Only what any release accepted: a replica replaying an old log must
+	// apply what its peers applied. The write paths check Flux's kinds and
+	// Kubernetes names (storage.ParseWritePath) before proposing.
 	if _, err := storage.ParsePath(path); err != nil {
 		return fmt.Errorf("commit of upload %q: %w", c.UploadID, err)
 	}

@@ -90,6 +90,9 @@ func (s *apiServer) put(c echo.Context) error {
 		return s.forwardToLeader(c, "/v1/artifacts/"+p, body, r.ContentLength)
 	}
 	a.Revision = r.Header.Get("X-Artifact-Revision")
+	// net/http fails a body cut short of its Content-Length; the store
+	// checks the length again, whatever reader sits in between.
+	a.ExpectedSize = r.ContentLength
 	// A preset digest makes Store refuse, without committing, content that
 	// does not hash to it.
 	a.Digest = r.Header.Get("X-Artifact-Digest")
@@ -220,6 +223,8 @@ func (s *apiServer) artifactURL(a storage.Artifact) string {
 	return "/" + a.Path()
 }
 
+// apiArtifactPath is the artifact a PUT or DELETE names, held to the
+// rules of new artifacts (storage.ParseWritePath).
 func apiArtifactPath(r *http.Request) (string, storage.Artifact, error) {
 	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/v1/artifacts/")
 	if !ok {
@@ -229,17 +234,21 @@ func apiArtifactPath(r *http.Request) (string, storage.Artifact, error) {
 	if err != nil {
 		return "", storage.Artifact{}, err
 	}
-	return k.String(), k.Identity(), nil
+	a := k.Identity()
+	return k.String(), a, a.ValidateNew()
 }
 
 // limitedBody fails with storage.ErrTooLarge once more than max bytes
-// arrive, for bodies without a Content-Length. Its counters are atomic
-// because a forwarded body is read by the transport's goroutine.
+// arrive, for bodies without a Content-Length, and remembers a read
+// failure of the client's body so that a forward cut short by it is
+// answered as the client's fault. Its fields are atomic because a
+// forwarded body is read by the transport's goroutine.
 type limitedBody struct {
 	r        io.Reader
 	max      int64 // <= 0: unlimited
 	n        atomic.Int64
 	exceeded atomic.Bool
+	failed   atomic.Pointer[error]
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
@@ -257,5 +266,16 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		b.exceeded.Store(true)
 		return n - int(total-b.max), storage.ErrTooLarge
 	}
+	if err != nil && err != io.EOF {
+		b.failed.CompareAndSwap(nil, &err)
+	}
 	return n, err
+}
+
+// readErr is the client body's read failure, nil while it reads cleanly.
+func (b *limitedBody) readErr() error {
+	if p := b.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }

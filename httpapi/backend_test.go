@@ -293,9 +293,14 @@ func (b *memBackend) Store(_ context.Context, a *storage.Artifact, r io.Reader) 
 	if !leader {
 		return storage.ErrNotLeader
 	}
+	// As raftstore's Store: only a clean end of content at its declared
+	// length commits.
 	data, err := io.ReadAll(r)
 	if err != nil {
-		return fmt.Errorf("store %s: %w", a.Path(), err)
+		return fmt.Errorf("store %s: %w: %w", a.Path(), storage.ErrIncomplete, err)
+	}
+	if a.ExpectedSize > 0 && int64(len(data)) != a.ExpectedSize {
+		return fmt.Errorf("store %s: %w: %d of %d bytes", a.Path(), storage.ErrIncomplete, len(data), a.ExpectedSize)
 	}
 	got := digestOf(data)
 	if a.Digest != "" && a.Digest != got {

@@ -37,6 +37,8 @@ func statusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, storage.ErrDigestMismatch):
 		return http.StatusUnprocessableEntity
+	case errors.Is(err, storage.ErrIncomplete):
+		return http.StatusBadRequest
 	case errors.Is(err, storage.ErrNotLeader):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, context.DeadlineExceeded):

@@ -218,6 +218,11 @@ func (s *apiServer) forwardToLeader(c echo.Context, apiPath string, body io.Read
 		if lb, ok := body.(*limitedBody); ok && lb.exceeded.Load() {
 			return fmt.Errorf("%w: limit %d bytes", storage.ErrTooLarge, s.cfg.MaxArtifactSize)
 		}
+		if lb, ok := body.(*limitedBody); ok && lb.readErr() != nil {
+			// The leader saw the forwarded body end early and aborts the upload.
+			s.cfg.Logger.Warn("upload body ended early while forwarded to the leader", "path", apiPath, "leader", leader.ID, "error", lb.readErr())
+			return fmt.Errorf("%w: reading request body: %w", storage.ErrIncomplete, lb.readErr())
+		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			return err
 		}

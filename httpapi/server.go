@@ -12,11 +12,13 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// Listener is one echo server and the address it binds.
+// Listener is one echo server, the address it binds and the limits that
+// keep it available.
 type Listener struct {
 	Name    string
 	Addr    string
 	Handler *echo.Echo
+	Limits  Limits
 }
 
 // Server runs a set of listeners and shuts them all down together.
@@ -83,11 +85,12 @@ func (s *Server) Run(ctx context.Context) error {
 	servers := make([]*http.Server, len(s.listeners))
 	errc := make(chan error, len(s.listeners))
 	for i, l := range s.listeners {
-		// No read or write timeouts: artifact bodies are large in both
-		// directions; only slow headers are cut.
+		// No whole-request read or write timeouts: artifact bodies are
+		// large in both directions and consumers may be slow. The limits
+		// cut only connections that stop making progress.
 		srv := &http.Server{
-			Handler:           l.Handler,
-			ReadHeaderTimeout: 10 * time.Second,
+			Handler:           &guard{listener: l.Name, limits: l.Limits, next: l.Handler},
+			ReadHeaderTimeout: l.Limits.readHeaderTimeout(),
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          errLog,
 		}
@@ -101,7 +104,7 @@ func (s *Server) Run(ctx context.Context) error {
 				err = fmt.Errorf("serve %s: %w", name, err)
 			}
 			errc <- err
-		}(l.Name, s.bound[i])
+		}(l.Name, newLimitListener(s.bound[i], l.Name, l.Limits))
 	}
 
 	var runErr error

@@ -55,6 +55,26 @@ var (
 		Name: "source_controller_blob_checks_total",
 		Help: "Blob files checked against their digest, by result.",
 	}, []string{"result"})
+	// UploadsAborted counts stores aborted through Raft instead of
+	// committed, by reason: incomplete (content ended early or short of its
+	// declared length), too_large, digest_mismatch, not_leader, canceled, other.
+	UploadsAborted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "source_controller_uploads_aborted_total",
+		Help: "Artifact uploads aborted instead of committed, by reason.",
+	}, []string{"reason"})
+	// HTTPConnections is the connections open per listener.
+	HTTPConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "source_controller_http_connections_open",
+		Help: "HTTP connections open, per listener.",
+	}, []string{"listener"})
+	// HTTPLimited counts what the serving limits refused or cut, per
+	// listener and limit: max_connections (answered 503), write_idle_timeout
+	// and read_idle_timeout (connection or body cut), max_ranges (Range
+	// ignored), empty_suffix_range (Range ignored), unknown_method (answered 501).
+	HTTPLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "source_controller_http_limited_total",
+		Help: "Requests and connections refused or cut by a serving limit.",
+	}, []string{"listener", "limit"})
 	// StorageBackend is 1 for the blob backend in use.
 	StorageBackend = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "source_controller_storage_backend",
@@ -68,7 +88,7 @@ func init() {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		ArtifactServeDuration, HTTPRequests, HTTPRequestErrors,
 		StorageOperations, StorageOperationDuration, StorageBackend,
-		ReconcileDuration, BlobChecks,
+		ReconcileDuration, BlobChecks, UploadsAborted, HTTPConnections, HTTPLimited,
 	)
 	for _, r := range []string{"verified", "corrupt", "repaired"} {
 		BlobChecks.WithLabelValues(r) // present at 0 from the start

@@ -33,7 +33,7 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, storage.MaxChunkSi
 // the commit. On success a.Digest and a.Size describe the stored bytes.
 func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader) (err error) {
 	defer func(start time.Time) { metrics.ObserveStorage("store", start, err) }(time.Now())
-	if _, err := storage.ParsePath(a.Path()); err != nil {
+	if _, err := storage.ParseWritePath(a.Path()); err != nil {
 		return err
 	}
 	if a.IsAlias() {
@@ -51,6 +51,9 @@ func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader
 	defer n.uploads.remove(id)
 
 	chunks, size, sum, err := n.proposeChunks(ctx, r, id, content)
+	if err == nil && a.ExpectedSize > 0 && size != a.ExpectedSize {
+		err = fmt.Errorf("%w: %d bytes of the %d declared", storage.ErrIncomplete, size, a.ExpectedSize)
+	}
 	if err == nil {
 		digest := "sha256:" + hex.EncodeToString(sum.Sum(nil))
 		if a.Digest != "" && a.Digest != digest {
@@ -67,11 +70,31 @@ func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader
 			}
 		}
 	}
+	reason := abortReason(err)
+	metrics.UploadsAborted.WithLabelValues(reason).Inc()
+	n.log.Warn("upload aborted, nothing committed", "path", a.Path(), "upload", id, "reason", reason, "error", err)
 	// Best effort: a later leader expires the upload anyway.
 	if abortErr := n.propose(context.WithoutCancel(ctx), r, fsm.EncodeAbortUploads([]string{id})); abortErr != nil {
 		n.log.Warn("abort upload", "upload", id, "error", abortErr)
 	}
 	return fmt.Errorf("store %s: %w", a.Path(), err)
+}
+
+// abortReason is the label an aborted upload is counted under.
+func abortReason(err error) string {
+	switch {
+	case errors.Is(err, storage.ErrTooLarge):
+		return "too_large"
+	case errors.Is(err, storage.ErrIncomplete):
+		return "incomplete"
+	case errors.Is(err, storage.ErrDigestMismatch):
+		return "digest_mismatch"
+	case errors.Is(err, ErrNotLeader):
+		return "not_leader"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "canceled"
+	}
+	return "other"
 }
 
 // proposeChunks reads content chunk by chunk, proposing each with a bounded
@@ -100,9 +123,9 @@ func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, conte
 		if err := ctx.Err(); err != nil {
 			return 0, 0, nil, err
 		}
-		k, rerr := io.ReadFull(content, buf)
-		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
-			return 0, 0, nil, fmt.Errorf("read content: %w", rerr)
+		k, end, rerr := readChunk(content, buf)
+		if rerr != nil {
+			return 0, 0, nil, rerr
 		}
 		size += int64(k)
 		if n.cfg.MaxArtifactSize > 0 && size > n.cfg.MaxArtifactSize {
@@ -121,7 +144,7 @@ func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, conte
 				inflight = inflight[1:]
 			}
 		}
-		if rerr != nil {
+		if end {
 			break
 		}
 	}
@@ -131,6 +154,27 @@ func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, conte
 		}
 	}
 	return seq, size, sum, nil
+}
+
+// readChunk fills buf from content and reports whether the content ended.
+// Only a clean io.EOF from content ends it: io.ReadFull would report the
+// reader's own io.ErrUnexpectedEOF (an HTTP body cut short, a chunked body
+// without its last chunk) exactly as it reports a short last chunk, and
+// the truncated bytes would commit. Any other error, a wrapped io.EOF
+// included, fails with storage.ErrIncomplete.
+func readChunk(content io.Reader, buf []byte) (int, bool, error) {
+	n := 0
+	for n < len(buf) {
+		k, err := content.Read(buf[n:])
+		n += k
+		if err == io.EOF {
+			return n, true, nil
+		}
+		if err != nil {
+			return n, false, fmt.Errorf("%w: read content: %w", storage.ErrIncomplete, err)
+		}
+	}
+	return n, false, nil
 }
 
 // Retrieve opens the artifact's content in the local store.

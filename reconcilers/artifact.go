@@ -90,7 +90,13 @@ func (s *artifactStore) storeDir(ctx context.Context, a *storage.Artifact, dir s
 	done := make(chan error, 1)
 	go func() {
 		_, err := archive.Write(dir, pw, opts)
-		pw.CloseWithError(err)
+		if err != nil {
+			// Wrapped, so that no failure reads as the clean io.EOF that
+			// alone lets Store commit what it has.
+			pw.CloseWithError(fmt.Errorf("%w: %w", errArchive, err))
+		} else {
+			pw.Close()
+		}
 		done <- err
 	}()
 	// Limits are checked before the first byte is written: wait for it so
@@ -98,8 +104,7 @@ func (s *artifactStore) storeDir(ctx context.Context, a *storage.Artifact, dir s
 	br := bufio.NewReaderSize(pr, 64<<10)
 	if _, err := br.Peek(1); err != nil && err != io.EOF {
 		pr.CloseWithError(err)
-		<-done
-		return fmt.Errorf("%w: %w", errArchive, err)
+		return fmt.Errorf("%w: %w", errArchive, <-done)
 	}
 	serr := s.Store(ctx, a, br)
 	// Unblock the writer if Store stopped reading early.

@@ -10,8 +10,11 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // MaxChunkSize is the largest blob chunk carried by one Raft log entry,
@@ -29,9 +32,18 @@ var (
 	ErrDigestMismatch = errors.New("artifact digest mismatch")
 	// ErrCorrupt is returned when stored bytes fail their checksum on read.
 	ErrCorrupt = errors.New("stored artifact data is corrupt")
-	// ErrInvalidPath is returned for paths that are not <kind>/<namespace>/<name>/<file>.
+	// ErrInvalidPath is returned for paths that are not <kind>/<namespace>/<name>/<file>,
+	// and by writes for an unknown kind or a namespace or name Kubernetes would refuse.
 	ErrInvalidPath = errors.New("invalid artifact path")
+	// ErrIncomplete is returned when content ends other than cleanly, or
+	// short of its declared length: a body cut short, a client gone, a
+	// producer that failed halfway. Nothing is committed.
+	ErrIncomplete = errors.New("artifact content incomplete")
 )
+
+// Kinds are the lower-case kinds of Flux's sources, the only first path
+// segments a write accepts.
+var Kinds = [...]string{"gitrepository", "helmrepository", "helmchart", "ocirepository", "bucket"}
 
 // Artifact describes one stored artifact. Its Path is Flux's
 // <kind>/<namespace>/<name>/<file> layout; Kind is the lower-case kind.
@@ -45,6 +57,10 @@ type Artifact struct {
 	Size           int64             `json:"size"`
 	LastUpdateTime time.Time         `json:"lastUpdateTime"`
 	Metadata       map[string]string `json:"metadata,omitempty"`
+	// ExpectedSize, when positive, is the content length a producer
+	// declared (an HTTP Content-Length): Store refuses content of any
+	// other length with ErrIncomplete. It is never stored.
+	ExpectedSize int64 `json:"-"`
 }
 
 // Path returns the artifact's storage path, which is also its URL path.
@@ -100,6 +116,35 @@ func ParsePath(p string) (Artifact, error) {
 		return Artifact{}, fmt.Errorf("%w: %q is not clean", ErrInvalidPath, p)
 	}
 	return Artifact{Kind: parts[0], Namespace: parts[1], Name: parts[2], File: parts[3]}, nil
+}
+
+// ParseWritePath is ParsePath plus the rules a new artifact must meet:
+// one of Flux's Kinds, and a namespace and name as Kubernetes validates
+// them (a DNS-1123 label and a DNS-1123 subdomain). Reads keep using
+// ParsePath so that artifacts stored before these rules stay reachable.
+func ParseWritePath(p string) (Artifact, error) {
+	a, err := ParsePath(p)
+	if err != nil {
+		return Artifact{}, err
+	}
+	return a, a.ValidateNew()
+}
+
+// ValidateNew checks the identity of an artifact parsed by ParsePath
+// against the rules of ParseWritePath, failing with ErrInvalidPath.
+func (a Artifact) ValidateNew() error {
+	var why string
+	switch {
+	case !slices.Contains(Kinds[:], a.Kind):
+		why = fmt.Sprintf("kind %q is not one of %s", a.Kind, strings.Join(Kinds[:], ", "))
+	case len(validation.IsDNS1123Label(a.Namespace)) > 0:
+		why = fmt.Sprintf("namespace %q: %s", a.Namespace, strings.Join(validation.IsDNS1123Label(a.Namespace), "; "))
+	case len(validation.IsDNS1123Subdomain(a.Name)) > 0:
+		why = fmt.Sprintf("name %q: %s", a.Name, strings.Join(validation.IsDNS1123Subdomain(a.Name), "; "))
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %q: %s", ErrInvalidPath, a.Path(), why)
 }
 
 // Filter selects artifacts in List. Empty fields match everything.

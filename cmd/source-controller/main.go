@@ -41,6 +41,7 @@ type options struct {
 	retentionRecords                                    int
 	maxArtifactSize, snapshotBytes, scrubRate           int64
 	logLevel                                            string
+	limits                                              httpapi.Limits
 
 	// StatefulSet identity (package identity).
 	replicas       int
@@ -101,6 +102,10 @@ func main() {
 	flag.Int64Var(&o.maxArtifactSize, "max-artifact-size", 1<<30, "Largest artifact accepted, in bytes.")
 	flag.Int64Var(&o.scrubRate, "scrub-rate", 16<<20, "Bytes per second the background scrub reads to check blob files against their digests (corrupt ones are repaired from a peer); 0 disables.")
 	flag.Int64Var(&o.snapshotBytes, "raft-snapshot-bytes", 64<<20, "Log bytes that trigger a Raft snapshot (at least; larger stores snapshot after half their size).")
+	flag.IntVar(&o.limits.MaxConnections, "max-connections", 1024, "Connections open at once on the artifact listener, and again on the internal API; beyond it a new connection is answered 503 (0: unbounded).")
+	flag.DurationVar(&o.limits.WriteIdleTimeout, "write-idle-timeout", 30*time.Second, "Cut a connection whose client takes less than 1 KiB of a response in this long; renewed while it makes progress (0: never).")
+	flag.DurationVar(&o.limits.ReadIdleTimeout, "read-idle-timeout", 30*time.Second, "Cut a request body that sends less than 1 KiB in this long; renewed while it makes progress; also bounds request headers (at most 10s) (0: no body limit).")
+	flag.IntVar(&o.limits.MaxRanges, "max-ranges", 16, "Most ranges one Range header may ask for; with more the whole artifact is served with 200 (0: unbounded).")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error.")
 	// --kubeconfig is registered by controller-runtime (its client config
 	// package); without it the in-cluster config or $KUBECONFIG is used.
@@ -177,11 +182,15 @@ func run(o options, log *slog.Logger) error {
 	}
 
 	hcfg := httpapi.Config{Backend: node, APIToken: token, MaxArtifactSize: o.maxArtifactSize, StorageAdvAddr: o.storageAdvAddr, Logger: log}
+	// Probes and scrapes must get through a flood of artifact
+	// connections: only the artifact and API listeners are bounded.
+	unbounded := o.limits
+	unbounded.MaxConnections = 0
 	srv := httpapi.NewServer(
-		httpapi.Listener{Name: "artifacts", Addr: o.storageAddr, Handler: httpapi.NewArtifactServer(hcfg)},
-		httpapi.Listener{Name: "health", Addr: o.healthAddr, Handler: httpapi.NewHealthServer(hcfg)},
-		httpapi.Listener{Name: "metrics", Addr: o.metricsAddr, Handler: httpapi.NewMetricsServer(o.pprof)},
-		httpapi.Listener{Name: "api", Addr: o.apiAddr, Handler: httpapi.NewAPIServer(hcfg)},
+		httpapi.Listener{Name: "artifacts", Addr: o.storageAddr, Handler: httpapi.NewArtifactServer(hcfg), Limits: o.limits},
+		httpapi.Listener{Name: "health", Addr: o.healthAddr, Handler: httpapi.NewHealthServer(hcfg), Limits: unbounded},
+		httpapi.Listener{Name: "metrics", Addr: o.metricsAddr, Handler: httpapi.NewMetricsServer(o.pprof), Limits: unbounded},
+		httpapi.Listener{Name: "api", Addr: o.apiAddr, Handler: httpapi.NewAPIServer(hcfg), Limits: o.limits},
 	)
 	srv.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -251,7 +260,13 @@ func readToken(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--api-token-file: %w", err)
 	}
-	return strings.TrimSpace(string(b)), nil
+	// An empty token would silently refuse every internal API request,
+	// peers' registrations included.
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("--api-token-file %s: the file holds no token (empty or only whitespace)", path)
+	}
+	return token, nil
 }
 
 // withHost replaces the host of a listen address such as ":9090".
