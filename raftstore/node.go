@@ -45,7 +45,10 @@ type Node struct {
 	raft      *raft.Raft
 	fsm       *fsm.FSM
 	transport *raft.NetworkTransport
-	logStore  *raftboltdb.BoltStore
+	// stable is raft.db: Raft's term and vote, and the log too with
+	// LogStoreBoltDB.
+	stable    *raftboltdb.BoltStore
+	logStore  logStore
 	logBytes  *countingLogStore
 	snapshots raft.SnapshotStore
 	hlog      hclog.Logger
@@ -115,14 +118,19 @@ func (n *Node) Open() (err error) {
 		return err
 	}
 
-	n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	n.stable, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
 	if err != nil {
-		return fmt.Errorf("open raft log store: %w", err)
+		return fmt.Errorf("open raft stable store: %w", err)
+	}
+	closers = append(closers, n.stable)
+	n.logStore, err = openLogStore(raftDir, n.cfg.LogStore, n.cfg.SnapshotBytes, n.stable, hlog)
+	if err != nil {
+		return err
 	}
 	closers = append(closers, n.logStore)
 	// Replication reads the newest entries right after writing them: a
-	// small cache serves those from memory instead of paging them back in
-	// through raft.db's mmap, bounded at logCacheEntries × 512 KiB.
+	// small cache serves those from memory instead of reading them back
+	// from the log store, bounded at logCacheEntries × 512 KiB.
 	cached, err := raft.NewLogCache(logCacheEntries, n.logStore)
 	if err != nil {
 		return fmt.Errorf("raft log cache: %w", err)
@@ -150,7 +158,7 @@ func (n *Node) Open() (err error) {
 
 	n.notify = make(chan bool, 16)
 	rc := n.raftConfig(hlog)
-	n.raft, err = raft.NewRaft(rc, n.fsm, n.logBytes, n.logStore, n.snapshots, n.transport)
+	n.raft, err = raft.NewRaft(rc, n.fsm, n.logBytes, n.stable, n.snapshots, n.transport)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
@@ -185,8 +193,9 @@ func (n *Node) raftConfig(hlog hclog.Logger) *raft.Config {
 	rc.SnapshotInterval = 30 * time.Second
 	// Entries are up to 512 KiB: 16 per AppendEntries bounds an RPC at
 	// 8 MiB on both ends, which keeps peak memory independent of blob size
-	// while batching enough entries per raft.db transaction that bbolt
-	// rarely rewrites a leaf of earlier entries.
+	// while batching enough entries per append (one fsync each, and with
+	// LogStoreBoltDB one raft.db transaction that rarely rewrites a leaf
+	// of earlier entries).
 	rc.MaxAppendEntries = maxAppendEntries
 	rc.NotifyCh = n.notify
 	return rc
@@ -199,7 +208,7 @@ func (n *Node) raftConfig(hlog hclog.Logger) *raft.Config {
 // volume), does not bootstrap: it registers with the leader, which adds
 // it as a non-voter (see membership.go).
 func (n *Node) bootstrap() error {
-	has, err := raft.HasExistingState(n.logStore, n.logStore, n.snapshots)
+	has, err := raft.HasExistingState(n.logStore, n.stable, n.snapshots)
 	if err != nil {
 		return fmt.Errorf("check raft state: %w", err)
 	}
@@ -264,6 +273,9 @@ func (n *Node) Close() error {
 	}
 	if err := n.logStore.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close log store: %w", err))
+	}
+	if err := n.stable.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close stable store: %w", err))
 	}
 	if err := n.fsm.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close fsm: %w", err))

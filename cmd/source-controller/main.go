@@ -40,7 +40,7 @@ type options struct {
 	retentionTTL, gcInterval                            time.Duration
 	retentionRecords                                    int
 	maxArtifactSize, snapshotBytes                      int64
-	logLevel                                            string
+	logLevel, raftLogStore                              string
 
 	// StatefulSet identity (package identity).
 	replicas       int
@@ -100,6 +100,7 @@ func main() {
 	flag.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "How often the leader collects garbage across all sources (0 disables).")
 	flag.Int64Var(&o.maxArtifactSize, "max-artifact-size", 1<<30, "Largest artifact accepted, in bytes.")
 	flag.Int64Var(&o.snapshotBytes, "raft-snapshot-bytes", 64<<20, "Log bytes that trigger a Raft snapshot (at least; larger stores snapshot after half their size).")
+	flag.StringVar(&o.raftLogStore, "raft-log-store", raftstore.LogStoreWAL, "Where the Raft log lives: wal (append-only segment files) or boltdb (raft.db, as earlier releases); a log found in the other store is moved over once at start.")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error.")
 	// --kubeconfig is registered by controller-runtime (its client config
 	// package); without it the in-cluster config or $KUBECONFIG is used.
@@ -142,7 +143,7 @@ func run(o options, log *slog.Logger) error {
 		Insecure: o.insecure, APIToken: token,
 		APIAddr:         orDefault(o.apiAdvAddr, withHost(o.apiAddr, hostOf(raftAdv))),
 		StorageAddr:     orDefault(o.storagePeerAddr, withHost(o.storageAddr, hostOf(raftAdv))),
-		MaxArtifactSize: o.maxArtifactSize, SnapshotBytes: o.snapshotBytes,
+		MaxArtifactSize: o.maxArtifactSize, SnapshotBytes: o.snapshotBytes, LogStore: o.raftLogStore,
 		Retention:  storage.GCPolicy{TTL: o.retentionTTL, Records: o.retentionRecords},
 		GCInterval: o.gcInterval,
 		Join:       join, ServerStabilizationTime: o.stabilizationTime, DeadServerTimeout: o.deadServerTimeout,
