@@ -36,11 +36,11 @@ const (
 	walOldDir = "wal.old"
 	// migrateBatchBytes groups copied entries into appends of about this size.
 	migrateBatchBytes = 8 << 20
-	minSegmentBytes   = 1 << 20
+	minSegmentBytes   = 8 << 20
 )
 
 // walSegmentBytes sizes the WAL's segment files at a quarter of the
-// snapshot trigger, between 1 MiB and raft-wal's 64 MiB default. The WAL
+// snapshot trigger, between 8 MiB and raft-wal's 64 MiB default. The WAL
 // frees disk only by deleting whole segments older than the compaction
 // point, and preallocates the segment it writes: segments as large as
 // the log kept between snapshots would keep nearly twice that on disk.

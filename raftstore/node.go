@@ -17,6 +17,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/sourceraft/sourceraft/fsm"
+	"github.com/sourceraft/sourceraft/raftstore/snapstore"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -110,7 +111,9 @@ func (n *Node) Open() (err error) {
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", JSONFormat: true, Level: hclog.Info, Output: os.Stderr}).
 		With("node", n.cfg.NodeID)
 	n.hlog = hlog
-	n.snapshots, err = raft.NewFileSnapshotStoreWithLogger(raftDir, 1, hlog)
+	// Snapshots may hard-link the FSM's immutable files instead of
+	// copying them (snapstore.Linker); one is kept.
+	n.snapshots, err = snapstore.New(raftDir, 1)
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
