@@ -96,6 +96,11 @@ func (b *bench) disk(ctx context.Context, c *cluster.Cluster) error {
 	if err := waitAllApplied(ctx, c, leader, 60*time.Second); err != nil {
 		return err
 	}
+	// The snapshot is listed as soon as its directory is renamed into
+	// place; raft compacts the log and the stores free files after that.
+	if err := sleep(ctx, settleTime); err != nil {
+		return err
+	}
 	st, err := c.Status(ctx, f)
 	if err != nil {
 		return err
