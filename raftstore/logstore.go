@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -67,17 +68,11 @@ type logStore interface {
 // from a copy interrupted before they were deleted, and are dropped.
 func openLogStore(raftDir, kind string, snapshotBytes int64, stable *raftboltdb.BoltStore, hlog hclog.Logger) (logStore, error) {
 	openWAL := func(dir string) (*walLog, error) {
-		if err := os.MkdirAll(dir, 0o750); err != nil {
+		l := &walLog{dir: dir, segmentBytes: walSegmentBytes(snapshotBytes), hlog: hlog.Named("wal")}
+		if err := l.reopenLocked(); err != nil {
 			return nil, err
 		}
-		meta := &metadb.BoltMetaDB{}
-		w, err := wal.Open(dir, wal.WithMetaStore(meta), wal.WithLogger(hlog.Named("wal")),
-			wal.WithSegmentSize(walSegmentBytes(snapshotBytes)))
-		if err != nil {
-			meta.Close()
-			return nil, err
-		}
-		return &walLog{WAL: w, meta: meta}, nil
+		return l, nil
 	}
 	for _, leftover := range []string{walTmpDir, walOldDir} {
 		if err := os.RemoveAll(filepath.Join(raftDir, leftover)); err != nil {
@@ -208,15 +203,108 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// walLog closes the WAL's meta database too, which WAL.Close leaves open
-// (and locked against the next open in this process).
+// walLog is raft-wal as the node's log. It opens and closes the WAL's
+// meta database itself, as WAL.Close leaves it open (and locked against
+// the next open in this process). And it reopens the WAL after a failed
+// append: raft-wal cannot recover while open from a segment rotation that
+// failed (a full disk), and every later append fails with "segment is
+// sealed"; opening it again recovers the tail from its files, as after a
+// crash. Raft retries the entries of a failed append.
 type walLog struct {
-	*wal.WAL
-	meta *metadb.BoltMetaDB
+	dir          string
+	segmentBytes int
+	hlog         hclog.Logger
+
+	mu sync.RWMutex
+	// w is nil after a reopen failed; the next append tries again.
+	w       *wal.WAL
+	meta    *metadb.BoltMetaDB
+	openErr error
 }
 
-func (w *walLog) Close() error {
-	return errors.Join(w.WAL.Close(), w.meta.Close())
+func (l *walLog) reopenLocked() error {
+	if l.w != nil {
+		l.w.Close()
+		l.meta.Close()
+		l.w, l.meta = nil, nil
+	}
+	if err := os.MkdirAll(l.dir, 0o750); err != nil {
+		l.openErr = err
+		return err
+	}
+	meta := &metadb.BoltMetaDB{}
+	w, err := wal.Open(l.dir, wal.WithMetaStore(meta), wal.WithLogger(l.hlog), wal.WithSegmentSize(l.segmentBytes))
+	if err != nil {
+		meta.Close()
+		l.openErr = fmt.Errorf("open raft wal: %w", err)
+		return l.openErr
+	}
+	l.w, l.meta, l.openErr = w, meta, nil
+	return nil
+}
+
+// read runs fn on the open WAL.
+func (l *walLog) read(fn func(w *wal.WAL) error) error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.w == nil {
+		return fmt.Errorf("raft wal is not open: %w", l.openErr)
+	}
+	return fn(l.w)
+}
+
+func (l *walLog) FirstIndex() (idx uint64, err error) {
+	err = l.read(func(w *wal.WAL) error { idx, err = w.FirstIndex(); return err })
+	return idx, err
+}
+
+func (l *walLog) LastIndex() (idx uint64, err error) {
+	err = l.read(func(w *wal.WAL) error { idx, err = w.LastIndex(); return err })
+	return idx, err
+}
+
+func (l *walLog) GetLog(index uint64, log *raft.Log) error {
+	return l.read(func(w *wal.WAL) error { return w.GetLog(index, log) })
+}
+
+func (l *walLog) StoreLog(log *raft.Log) error { return l.StoreLogs([]*raft.Log{log}) }
+
+func (l *walLog) StoreLogs(logs []*raft.Log) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w == nil {
+		if err := l.reopenLocked(); err != nil {
+			return err
+		}
+	}
+	err := l.w.StoreLogs(logs)
+	if err == nil {
+		return nil
+	}
+	if rerr := l.reopenLocked(); rerr != nil {
+		return fmt.Errorf("%w; reopening the raft wal: %w", err, rerr)
+	}
+	return err
+}
+
+func (l *walLog) DeleteRange(min, max uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w == nil {
+		return fmt.Errorf("raft wal is not open: %w", l.openErr)
+	}
+	return l.w.DeleteRange(min, max)
+}
+
+func (l *walLog) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w == nil {
+		return nil
+	}
+	err := errors.Join(l.w.Close(), l.meta.Close())
+	l.w, l.meta = nil, nil
+	return err
 }
 
 // boltLog is raft.db as the log; the node closes raft.db as the stable
