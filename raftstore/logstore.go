@@ -13,7 +13,6 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
-	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/hashicorp/raft-wal/migrate"
 )
 
@@ -94,7 +93,7 @@ func openLogStore(raftDir, kind string, snapshotBytes int64, stable *raftboltdb.
 		}
 		w, err := openWAL(dir)
 		if err != nil {
-			return nil, fmt.Errorf("open raft wal: %w", err)
+			return nil, err
 		}
 		if err := deleteAll(stable); err != nil {
 			w.Close()
@@ -203,10 +202,7 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// walLog is raft-wal as the node's log. It opens and closes the WAL's
-// meta database itself, as WAL.Close leaves it open (and locked against
-// the next open in this process). And it reopens the WAL after a failed
-// append: raft-wal cannot recover while open from a segment rotation that
+// walLog is raft-wal as the node's log, reopened after a failed append: raft-wal cannot recover while open from a segment rotation that
 // failed (a full disk), and every later append fails with "segment is
 // sealed"; opening it again recovers the tail from its files, as after a
 // crash. Raft retries the entries of a failed append.
@@ -218,28 +214,24 @@ type walLog struct {
 	mu sync.RWMutex
 	// w is nil after a reopen failed; the next append tries again.
 	w       *wal.WAL
-	meta    *metadb.BoltMetaDB
 	openErr error
 }
 
 func (l *walLog) reopenLocked() error {
 	if l.w != nil {
 		l.w.Close()
-		l.meta.Close()
-		l.w, l.meta = nil, nil
+		l.w = nil
 	}
 	if err := os.MkdirAll(l.dir, 0o750); err != nil {
 		l.openErr = err
 		return err
 	}
-	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(l.dir, wal.WithMetaStore(meta), wal.WithLogger(l.hlog), wal.WithSegmentSize(l.segmentBytes))
+	w, err := wal.Open(l.dir, wal.WithLogger(l.hlog), wal.WithSegmentSize(l.segmentBytes))
 	if err != nil {
-		meta.Close()
 		l.openErr = fmt.Errorf("open raft wal: %w", err)
 		return l.openErr
 	}
-	l.w, l.meta, l.openErr = w, meta, nil
+	l.w, l.openErr = w, nil
 	return nil
 }
 
@@ -302,8 +294,8 @@ func (l *walLog) Close() error {
 	if l.w == nil {
 		return nil
 	}
-	err := errors.Join(l.w.Close(), l.meta.Close())
-	l.w, l.meta = nil, nil
+	err := l.w.Close()
+	l.w = nil
 	return err
 }
 

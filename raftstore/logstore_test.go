@@ -202,3 +202,34 @@ func TestNodeUpgradesBoltLogToWAL(t *testing.T) {
 		}
 	}
 }
+
+// TestWALTailTruncationSurvivesRestart: raft clears a log suffix when a
+// deposed leader rejoins; the WAL must open again afterwards (raft-wal
+// v0.4.0 sealed the truncated tail without its index block, and the next
+// start failed on every read of it).
+func TestWALTailTruncationSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	stable := openStable(t, dir)
+	defer stable.Close()
+	hl := hclog.NewNullLogger()
+	w, err := openLogStore(dir, LogStoreWAL, 64<<20, stable, hl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.StoreLogs(testEntries(1, 93, "v1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.DeleteRange(92, 93); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.StoreLogs(testEntries(92, 95, "v1")); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	w, err = openLogStore(dir, LogStoreWAL, 64<<20, stable, hl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	checkEntries(t, w, 1, 95, "v1")
+}
