@@ -53,6 +53,10 @@ type Config struct {
 	// SnapshotBytes is how many log bytes trigger a snapshot at least;
 	// larger stores snapshot after half their size.
 	SnapshotBytes int64
+	// LogStore is where the Raft log lives: LogStoreWAL (the default) or
+	// LogStoreBoltDB. A replica whose log is in the other store moves its
+	// entries over once at Open.
+	LogStore string
 	// TrailingLogs is how many entries stay in the log after a snapshot.
 	TrailingLogs uint64
 	// UploadTTL is how long an upload without a commit survives before
@@ -93,6 +97,9 @@ func (c *Config) setDefaults() {
 	if c.SnapshotBytes == 0 {
 		c.SnapshotBytes = 64 << 20
 	}
+	if c.LogStore == "" {
+		c.LogStore = LogStoreWAL
+	}
 	if c.TrailingLogs == 0 {
 		// Mostly chunk entries: about 32 MiB of log kept for lagging followers.
 		c.TrailingLogs = 64
@@ -132,6 +139,9 @@ func (c *Config) validate() error {
 	}
 	if c.RaftBind == "" {
 		return fmt.Errorf("raft address is empty")
+	}
+	if c.LogStore != LogStoreWAL && c.LogStore != LogStoreBoltDB {
+		return fmt.Errorf("raft log store %q: want %s or %s", c.LogStore, LogStoreWAL, LogStoreBoltDB)
 	}
 	if c.TLS == nil && !c.Insecure {
 		return ErrNoTLS

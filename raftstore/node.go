@@ -17,6 +17,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/sourceraft/sourceraft/fsm"
+	"github.com/sourceraft/sourceraft/raftstore/snapstore"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -45,7 +46,10 @@ type Node struct {
 	raft      *raft.Raft
 	fsm       *fsm.FSM
 	transport *raft.NetworkTransport
-	logStore  *raftboltdb.BoltStore
+	// stable is raft.db: Raft's term and vote, and the log too with
+	// LogStoreBoltDB.
+	stable    *raftboltdb.BoltStore
+	logStore  logStore
 	logBytes  *countingLogStore
 	snapshots raft.SnapshotStore
 	hlog      hclog.Logger
@@ -109,7 +113,9 @@ func (n *Node) Open() (err error) {
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", JSONFormat: true, Level: hclog.Info, Output: os.Stderr}).
 		With("node", n.cfg.NodeID)
 	n.hlog = hlog
-	n.snapshots, err = raft.NewFileSnapshotStoreWithLogger(raftDir, 1, hlog)
+	// Snapshots may hard-link the FSM's immutable files instead of
+	// copying them (snapstore.Linker); one is kept.
+	n.snapshots, err = snapstore.New(raftDir, 1)
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
@@ -117,14 +123,19 @@ func (n *Node) Open() (err error) {
 		return err
 	}
 
-	n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	n.stable, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
 	if err != nil {
-		return fmt.Errorf("open raft log store: %w", err)
+		return fmt.Errorf("open raft stable store: %w", err)
+	}
+	closers = append(closers, n.stable)
+	n.logStore, err = openLogStore(raftDir, n.cfg.LogStore, n.cfg.SnapshotBytes, n.stable, hlog)
+	if err != nil {
+		return err
 	}
 	closers = append(closers, n.logStore)
 	// Replication reads the newest entries right after writing them: a
-	// small cache serves those from memory instead of paging them back in
-	// through raft.db's mmap, bounded at logCacheEntries × 512 KiB.
+	// small cache serves those from memory instead of reading them back
+	// from the log store, bounded at logCacheEntries × 512 KiB.
 	cached, err := raft.NewLogCache(logCacheEntries, n.logStore)
 	if err != nil {
 		return fmt.Errorf("raft log cache: %w", err)
@@ -152,7 +163,7 @@ func (n *Node) Open() (err error) {
 
 	n.notify = make(chan bool, 16)
 	rc := n.raftConfig(hlog)
-	n.raft, err = raft.NewRaft(rc, n.fsm, n.logBytes, n.logStore, n.snapshots, n.transport)
+	n.raft, err = raft.NewRaft(rc, n.fsm, n.logBytes, n.stable, n.snapshots, n.transport)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
@@ -187,8 +198,9 @@ func (n *Node) raftConfig(hlog hclog.Logger) *raft.Config {
 	rc.SnapshotInterval = 30 * time.Second
 	// Entries are up to 512 KiB: 16 per AppendEntries bounds an RPC at
 	// 8 MiB on both ends, which keeps peak memory independent of blob size
-	// while batching enough entries per raft.db transaction that bbolt
-	// rarely rewrites a leaf of earlier entries.
+	// while batching enough entries per append (one fsync each, and with
+	// LogStoreBoltDB one raft.db transaction that rarely rewrites a leaf
+	// of earlier entries).
 	rc.MaxAppendEntries = maxAppendEntries
 	rc.NotifyCh = n.notify
 	return rc
@@ -201,7 +213,7 @@ func (n *Node) raftConfig(hlog hclog.Logger) *raft.Config {
 // volume), does not bootstrap: it registers with the leader, which adds
 // it as a non-voter (see membership.go).
 func (n *Node) bootstrap() error {
-	has, err := raft.HasExistingState(n.logStore, n.logStore, n.snapshots)
+	has, err := raft.HasExistingState(n.logStore, n.stable, n.snapshots)
 	if err != nil {
 		return fmt.Errorf("check raft state: %w", err)
 	}
@@ -266,6 +278,9 @@ func (n *Node) Close() error {
 	}
 	if err := n.logStore.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close log store: %w", err))
+	}
+	if err := n.stable.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close stable store: %w", err))
 	}
 	if err := n.fsm.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close fsm: %w", err))

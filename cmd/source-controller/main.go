@@ -40,7 +40,7 @@ type options struct {
 	retentionTTL, gcInterval                            time.Duration
 	retentionRecords                                    int
 	maxArtifactSize, snapshotBytes, scrubRate           int64
-	logLevel                                            string
+	logLevel, raftLogStore                              string
 	limits                                              httpapi.Limits
 
 	// StatefulSet identity (package identity).
@@ -106,6 +106,7 @@ func main() {
 	flag.DurationVar(&o.limits.WriteIdleTimeout, "write-idle-timeout", 30*time.Second, "Cut a connection whose client takes less than 1 KiB of a response in this long; renewed while it makes progress (0: never).")
 	flag.DurationVar(&o.limits.ReadIdleTimeout, "read-idle-timeout", 30*time.Second, "Cut a request body that sends less than 1 KiB in this long; renewed while it makes progress; also bounds request headers (at most 10s) (0: no body limit).")
 	flag.IntVar(&o.limits.MaxRanges, "max-ranges", 16, "Most ranges one Range header may ask for; with more the whole artifact is served with 200 (0: unbounded).")
+	flag.StringVar(&o.raftLogStore, "raft-log-store", raftstore.LogStoreWAL, "Where the Raft log lives: wal (append-only segment files) or boltdb (raft.db, as earlier releases); a log found in the other store is moved over once at start.")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error.")
 	// --kubeconfig is registered by controller-runtime (its client config
 	// package); without it the in-cluster config or $KUBECONFIG is used.
@@ -148,7 +149,7 @@ func run(o options, log *slog.Logger) error {
 		Insecure: o.insecure, APIToken: token,
 		APIAddr:         orDefault(o.apiAdvAddr, withHost(o.apiAddr, hostOf(raftAdv))),
 		StorageAddr:     orDefault(o.storagePeerAddr, withHost(o.storageAddr, hostOf(raftAdv))),
-		MaxArtifactSize: o.maxArtifactSize, SnapshotBytes: o.snapshotBytes,
+		MaxArtifactSize: o.maxArtifactSize, SnapshotBytes: o.snapshotBytes, LogStore: o.raftLogStore,
 		Retention:  storage.GCPolicy{TTL: o.retentionTTL, Records: o.retentionRecords},
 		GCInterval: o.gcInterval,
 		Join:       join, ServerStabilizationTime: o.stabilizationTime, DeadServerTimeout: o.deadServerTimeout,

@@ -67,6 +67,9 @@ type Cluster struct {
 	Token    string
 	Replicas []*Replica
 	client   *http.Client
+	// uploads has no overall timeout: a PUT is bounded by its context, as
+	// a GiB at disk speed outlasts the minute any other request may take.
+	uploads *http.Client
 	// ports handed out so far: the kernel may offer a port again once its
 	// probe listener is closed, and two replicas must never share one.
 	ports map[string]bool
@@ -83,7 +86,7 @@ func New(opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{opts: opts, Token: "token-" + strconv.FormatInt(time.Now().UnixNano(), 36),
-		client: &http.Client{Timeout: 60 * time.Second}}
+		client: &http.Client{Timeout: 60 * time.Second}, uploads: &http.Client{}}
 	if err := os.WriteFile(filepath.Join(opts.Dir, "token"), []byte(c.Token), 0o600); err != nil {
 		return nil, fmt.Errorf("write token: %w", err)
 	}
@@ -195,7 +198,11 @@ func (c *Cluster) api(ctx context.Context, i int, method, path string, body io.R
 	}
 	req.ContentLength = size
 	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.client.Do(req)
+	client := c.client
+	if method == http.MethodPut {
+		client = c.uploads
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
 	}

@@ -21,14 +21,20 @@ import (
 	"github.com/sourceraft/sourceraft/internal/cluster"
 )
 
-// serveSizes are the two artifact sizes of the serving comparison: a
-// typical Git source and a large chart or OCI artifact.
+// serveSizes are the artifact sizes of the serving comparison: most Flux
+// artifacts (a small Git source), a typical one, a large chart or OCI
+// artifact, and the largest that still fits many in the page cache.
 var serveSizes = []struct {
 	name string
 	size int
+	// clients caps -clients: 32 bodies of 100 MiB in flight would let
+	// only a handful of requests complete inside a measurement window.
+	clients int
 }{
-	{"1mib", 1 * mib},
-	{"20mib", 20 * mib},
+	{"10kib", 10 << 10, 0},
+	{"1mib", 1 * mib, 0},
+	{"20mib", 20 * mib, 0},
+	{"100mib", 100 * mib, 8},
 }
 
 // serve compares a follower's artifact server with http.FileServer on the
@@ -36,11 +42,11 @@ var serveSizes = []struct {
 // other load) hits both alike.
 func (b *bench) serve(ctx context.Context, c *cluster.Cluster) error {
 	fsDir := filepath.Join(b.root, "fileserver")
-	fsURL, stopFS, err := startFileServer(fsDir)
+	fs, err := startFileServer(ctx, fsDir)
 	if err != nil {
 		return err
 	}
-	defer stopFS()
+	defer fs.stop()
 
 	gen := newLoadGen(b.cfg.clients, b.cfg.warmup, b.cfg.duration)
 	defer gen.close()
@@ -59,7 +65,11 @@ func (b *bench) serve(ctx context.Context, c *cluster.Cluster) error {
 		if err := os.WriteFile(local, content, 0o644); err != nil {
 			return err
 		}
-		base := &series{name: "fileserver", url: fsURL + "/" + path}
+		gen.clients = b.cfg.clients
+		if sz.clients > 0 {
+			gen.clients = min(gen.clients, sz.clients)
+		}
+		base := &series{name: "fileserver", url: fs.url + "/" + path, pid: fs.pid}
 		subj := &series{name: "follower", url: c.ArtifactURL(f, path), pid: c.PID(f)}
 
 		// Both must serve exactly these bytes before either is timed.
@@ -73,12 +83,8 @@ func (b *bench) serve(ctx context.Context, c *cluster.Cluster) error {
 				if err := s.measure(ctx, gen, int64(len(content))); err != nil {
 					return fmt.Errorf("%s %s round %d: %w", s.name, sz.name, round+1, err)
 				}
-				fmt.Fprintf(os.Stderr, "   %-5s %-10s round %d: %8.1f req/s %8.1f MB/s  cpu cores: bench process %.2f",
-					sz.name, s.name, round+1, s.rps[round], s.mbs[round], s.self[round])
-				if s.pid != 0 {
-					fmt.Fprintf(os.Stderr, ", follower %.2f", s.peer[round])
-				}
-				fmt.Fprintln(os.Stderr)
+				fmt.Fprintf(os.Stderr, "   %-6s %-10s round %d: %8.1f req/s %8.1f MB/s  cpu cores: bench process %.2f, server %.2f (%.2f s/GB)\n",
+					sz.name, s.name, round+1, s.rps[round], s.mbs[round], s.self[round], s.peer[round], s.cpuPerGB[round])
 			}
 		}
 		st, err := c.Status(ctx, f)
@@ -96,13 +102,17 @@ func (b *bench) serve(ctx context.Context, c *cluster.Cluster) error {
 		b.res.set(prefix+"_fileserver_rounds_req_per_s", roundAll(base.rps, 1))
 		b.res.set(prefix+"_follower_rounds_req_per_s", roundAll(subj.rps, 1))
 		b.res.set(prefix+"_follower_id", c.Replicas[f].ID)
+		b.res.set(prefix+"_clients", gen.clients)
 		b.res.set(prefix+"_bench_process_cpu_cores_during_fileserver", round(median(base.self), 2))
 		b.res.set(prefix+"_bench_process_cpu_cores_during_follower", round(median(subj.self), 2))
 		b.res.set(prefix+"_follower_process_cpu_cores", round(median(subj.peer), 2))
-		b.res.detail("serve "+sz.name+" FileServer", "%.1f req/s, %.1f MB/s (median of %v req/s)",
-			bm, median(base.mbs), roundAll(base.rps, 1))
-		b.res.detail("serve "+sz.name+" follower", "%.1f req/s, %.1f MB/s (median of %v req/s) from %s",
-			sm, median(subj.mbs), roundAll(subj.rps, 1), c.Replicas[f].ID)
+		b.res.set(prefix+"_fileserver_process_cpu_cores", round(median(base.peer), 2))
+		b.res.set(prefix+"_follower_cpu_seconds_per_gb", round(median(subj.cpuPerGB), 3))
+		b.res.set(prefix+"_fileserver_cpu_seconds_per_gb", round(median(base.cpuPerGB), 3))
+		b.res.detail("serve "+sz.name+" FileServer", "%.1f req/s, %.1f MB/s (median of %v req/s), %.3f CPU s/GB",
+			bm, median(base.mbs), roundAll(base.rps, 1), median(base.cpuPerGB))
+		b.res.detail("serve "+sz.name+" follower", "%.1f req/s, %.1f MB/s (median of %v req/s), %.3f CPU s/GB, from %s",
+			sm, median(subj.mbs), roundAll(subj.rps, 1), median(subj.cpuPerGB), c.Replicas[f].ID)
 	}
 	return nil
 }
@@ -115,7 +125,7 @@ func storeEverywhere(ctx context.Context, c *cluster.Cluster, path string, conte
 	if err != nil {
 		return -1, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, 120*time.Second)
 	res, err := c.Put(pctx, leader, path, bytes.NewReader(content), int64(len(content)))
 	cancel()
 	if err != nil {
@@ -131,14 +141,15 @@ func storeEverywhere(ctx context.Context, c *cluster.Cluster, path string, conte
 }
 
 // series is one server's measurements. CPU use is recorded for context:
-// on two cores the clients, the FileServer (in this process) and the
-// follower compete, and cores used per request say who does the work.
+// on two cores the clients, the FileServer and the follower compete, and
+// CPU seconds per GB served say which server works harder for the bytes.
 type series struct {
 	name string
 	url  string
-	pid  int // the server's process, when it is not this one
-	// per round: req/s, MB/s, CPU cores used by this process and by pid
-	rps, mbs, self, peer []float64
+	pid  int // the server's process
+	// per round: req/s, MB/s, CPU cores used by this process and by pid,
+	// and pid's CPU seconds per 10^9 bytes it sent
+	rps, mbs, self, peer, cpuPerGB []float64
 }
 
 func (s *series) measure(ctx context.Context, gen *loadGen, size int64) error {
@@ -148,8 +159,10 @@ func (s *series) measure(ctx context.Context, gen *loadGen, size int64) error {
 		return err
 	}
 	wall := time.Since(t0).Seconds()
+	peer := cpuSeconds(s.pid) - peer0
 	s.self = append(s.self, (cpuSeconds(os.Getpid())-self0)/wall)
-	s.peer = append(s.peer, (cpuSeconds(s.pid)-peer0)/wall)
+	s.peer = append(s.peer, peer/wall)
+	s.cpuPerGB = append(s.cpuPerGB, peer/(float64(lr.allBytes)/1e9))
 	s.rps = append(s.rps, lr.reqPerSec())
 	s.mbs = append(s.mbs, lr.mbPerSec())
 	return nil
@@ -190,21 +203,6 @@ func digest(b []byte) string {
 	return "sha256:" + hex.EncodeToString(s[:])
 }
 
-// startFileServer is the baseline: Go's own file server over a temp dir,
-// in this process, on loopback.
-func startFileServer(dir string) (string, func(), error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", nil, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	srv := &http.Server{Handler: http.FileServer(http.Dir(dir)), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
-}
-
 // loadGen is a closed-loop load generator: each client issues its next
 // request as soon as the previous body is fully read, over keep-alive
 // connections of one shared transport.
@@ -235,6 +233,9 @@ type loadResult struct {
 	requests int64
 	bytes    int64
 	elapsed  time.Duration
+	// allBytes is every body byte received, warm-up and requests cut off
+	// at the window's end included: what the server's CPU time paid for.
+	allBytes int64
 }
 
 func (r loadResult) reqPerSec() float64 { return float64(r.requests) / r.elapsed.Seconds() }
@@ -259,10 +260,10 @@ func (g *loadGen) run(parent context.Context, url string, size int64) (loadResul
 	defer stop.Stop()
 
 	var (
-		reqs, byts atomic.Int64
-		errOnce    sync.Once
-		firstErr   error
-		wg         sync.WaitGroup
+		reqs, byts, all atomic.Int64
+		errOnce         sync.Once
+		firstErr        error
+		wg              sync.WaitGroup
 	)
 	fail := func(err error) {
 		errOnce.Do(func() { firstErr = err })
@@ -273,6 +274,7 @@ func (g *loadGen) run(parent context.Context, url string, size int64) (loadResul
 			buf := make([]byte, 256<<10)
 			for n := 0; n < maxRequestsPerClient && ctx.Err() == nil; n++ {
 				got, err := g.fetch(ctx, url, buf, nil)
+				all.Add(got)
 				if ctx.Err() != nil {
 					return // the window closed mid-request: neither counted nor an error
 				}
@@ -301,7 +303,7 @@ func (g *loadGen) run(parent context.Context, url string, size int64) (loadResul
 	if reqs.Load() == 0 {
 		return loadResult{}, errors.New("no request completed inside the measurement window")
 	}
-	return loadResult{requests: reqs.Load(), bytes: byts.Load(), elapsed: g.duration}, nil
+	return loadResult{requests: reqs.Load(), bytes: byts.Load(), elapsed: g.duration, allBytes: all.Load()}, nil
 }
 
 // fetch GETs url and reads the whole body into buf, a chunk at a time,
