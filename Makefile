@@ -60,7 +60,8 @@ chaos chaos-short: build envtest-bins host-tools
 # are checked in under each package's testdata/fuzz. fuzz-short (in `make
 # test`) runs each target for a few seconds, `make fuzz` for FUZZTIME each.
 FUZZ_TARGETS := ./storage:FuzzParsePath ./httpapi:FuzzArtifactPath ./httpapi:FuzzRange \
-	./httpapi:FuzzRegisterPeer ./archive:FuzzIgnorePatterns ./fsm:FuzzDecode
+	./httpapi:FuzzRegisterPeer ./archive:FuzzIgnorePatterns ./fsm:FuzzDecode ./fsm:FuzzRestore \
+	./sources/oci:FuzzExtractLayer ./sources/bucket:FuzzObjectPath ./sources/helm:FuzzLoadIndex
 FUZZTIME ?= 10m
 .PHONY: fuzz fuzz-short
 fuzz fuzz-short:

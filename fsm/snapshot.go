@@ -420,13 +420,38 @@ func (f *FSM) receiveUpload(id string, size int64, body io.Reader) error {
 
 func restorePattern(path string) string { return path + ".restore-*" }
 
-func checkSnapshot(path string) error {
+// walkBucket reads every key and value of b and its nested buckets, so
+// every page they live on is loaded once.
+func walkBucket(b *bolt.Bucket) error {
+	return b.ForEach(func(k, v []byte) error {
+		if v == nil {
+			if nb := b.Bucket(k); nb != nil {
+				return walkBucket(nb)
+			}
+		}
+		return nil
+	})
+}
+
+// checkSnapshot opens the received database read-only and reads every
+// bucket and value in it before it becomes the state. bbolt panics on a
+// damaged page when it first reads it: here that is a refused snapshot,
+// later it would be a crashed replica (found by FuzzRestore).
+func checkSnapshot(path string) (err error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		return fmt.Errorf("snapshot is not a database: %w", err)
 	}
 	defer db.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("snapshot database is damaged: %v", r)
+		}
+	}()
 	return db.View(func(tx *bolt.Tx) error {
+		if err := tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walkBucket(b) }); err != nil {
+			return err
+		}
 		if tx.Bucket(bucketMeta) == nil {
 			return errors.New("snapshot has no meta bucket")
 		}
