@@ -404,19 +404,13 @@ func TestBucketSuspend(t *testing.T) {
 	first := bucketReadyAt(t, ns, "suspended", "")
 
 	o := bucketGet(t, ns, "suspended")
-	o.Spec.Suspend = true
-	if err := env.Client.Update(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, o, func(o *sourcev1.Bucket) { o.Spec.Suspend = true })
 	m.Put(t, bucket, map[string]string{"b.yaml": "2"})
 	if o := bucketRequestReconcile(t, ns, "suspended"); o.Status.Artifact.Revision != first.Status.Artifact.Revision {
 		t.Fatalf("suspended Bucket moved to %s", o.Status.Artifact.Revision)
 	}
 
 	o = bucketGet(t, ns, "suspended")
-	o.Spec.Suspend = false
-	if err := env.Client.Update(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, o, func(o *sourcev1.Bucket) { o.Spec.Suspend = false })
 	bucketReadyAt(t, ns, "suspended", bucketRevision(t, bucket, "", nil))
 }

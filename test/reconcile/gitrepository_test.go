@@ -355,10 +355,7 @@ func TestGitRepositoryIgnore(t *testing.T) {
 	digest := o.Status.Artifact.Digest
 
 	// A new spec.ignore re-archives the same revision.
-	o.Spec.Ignore = nil
-	if err := env.Client.Update(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, o, func(o *sourcev1.GitRepository) { o.Spec.Ignore = nil })
 	o = waitFor(t, ns, "ignore", 60*time.Second, "a re-archived artifact", func(o *sourcev1.GitRepository) bool {
 		return conditions.IsReady(o) && o.Status.ObservedGeneration == o.Generation && o.Status.Artifact.Digest != digest
 	})
@@ -451,10 +448,7 @@ func TestGitRepositorySuspendAndRequestedAt(t *testing.T) {
 	})
 
 	// Suspended: requests are acknowledged, nothing is fetched.
-	o.Spec.Suspend = true
-	if err := env.Client.Update(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, o, func(o *sourcev1.GitRepository) { o.Spec.Suspend = true })
 	repo.commit("third", map[string]string{"a.txt": "3"})
 	at = requestReconcile(t, ns, "repo")
 	waitFor(t, ns, "repo", 30*time.Second, "requestedAt handled while suspended", func(o *sourcev1.GitRepository) bool {
@@ -467,10 +461,7 @@ func TestGitRepositorySuspendAndRequestedAt(t *testing.T) {
 
 	// Resumed: the new commit is stored.
 	o = getGitRepository(t, ns, "repo")
-	o.Spec.Suspend = false
-	if err := env.Client.Update(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, o, func(o *sourcev1.GitRepository) { o.Spec.Suspend = false })
 	third := repo.head()
 	readyAt(t, ns, "repo", "master@sha1:"+third)
 

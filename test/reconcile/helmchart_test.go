@@ -2,7 +2,6 @@ package reconcile
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -157,10 +156,7 @@ func TestHelmChartValuesFiles(t *testing.T) {
 		t.Errorf("BuildFailed message %q", msg)
 	}
 	// ...unless ignored: the files used are observed.
-	o.Spec.IgnoreMissingValuesFiles = true
-	if err := env.Client.Update(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, o, func(o *sourcev1.HelmChart) { o.Spec.IgnoreMissingValuesFiles = true })
 	o = helmReady(t, o, "1.0.0+2")
 	if got := o.Status.ObservedValuesFiles; !reflect.DeepEqual(got, []string{"values.yaml"}) {
 		t.Fatalf("observedValuesFiles %v, want [values.yaml]", got)

@@ -167,11 +167,10 @@ func TestHelmRepositoryOCIIsStatic(t *testing.T) {
 	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
 	o := helmReady(t, newHelmRepository(t, ns, "switch", srv.URL(), nil), "")
 
-	o.Spec.Type = sourcev1.HelmRepositoryTypeOCI
-	o.Spec.URL = "oci://registry.example.com/charts"
-	if err := env.Client.Update(context.Background(), o); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, o, func(o *sourcev1.HelmRepository) {
+		o.Spec.Type = sourcev1.HelmRepositoryTypeOCI
+		o.Spec.URL = "oci://registry.example.com/charts"
+	})
 	helmWaitFor(t, o, 30*time.Second, "static object", func(o *sourcev1.HelmRepository) bool {
 		return !controllerutil.ContainsFinalizer(o, sourcev1.SourceFinalizer) && len(o.Status.Conditions) == 0 && o.Status.Artifact == nil
 	})

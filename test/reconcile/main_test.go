@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"k8s.io/client-go/util/retry"
 	"log/slog"
 	"net"
 	"net/http"
@@ -434,6 +435,23 @@ func deleteAndWait(t *testing.T, obj client.Object) {
 			t.Fatalf("%s %s not deleted: %v", reflect.TypeOf(obj).Elem().Name(), key, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// updateSpec applies mutate to the newest version of obj and updates it,
+// again on a conflict: the reconciler patches status between a test's read
+// and its write.
+func updateSpec[T client.Object](t *testing.T, obj T, mutate func(T)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		mutate(obj)
+		return env.Client.Update(context.Background(), obj)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

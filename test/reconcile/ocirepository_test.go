@@ -141,10 +141,7 @@ func TestOCIRepositoryLayerSelector(t *testing.T) {
 		}
 
 		// A changed spec.ignore rebuilds the same revision.
-		o.Spec.Ignore = nil
-		if err := env.Client.Update(context.Background(), o); err != nil {
-			t.Fatal(err)
-		}
+		updateSpec(t, o, func(o *sourcev1.OCIRepository) { o.Spec.Ignore = nil })
 		old := o.Status.Artifact.Digest
 		o = ociWaitFor(t, ns, "extract", 60*time.Second, "a re-archived artifact", func(o *sourcev1.OCIRepository) bool {
 			return conditions.IsReady(o) && o.Status.ObservedGeneration == o.Generation && o.Status.Artifact.Digest != old
@@ -416,10 +413,7 @@ func TestOCIRepositoryUpdatesAndLimits(t *testing.T) {
 
 	t.Run("suspended", func(t *testing.T) {
 		o := ociGet(t, ns, "app")
-		o.Spec.Suspend = true
-		if err := env.Client.Update(context.Background(), o); err != nil {
-			t.Fatal(err)
-		}
+		updateSpec(t, o, func(o *sourcev1.OCIRepository) { o.Spec.Suspend = true })
 		// Once a request is handled while suspended, no reconcile that
 		// started before the suspension can still be running.
 		handled := func(at string) {
