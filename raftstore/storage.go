@@ -283,11 +283,12 @@ func (n *Node) OpenArtifact(k storage.Key) (*fsm.Content, error) {
 // past the commit index may never be committed.
 func (n *Node) catchUp(timeout time.Duration) {
 	r := n.raftOrNil()
-	if r == nil || n.fsm.Err() != nil {
+	if r == nil {
 		return
 	}
+	// The common case, nothing unapplied, costs two index reads per request.
 	applied, last := n.fsm.AppliedIndex(), r.LastIndex()
-	if last <= applied {
+	if last <= applied || n.fsm.Err() != nil {
 		return
 	}
 	if _, id := r.LeaderWithID(); id == "" {

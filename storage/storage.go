@@ -88,12 +88,6 @@ func AliasFile(kind string) string {
 	return "latest.tar.gz"
 }
 
-// AliasURL returns the address of the object's current artifact, whatever
-// its revision: what Flux writes to status.url.
-func (a Artifact) AliasURL(advAddr string) string {
-	return "http://" + advAddr + "/" + a.Object() + AliasFile(a.Kind)
-}
-
 // IsAlias reports whether the artifact's file is its object's alias name,
 // which no stored artifact may take.
 func (a Artifact) IsAlias() bool { return a.File == AliasFile(a.Kind) }
