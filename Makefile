@@ -61,7 +61,8 @@ chaos chaos-short: build envtest-bins host-tools
 # test`) runs each target for a few seconds, `make fuzz` for FUZZTIME each.
 FUZZ_TARGETS := ./storage:FuzzParsePath ./httpapi:FuzzArtifactPath ./httpapi:FuzzRange \
 	./httpapi:FuzzRegisterPeer ./archive:FuzzIgnorePatterns ./fsm:FuzzDecode ./fsm:FuzzRestore \
-	./sources/oci:FuzzExtractLayer ./sources/bucket:FuzzObjectPath ./sources/helm:FuzzLoadIndex
+	./sources/oci:FuzzExtractLayer ./sources/bucket:FuzzObjectPath ./sources/helm:FuzzLoadIndex \
+	./sources/helm:FuzzChartArchive
 FUZZTIME ?= 10m
 .PHONY: fuzz fuzz-short
 fuzz fuzz-short:

@@ -3,6 +3,7 @@ package fsm
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -27,20 +29,25 @@ type FileLinker interface {
 	LinkFile(path string, size int64) error
 }
 
-// Snapshot stream, version 3. Every record starts with a tag byte; sizes
+// Snapshot stream, version 4. Every record starts with a tag byte; sizes
 // are big-endian uint64, names a length byte and the name.
 //
 //	"sourceraft-fsm-snapshot\x00" version(8)
-//	'D' size  bbolt file bytes
+//	'D' size  bbolt file bytes  sha256 of them(32)
 //	'B' name size  bytes of one blob file (name: the digest)
 //	'U' name size  the first size bytes of an upload file (name: the upload id)
 //	'E' blobs(8) uploads(8)
 //
 // A stream that does not start with the magic is a version 2 snapshot: the
 // bbolt file alone, blobs inside it (migrated after the restore).
+//
+// Blob records are checked against their names; the database is checked
+// against its digest before bbolt reads a page of it, because bbolt trusts
+// its pages: a damaged one faults or loops instead of returning an error.
+// Version 3 had no digest and is refused (it was never released).
 var snapshotMagic = []byte("sourceraft-fsm-snapshot\x00")
 
-const snapshotVersion = 3
+const snapshotVersion = 4
 
 // Snapshot captures the applied state on the FSM goroutine: a read
 // transaction for the database, a hard link of every blob file into a pin
@@ -149,10 +156,14 @@ func (s *snapshot) write(sink raft.SnapshotSink) error {
 	if _, err := w.Write(head); err != nil {
 		return err
 	}
-	if n, err := s.tx.WriteTo(w); err != nil {
+	sum := sha256.New()
+	if n, err := s.tx.WriteTo(io.MultiWriter(w, sum)); err != nil {
 		return fmt.Errorf("database: %w", err)
 	} else if n != s.tx.Size() {
 		return fmt.Errorf("database: wrote %d of %d bytes", n, s.tx.Size())
+	}
+	if _, err := w.Write(sum.Sum(nil)); err != nil {
+		return err
 	}
 	for _, b := range s.blobs {
 		if _, err := w.Write(recordHeader('B', b.digest, b.size)); err != nil {
@@ -254,7 +265,8 @@ func (f *FSM) receive(r *bufio.Reader) (string, error) {
 		return "", err
 	}
 	if !bytes.Equal(head, snapshotMagic) {
-		return f.receiveDB(r, -1) // version 2: the database is the stream
+		tmp, _, err := f.receiveDB(r, -1, nil) // version 2: the database is the stream
+		return tmp, err
 	}
 	var fixed [8]byte
 	if _, err := r.Discard(len(snapshotMagic)); err != nil {
@@ -272,25 +284,41 @@ func (f *FSM) receive(r *bufio.Reader) (string, error) {
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return "", fmt.Errorf("snapshot database size: %w", err)
 	}
-	tmp, err := f.receiveDB(io.LimitReader(r, int64(binary.BigEndian.Uint64(fixed[:]))), int64(binary.BigEndian.Uint64(fixed[:])))
+	size := int64(binary.BigEndian.Uint64(fixed[:]))
+	if size < 0 {
+		return "", fmt.Errorf("snapshot database size %d", uint64(size))
+	}
+	tmp, refs, err := f.receiveDB(io.LimitReader(r, size), size, r)
 	if err != nil {
 		return "", err
 	}
-	if err := f.receiveFiles(r); err != nil {
+	if err := f.receiveFiles(r, refs); err != nil {
 		_ = os.Remove(tmp)
 		return "", err
 	}
 	return tmp, nil
 }
 
-func (f *FSM) receiveDB(r io.Reader, size int64) (string, error) {
+// receiveDB copies the database into a temporary file and checks it: a
+// layout 2 file alone (version 2), or a layout 3 file whose sha256 follows
+// its bytes (version 4, digest reads it), returning the files it refers to.
+func (f *FSM) receiveDB(r io.Reader, size int64, digest io.Reader) (string, fileRefs, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(f.path), filepath.Base(restorePattern(f.path)))
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	n, err := copyBuffered(tmp, r)
+	sum := sha256.New()
+	n, err := copyBuffered(io.MultiWriter(tmp, sum), r)
 	if err == nil && size >= 0 && n != size {
 		err = fmt.Errorf("snapshot database: %d of %d bytes", n, size)
+	}
+	if err == nil && digest != nil {
+		var want [sha256.Size]byte
+		if _, rerr := io.ReadFull(digest, want[:]); rerr != nil {
+			err = fmt.Errorf("snapshot database digest: %w", noEOF(rerr))
+		} else if got := sum.Sum(nil); !bytes.Equal(got, want[:]) {
+			err = fmt.Errorf("snapshot database is damaged: sha256 %x, want %x", got, want)
+		}
 	}
 	if err == nil {
 		err = tmp.Sync()
@@ -298,19 +326,26 @@ func (f *FSM) receiveDB(r io.Reader, size int64) (string, error) {
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
+	layout := uint64(layoutV2)
+	if digest != nil {
+		layout = layoutVersion
+	}
+	var refs fileRefs
 	if err == nil {
-		err = checkSnapshot(tmp.Name())
+		refs, err = checkSnapshot(tmp.Name(), layout)
 	}
 	if err != nil {
 		_ = os.Remove(tmp.Name())
-		return "", err
+		return "", nil, err
 	}
-	return tmp.Name(), nil
+	return tmp.Name(), refs, nil
 }
 
-// receiveFiles reads the blob and upload records up to the trailer.
-func (f *FSM) receiveFiles(r *bufio.Reader) error {
+// receiveFiles reads the blob and upload records up to the trailer; each
+// file the database refers to must be among them, with its size.
+func (f *FSM) receiveFiles(r *bufio.Reader, refs fileRefs) error {
 	var blobs, uploads uint64
+	got := make(map[fileRef]bool, len(refs))
 	for {
 		tag, err := r.ReadByte()
 		if err != nil {
@@ -325,11 +360,23 @@ func (f *FSM) receiveFiles(r *bufio.Reader) error {
 				return fmt.Errorf("snapshot trailer counts %d blobs, %d uploads; read %d, %d",
 					binary.BigEndian.Uint64(tail[:]), binary.BigEndian.Uint64(tail[8:]), blobs, uploads)
 			}
+			for ref := range refs {
+				if !got[ref] {
+					return fmt.Errorf("snapshot: the database refers to %c %q, which the stream does not carry", ref.tag, ref.name)
+				}
+			}
 			return nil
 		}
 		name, size, err := readRecordHeader(r)
 		if err != nil {
 			return err
+		}
+		ref := fileRef{tag, name}
+		if want, ok := refs[ref]; ok {
+			if want != size {
+				return fmt.Errorf("snapshot: %c %q has %d bytes, the database says %d", tag, name, size, want)
+			}
+			got[ref] = true
 		}
 		body := io.LimitReader(r, size)
 		switch tag {
@@ -435,33 +482,86 @@ func walkBucket(b *bolt.Bucket) error {
 
 // checkSnapshot opens the received database read-only and reads every
 // bucket and value in it before it becomes the state. bbolt panics on a
-// damaged page when it first reads it: here that is a refused snapshot,
-// later it would be a crashed replica (found by FuzzRestore).
-func checkSnapshot(path string) (err error) {
+// damaged page when it first reads it, or faults reading beyond its
+// mapping: here that is a refused snapshot, later it would be a crashed
+// replica (both found by FuzzRestore). A version 2 stream has no digest,
+// so this is all that stands between it and the state.
+func checkSnapshot(path string, layout uint64) (refs fileRefs, err error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
 	if err != nil {
-		return fmt.Errorf("snapshot is not a database: %w", err)
+		return nil, fmt.Errorf("snapshot is not a database: %w", err)
 	}
 	defer db.Close()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("snapshot database is damaged: %v", r)
 		}
 	}()
-	return db.View(func(tx *bolt.Tx) error {
+	err = db.View(func(tx *bolt.Tx) error {
 		if err := tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walkBucket(b) }); err != nil {
 			return err
 		}
 		if tx.Bucket(bucketMeta) == nil {
 			return errors.New("snapshot has no meta bucket")
 		}
-		v := tx.Bucket(bucketMeta).Get(keyLayout)
-		if string(v) != string(uint64Value(layoutVersion)) && string(v) != string(uint64Value(layoutV2)) {
-			return fmt.Errorf("snapshot has layout %x, want version %d", v, layoutVersion)
+		if v := tx.Bucket(bucketMeta).Get(keyLayout); string(v) != string(uint64Value(layout)) {
+			return fmt.Errorf("snapshot database has layout %x, want version %d", v, layout)
 		}
-		_, err := readApplied(tx)
+		if _, err := readApplied(tx); err != nil {
+			return err
+		}
+		if layout == layoutV2 {
+			return nil // its blobs are inside it
+		}
+		refs, err = readFileRefs(tx)
 		return err
 	})
+	return refs, err
+}
+
+// fileRefs are the blob and upload files a layout 3 database refers to,
+// with the bytes each must have; a snapshot stream must carry them all.
+type fileRefs map[fileRef]int64
+
+type fileRef struct {
+	tag  byte // 'B' or 'U', as in the stream
+	name string
+}
+
+func readFileRefs(tx *bolt.Tx) (fileRefs, error) {
+	refs := fileRefs{}
+	for _, b := range []struct {
+		tag    byte
+		bucket []byte
+	}{{'B', bucketBlobs}, {'U', bucketUploads}} {
+		bk := tx.Bucket(b.bucket)
+		if bk == nil {
+			return nil, fmt.Errorf("snapshot database has no %s bucket", b.bucket)
+		}
+		err := bk.ForEach(func(k, v []byte) error {
+			var size int64
+			if b.tag == 'B' {
+				rec, err := decodeBlobRecord(v)
+				if err != nil {
+					return fmt.Errorf("blob %q: %w", k, err)
+				}
+				size = rec.Size
+			} else {
+				rec, err := decodeUploadRecord(v)
+				if err != nil {
+					return fmt.Errorf("upload %q: %w", k, err)
+				}
+				size = rec.Bytes
+			}
+			refs[fileRef{b.tag, string(k)}] = size
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return refs, nil
 }
 
 // swap closes the live database, renames tmp over it and reopens it (which
