@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"os"
 	"testing"
 
+	"github.com/sourceraft/sourceraft/internal/filetest"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -69,19 +69,7 @@ func TestEmptyBlob(t *testing.T) {
 // damage flips a byte of the blob file of content.
 func damage(t *testing.T, f *FSM, content []byte, off int64) {
 	t.Helper()
-	fh, err := os.OpenFile(f.dirs.blob(digestOf(content)), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fh.Close()
-	b := make([]byte, 1)
-	if _, err := fh.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0xff
-	if _, err := fh.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
+	filetest.FlipByte(t, f.dirs.blob(digestOf(content)), off)
 }
 
 func TestCorruptBlobFile(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,6 +25,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"github.com/sourceraft/sourceraft/internal/freeport"
 	"github.com/sourceraft/sourceraft/internal/testenv"
 )
 
@@ -76,11 +76,11 @@ func start() (*Server, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
+	addr, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}
-	consoleAddr, err := freeAddr()
+	consoleAddr, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}
@@ -126,15 +126,6 @@ func start() (*Server, error) {
 		return nil, err
 	}
 	return &Server{Endpoint: addr, Client: c}, nil
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // dirPrefix names the MinIO data directories in os.TempDir().

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/sourceraft/sourceraft/archive"
+	"github.com/sourceraft/sourceraft/internal/filetest"
 )
 
 // bucketMemClient is a Client over a map, for what a real S3 server
@@ -81,25 +82,6 @@ func bucketFetch(t *testing.T, c Client, dir string, ignore *string, limits Limi
 	return idx, Download(ctx, c, "b", idx, dir, limits)
 }
 
-// bucketTree lists the files under dir, slash path → content.
-func bucketTree(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	files := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		rel, _ := filepath.Rel(dir, p)
-		files[filepath.ToSlash(rel)] = string(b)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return files
-}
-
 func TestBucketRevisionIsFluxIndexDigest(t *testing.T) {
 	idx := NewIndex()
 	idx.Add("b/y.yaml", "etag-2", 1)
@@ -145,7 +127,7 @@ func TestBucketHostileKeysNeverEscape(t *testing.T) {
 		}
 	}
 	// Nothing was written anywhere: the keys are refused while indexing.
-	if files := bucketTree(t, parent); len(files) != 0 {
+	if files := filetest.ReadTree(t, parent); len(files) != 0 {
 		t.Fatalf("files written: %v", files)
 	}
 
@@ -155,7 +137,7 @@ func TestBucketHostileKeysNeverEscape(t *testing.T) {
 	if _, err := bucketFetch(t, c, dir, &ignore, Limits{}); err != nil {
 		t.Fatalf("ignored hostile keys: %v", err)
 	}
-	if files := bucketTree(t, parent); len(files) != 1 || files["work/dir/ok.yaml"] != "ok" {
+	if files := filetest.ReadTree(t, parent); len(files) != 1 || files["work/dir/ok.yaml"] != "ok" {
 		t.Fatalf("files written: %v", files)
 	}
 }
@@ -226,7 +208,7 @@ func TestBucketLimits(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := bucketTree(t, dir); len(got) != 3 || got["b.yaml"] != "90" {
+				if got := filetest.ReadTree(t, dir); len(got) != 3 || got["b.yaml"] != "90" {
 					t.Fatalf("files %v", got)
 				}
 				// The revision names what was downloaded, not what was listed.
@@ -275,7 +257,7 @@ func TestBucketSourceIgnore(t *testing.T) {
 	if _, err := bucketFetch(t, c, dir, &extra, Limits{}); err != nil {
 		t.Fatal(err)
 	}
-	got := bucketTree(t, dir)
+	got := filetest.ReadTree(t, dir)
 	if len(got) != 2 || got["keep.md"] != "k" || got[".git/config"] != "g" {
 		t.Fatalf("files %v, want keep.md and .git/config only", got)
 	}

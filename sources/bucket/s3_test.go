@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sourceraft/sourceraft/internal/filetest"
 	"github.com/sourceraft/sourceraft/internal/minioserver"
 )
 
@@ -32,7 +33,7 @@ func s3Fetch(t *testing.T, o S3Options, bucket, prefix string, ignore *string, l
 	if err := Download(ctx, c, bucket, idx, dir, limits); err != nil {
 		return nil, nil, err
 	}
-	return idx, bucketTree(t, dir), nil
+	return idx, filetest.ReadTree(t, dir), nil
 }
 
 func TestS3FetchFromMinIO(t *testing.T) {

@@ -1,14 +1,12 @@
 package helm
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/sourceraft/sourceraft/internal/ociregistry"
 	"helm.sh/helm/v3/pkg/chart/loader"
 )
 
@@ -20,9 +18,9 @@ func FuzzChartArchive(f *testing.F) {
 	good := packagedChart(f)
 	f.Add(good)
 	f.Add(good[:len(good)/2])
-	f.Add(tarGz(f, map[string]string{"app/Chart.yaml": "apiVersion: v2\nname: app\nversion: 1.0.0\n", "app/../../escape": "x"}))
-	f.Add(tarGz(f, map[string]string{"app/Chart.yaml": "apiVersion: v2\nname: ../app\nversion: 1.0.0\n"}))
-	f.Add(tarGz(f, map[string]string{"app/Chart.yaml": "apiVersion: v2\nname: app\nversion: 1.0.0\n",
+	f.Add(ociregistry.TarGz(f, map[string]string{"app/Chart.yaml": "apiVersion: v2\nname: app\nversion: 1.0.0\n", "app/../../escape": "x"}))
+	f.Add(ociregistry.TarGz(f, map[string]string{"app/Chart.yaml": "apiVersion: v2\nname: ../app\nversion: 1.0.0\n"}))
+	f.Add(ociregistry.TarGz(f, map[string]string{"app/Chart.yaml": "apiVersion: v2\nname: app\nversion: 1.0.0\n",
 		"app/charts/sub.tgz": string(good), "app/values.yaml": "a: &x [*x, *x]\n"}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		src, out := t.TempDir(), t.TempDir()
@@ -69,25 +67,4 @@ func packagedChart(tb testing.TB) []byte {
 		tb.Fatal(err)
 	}
 	return b
-}
-
-func tarGz(tb testing.TB, files map[string]string) []byte {
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	for name, body := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
-			tb.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(body)); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	return buf.Bytes()
 }

@@ -1,9 +1,7 @@
 package oci
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"encoding/base64"
 	"errors"
 	"io"
@@ -15,6 +13,7 @@ import (
 	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/sourceraft/sourceraft/archive"
+	"github.com/sourceraft/sourceraft/internal/ociregistry"
 )
 
 func TestParseOCIURL(t *testing.T) {
@@ -157,29 +156,10 @@ func TestParseDockerConfig(t *testing.T) {
 	}
 }
 
-func tarGz(t *testing.T, files map[string]int) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	for n, size := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(size), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(bytes.Repeat([]byte("x"), size)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := errors.Join(tw.Close(), gz.Close()); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 // TestExtractOCILayerLimits also pins fluxcd/pkg/tar's size-limit message,
 // which extractLayer relies on to report a typed limit error.
 func TestExtractLayerLimits(t *testing.T) {
-	layer := tarGz(t, map[string]int{"a": 600, "b": 600, "c": 10})
+	layer := ociregistry.TarGz(t, map[string]string{"a": strings.Repeat("x", 600), "b": strings.Repeat("x", 600), "c": "0123456789"})
 	tests := []struct {
 		name  string
 		lim   Limits

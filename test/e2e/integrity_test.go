@@ -14,26 +14,14 @@ import (
 	"time"
 
 	"github.com/sourceraft/sourceraft/internal/cluster"
+	"github.com/sourceraft/sourceraft/internal/filetest"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
 // corruptBlob flips one byte of a blob file in a stopped replica's store.
 func corruptBlob(t *testing.T, r *cluster.Replica, digest string, off int64) {
 	t.Helper()
-	name := filepath.Join(r.Dir, "data", "blobs", "sha256", strings.TrimPrefix(digest, "sha256:"))
-	fh, err := os.OpenFile(name, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fh.Close()
-	b := make([]byte, 1)
-	if _, err := fh.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0xff
-	if _, err := fh.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
+	filetest.FlipByte(t, filepath.Join(r.Dir, "data", "blobs", "sha256", strings.TrimPrefix(digest, "sha256:")), off)
 }
 
 // TestCorruptBlobIsNeverServed corrupts a follower's blob files on disk: a

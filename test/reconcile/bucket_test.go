@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/sourceraft/sourceraft/internal/filetest"
 	"github.com/sourceraft/sourceraft/internal/minioserver"
 	"github.com/sourceraft/sourceraft/reconcilers"
 )
@@ -118,19 +118,7 @@ func bucketCheckArtifact(t *testing.T, o *sourcev1.Bucket) map[string]string {
 		t.Errorf("ArtifactInStorage is not True: %v", o.Status.Conditions)
 	}
 	dir := fetchFromEveryReplica(t, a)
-	files := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		rel, _ := filepath.Rel(dir, p)
-		files[filepath.ToSlash(rel)] = string(b)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	files := filetest.ReadTree(t, dir)
 	// The same bytes through the plain download, checked against size too.
 	if got := untar(t, download(t, a)); strings.Join(fileNames(got), ",") != strings.Join(fileNames(files), ",") {
 		t.Errorf("download holds %v, fetcher extracted %v", fileNames(got), fileNames(files))

@@ -13,9 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"k8s.io/client-go/util/retry"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -35,10 +33,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sourceraft/sourceraft/httpapi"
+	"github.com/sourceraft/sourceraft/internal/freeport"
 	"github.com/sourceraft/sourceraft/internal/testenv"
 	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/reconcilers"
@@ -105,7 +105,7 @@ func run(m *testing.M) (int, error) {
 	// leading.
 	peers := make([]raftstore.Peer, 3)
 	for i := range peers {
-		addr, err := freeAddr()
+		addr, err := freeport.Addr()
 		if err != nil {
 			return 0, err
 		}
@@ -183,7 +183,7 @@ func run(m *testing.M) (int, error) {
 // store under dir and starts its artifact server; Open starts Raft.
 func startReplica(ctx context.Context, self raftstore.Peer, peers []raftstore.Peer, timeout time.Duration, dir string, log *slog.Logger) (*raftstore.Node, string, func(), error) {
 	// The artifact address is chosen first: a leader registers its own.
-	storageAddr, err := freeAddr()
+	storageAddr, err := freeport.Addr()
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -204,15 +204,6 @@ func startReplica(ctx context.Context, self raftstore.Peer, peers []raftstore.Pe
 	served := make(chan error, 1)
 	go func() { served <- srv.Run(sctx) }()
 	return nd, srv.Addr("artifacts"), func() { cancel(); <-served }, nil
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // eventReceiver stands in for the notification-controller's event
