@@ -158,7 +158,9 @@ func (s *artifactServer) serveLocal(c echo.Context, k storage.Key, content *fsm.
 		_, _ = w.Write(content.Data)
 	case content.Verified():
 		w.WriteHeader(http.StatusOK)
-		if n, err := (sendfileWriter{w}).ReadFrom(content.File); err != nil || n != size {
+		// The known size lets the connection stop after the last chunk
+		// instead of asking sendfile once more to find the end.
+		if n, err := (sendfileWriter{w}).ReadFrom(io.LimitReader(content.File, size)); err != nil || n != size {
 			s.bodyFailed(c, k, n, fmt.Errorf("sent %d of %d bytes: %w", n, size, err))
 		}
 	default:
