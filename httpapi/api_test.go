@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -311,5 +312,47 @@ func TestAPIRemovePeer(t *testing.T) {
 	resp, _ = do(t, http.MethodDelete, "http://"+l.api+clusterapi.NodePath("c"), nil, nil)
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("unauthenticated remove: %d", resp.StatusCode)
+	}
+}
+
+// clusterapi's Client against the server, every call through a follower:
+// writes reach the leader, and a node id that needs escaping ("%", "/")
+// arrives there as it was sent.
+func TestAPIClientThroughFollower(t *testing.T) {
+	f, l := twoNodes(t, nil)
+	c := clusterapi.NewClient(nil, testToken)
+	ctx := context.Background()
+	p := clusterapi.Peer{ID: "pods/c%41", RaftAddr: "c:7000", APIAddr: "c:9091", StorageAddr: "c:9090", Fresh: true}
+	if err := c.Register(ctx, f.api, p); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	if got := l.b.registered(); len(got) != 1 || got[0] != p {
+		t.Errorf("leader registered %+v", got)
+	}
+	res, err := c.PutArtifact(ctx, f.api, artPath, strings.NewReader("x"), 1)
+	if err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	if res.Path != artPath || res.Digest != digestOf([]byte("x")) || res.URL != "http://"+l.artifact+"/"+artPath || !l.b.has(artPath) {
+		t.Errorf("put answered %+v, on the leader: %v", res, l.b.has(artPath))
+	}
+	st, err := c.Status(ctx, f.api)
+	if leader, ok := st.Leader(); err != nil || st.NodeID != f.id || !ok || leader.ID != l.id {
+		t.Errorf("status %+v, %v", st, err)
+	}
+	if h, err := c.ContentHash(ctx, l.api); err != nil || h.NodeID != l.id || h.Hash == "" {
+		t.Errorf("content hash %+v, %v", h, err)
+	}
+	if err := c.RemoveNode(ctx, f.api, p.ID); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if got := l.b.registered(); len(got) != 0 {
+		t.Errorf("leader still has %+v", got)
+	}
+	if err := clusterapi.NewClient(nil, "wrong").RemoveNode(ctx, f.api, "c"); clusterapi.StatusCode(err) != http.StatusUnauthorized {
+		t.Errorf("wrong token: %v, want 401", err)
+	}
+	if _, err := c.PutArtifact(ctx, f.api, "a/b/c", strings.NewReader("x"), 1); clusterapi.StatusCode(err) != http.StatusBadRequest {
+		t.Errorf("bad path: %v, want 400", err)
 	}
 }

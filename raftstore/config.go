@@ -46,8 +46,10 @@ type Config struct {
 	// forward writes and fetch artifacts they have not applied yet.
 	APIAddr     string
 	StorageAddr string
-	APIToken    string
-	HTTPClient  *http.Client
+	// APIToken and HTTPClient (default: a 10s timeout) are how the node
+	// calls peers' internal APIs, through a clusterapi.Client.
+	APIToken   string
+	HTTPClient *http.Client
 
 	// MaxArtifactSize bounds one stored artifact; zero means no bound.
 	MaxArtifactSize int64
