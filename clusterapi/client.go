@@ -141,12 +141,12 @@ func (c *Client) newRequest(ctx context.Context, addr, method, path string, body
 	if body == nil {
 		body = http.NoBody
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, URL(addr, path), body)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s on %s: %w", method, path, addr, err)
 	}
 	req.ContentLength = size
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Authorization", Authorization(c.token))
 	return req, nil
 }
 

@@ -25,6 +25,18 @@ const (
 	DigestHeader = "X-Artifact-Digest"
 )
 
+// URL is the address of the escaped path on the internal API at addr
+// (host:port). The API is plain HTTP: the bearer token is its protection,
+// the NetworkPolicy its fence.
+func URL(addr, path string) string {
+	return "http://" + addr + path
+}
+
+// Authorization is the Authorization header value carrying token.
+func Authorization(token string) string {
+	return "Bearer " + token
+}
+
 // ArtifactPath is the escaped request path of the artifact at p, a
 // <kind>/<namespace>/<name>/<file> path whose slashes separate segments.
 func ArtifactPath(p string) string {

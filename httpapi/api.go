@@ -33,7 +33,7 @@ type apiServer struct {
 // forwarded to the leader.
 func NewAPIServer(cfg Config) *echo.Echo {
 	s := &apiServer{cfg: cfg.withDefaults()}
-	s.want = sha256.Sum256([]byte("Bearer " + cfg.APIToken))
+	s.want = sha256.Sum256([]byte(clusterapi.Authorization(cfg.APIToken)))
 	e := newEcho(jsonErrorHandler)
 	e.Use(countRequests("api"), s.authenticate)
 	e.GET(clusterapi.ClusterPath, s.cluster)

@@ -206,7 +206,7 @@ func (s *apiServer) forwardToLeader(c echo.Context, apiPath string, body io.Read
 	if body == nil || length == 0 {
 		body, length = http.NoBody, 0
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+leader.APIAddr+apiPath, body)
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, clusterapi.URL(leader.APIAddr, apiPath), body)
 	if err != nil {
 		return err
 	}
