@@ -15,6 +15,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/storage"
 )
@@ -26,21 +27,21 @@ type apiServer struct {
 	want [sha256.Size]byte
 }
 
-// NewAPIServer serves the bearer-token internal API: GET /v1/cluster,
-// GET /v1/content-hash,
-// PUT/DELETE /v1/artifacts/<kind>/<namespace>/<name>/<file> and
-// PUT and DELETE /v1/nodes/<id>. Writes that reach a follower are forwarded to the leader.
+// NewAPIServer serves the bearer-token internal API on clusterapi's
+// routes: the cluster status, the content hash, artifact PUT and DELETE,
+// node registration and removal. Writes that reach a follower are
+// forwarded to the leader.
 func NewAPIServer(cfg Config) *echo.Echo {
 	s := &apiServer{cfg: cfg.withDefaults()}
-	s.want = sha256.Sum256([]byte("Bearer " + cfg.APIToken))
+	s.want = sha256.Sum256([]byte(clusterapi.Authorization(cfg.APIToken)))
 	e := newEcho(jsonErrorHandler)
 	e.Use(countRequests("api"), s.authenticate)
-	e.GET("/v1/cluster", s.cluster)
-	e.GET("/v1/content-hash", s.contentHash)
-	e.PUT("/v1/artifacts/*", s.put)
-	e.DELETE("/v1/artifacts/*", s.delete)
-	e.PUT("/v1/nodes/:id", s.registerPeer)
-	e.DELETE("/v1/nodes/:id", s.removePeer)
+	e.GET(clusterapi.ClusterPath, s.cluster)
+	e.GET(clusterapi.ContentHashPath, s.contentHash)
+	e.PUT(clusterapi.ArtifactsPrefix+"*", s.put)
+	e.DELETE(clusterapi.ArtifactsPrefix+"*", s.delete)
+	e.PUT(clusterapi.NodesPrefix+":id", s.registerPeer)
+	e.DELETE(clusterapi.NodesPrefix+":id", s.removePeer)
 	return e
 }
 
@@ -67,14 +68,6 @@ func (s *apiServer) contentHash(c echo.Context) error {
 	return c.JSON(http.StatusOK, h)
 }
 
-type putResult struct {
-	Path     string `json:"path"`
-	Digest   string `json:"digest"`
-	Size     int64  `json:"size"`
-	Revision string `json:"revision"`
-	URL      string `json:"url"`
-}
-
 func (s *apiServer) put(c echo.Context) error {
 	r := c.Request()
 	p, a, err := apiArtifactPath(r)
@@ -87,27 +80,27 @@ func (s *apiServer) put(c echo.Context) error {
 	}
 	body := &limitedBody{r: r.Body, max: limit}
 	if s.otherLeads() {
-		return s.forwardToLeader(c, "/v1/artifacts/"+p, body, r.ContentLength)
+		return s.forwardToLeader(c, clusterapi.ArtifactPath(p), body, r.ContentLength)
 	}
-	a.Revision = r.Header.Get("X-Artifact-Revision")
+	a.Revision = r.Header.Get(clusterapi.RevisionHeader)
 	// net/http fails a body cut short of its Content-Length; the store
 	// checks the length again, whatever reader sits in between.
 	a.ExpectedSize = r.ContentLength
 	// A preset digest makes Store refuse, without committing, content that
 	// does not hash to it.
-	a.Digest = r.Header.Get("X-Artifact-Digest")
+	a.Digest = r.Header.Get(clusterapi.DigestHeader)
 	err = s.cfg.Backend.Store(r.Context(), &a, body)
 	switch {
 	case body.exceeded.Load():
 		return fmt.Errorf("%w: limit %d bytes", storage.ErrTooLarge, limit)
 	case errors.Is(err, storage.ErrNotLeader) && body.n.Load() == 0:
-		return s.forwardToLeader(c, "/v1/artifacts/"+p, body, r.ContentLength)
+		return s.forwardToLeader(c, clusterapi.ArtifactPath(p), body, r.ContentLength)
 	case errors.Is(err, storage.ErrNotLeader):
 		return echo.NewHTTPError(http.StatusServiceUnavailable, "leadership lost during upload, retry")
 	case err != nil:
 		return err
 	}
-	return c.JSON(http.StatusCreated, putResult{
+	return c.JSON(http.StatusCreated, clusterapi.PutResult{
 		Path:     a.Path(),
 		Digest:   a.Digest,
 		Size:     a.Size,
@@ -123,11 +116,11 @@ func (s *apiServer) delete(c echo.Context) error {
 		return err
 	}
 	if s.otherLeads() {
-		return s.forwardToLeader(c, "/v1/artifacts/"+p, nil, 0)
+		return s.forwardToLeader(c, clusterapi.ArtifactPath(p), nil, 0)
 	}
 	err = s.cfg.Backend.Delete(r.Context(), a)
 	if errors.Is(err, storage.ErrNotLeader) {
-		return s.forwardToLeader(c, "/v1/artifacts/"+p, nil, 0)
+		return s.forwardToLeader(c, clusterapi.ArtifactPath(p), nil, 0)
 	}
 	if err != nil {
 		return err
@@ -153,7 +146,7 @@ func (s *apiServer) registerPeer(c echo.Context) error {
 	if len(raw) > maxPeerBody {
 		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, "node registration too large")
 	}
-	var p raftstore.Peer
+	var p clusterapi.Peer
 	if err := json.Unmarshal(raw, &p); err != nil {
 		return echo.NewHTTPError(http.StatusBadRequest, "invalid peer JSON: "+err.Error())
 	}
@@ -163,7 +156,7 @@ func (s *apiServer) registerPeer(c echo.Context) error {
 	if p.ID != id {
 		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("body id %q differs from path id %q", p.ID, id))
 	}
-	apiPath := "/v1/nodes/" + id
+	apiPath := clusterapi.NodePath(id)
 	if s.otherLeads() {
 		return s.forwardToLeader(c, apiPath, bytes.NewReader(raw), int64(len(raw)))
 	}
@@ -184,7 +177,7 @@ func (s *apiServer) removePeer(c echo.Context) error {
 	if err != nil || id == "" {
 		return echo.NewHTTPError(http.StatusBadRequest, "invalid node id")
 	}
-	apiPath := "/v1/nodes/" + id
+	apiPath := clusterapi.NodePath(id)
 	if s.otherLeads() {
 		return s.forwardToLeader(c, apiPath, nil, 0)
 	}
@@ -226,7 +219,7 @@ func (s *apiServer) artifactURL(a storage.Artifact) string {
 // apiArtifactPath is the artifact a PUT or DELETE names, held to the
 // rules of new artifacts (storage.ParseWritePath).
 func apiArtifactPath(r *http.Request) (string, storage.Artifact, error) {
-	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/v1/artifacts/")
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), clusterapi.ArtifactsPrefix)
 	if !ok {
 		return "", storage.Artifact{}, storage.ErrInvalidPath
 	}

@@ -2,13 +2,14 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 
-	"github.com/sourceraft/sourceraft/raftstore"
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -51,7 +52,7 @@ func TestAPIAuth(t *testing.T) {
 		{open.api, map[string]string{"Authorization": "Bearer " + testToken}},
 	}
 	for i, c := range cases {
-		for _, m := range []string{http.MethodGet + " /v1/cluster", http.MethodGet + " /v1/content-hash", http.MethodPut + " /v1/artifacts/" + artPath, http.MethodDelete + " /v1/artifacts/" + artPath, http.MethodGet + " /nope"} {
+		for _, m := range []string{http.MethodGet + " " + clusterapi.ClusterPath, http.MethodGet + " " + clusterapi.ContentHashPath, http.MethodPut + " " + clusterapi.ArtifactsPrefix + artPath, http.MethodDelete + " " + clusterapi.ArtifactsPrefix + artPath, http.MethodGet + " /nope"} {
 			method, path, _ := strings.Cut(m, " ")
 			resp, body := do(t, method, "http://"+c.addr+path, strings.NewReader("data"), c.hdr)
 			if resp.StatusCode != http.StatusUnauthorized {
@@ -68,11 +69,11 @@ func TestAPIAuth(t *testing.T) {
 
 func TestAPICluster(t *testing.T) {
 	f, l := twoNodes(t, nil)
-	resp, body := do(t, http.MethodGet, "http://"+f.api+"/v1/cluster", nil, bearer)
+	resp, body := do(t, http.MethodGet, "http://"+f.api+clusterapi.ClusterPath, nil, bearer)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("cluster: %d %s", resp.StatusCode, body)
 	}
-	var st raftstore.Status
+	var st clusterapi.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		t.Fatal(err)
 	}
@@ -84,13 +85,13 @@ func TestAPICluster(t *testing.T) {
 func TestAPIContentHash(t *testing.T) {
 	a := startNode(t, "a", nil)
 	b := startNode(t, "b", nil)
-	hash := func(n *testNode) raftstore.ContentHash {
+	hash := func(n *testNode) clusterapi.ContentHash {
 		t.Helper()
-		resp, body := do(t, http.MethodGet, "http://"+n.api+"/v1/content-hash", nil, bearer)
+		resp, body := do(t, http.MethodGet, "http://"+n.api+clusterapi.ContentHashPath, nil, bearer)
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("content hash: %d %s", resp.StatusCode, body)
 		}
-		var h raftstore.ContentHash
+		var h clusterapi.ContentHash
 		if err := json.Unmarshal(body, &h); err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +111,7 @@ func TestAPIContentHash(t *testing.T) {
 func TestAPIPut(t *testing.T) {
 	n := startNode(t, "a", func(c *Config) { c.StorageAdvAddr = "source-controller.flux-system.svc" })
 	data := randomBytes(150<<10, 20)
-	resp, body := do(t, http.MethodPut, "http://"+n.api+"/v1/artifacts/"+artPath, bytes.NewReader(data),
+	resp, body := do(t, http.MethodPut, "http://"+n.api+clusterapi.ArtifactsPrefix+artPath, bytes.NewReader(data),
 		withHeaders(bearer, "X-Artifact-Revision", "main@sha1:abc", "X-Artifact-Digest", digestOf(data)))
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("PUT: %d %s", resp.StatusCode, body)
@@ -137,11 +138,11 @@ func TestAPIPut(t *testing.T) {
 func TestAPIPutURLFromStatus(t *testing.T) {
 	f, l := twoNodes(t, nil)
 	_ = f
-	resp, body := do(t, http.MethodPut, "http://"+l.api+"/v1/artifacts/"+artPath, strings.NewReader("x"), bearer)
+	resp, body := do(t, http.MethodPut, "http://"+l.api+clusterapi.ArtifactsPrefix+artPath, strings.NewReader("x"), bearer)
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("PUT: %d %s", resp.StatusCode, body)
 	}
-	var got putResult
+	var got clusterapi.PutResult
 	_ = json.Unmarshal(body, &got)
 	if got.URL != "http://"+l.artifact+"/"+artPath {
 		t.Errorf("url %q", got.URL)
@@ -156,7 +157,7 @@ func (h hideLength) Read(p []byte) (int, error) { return h.r.Read(p) }
 func TestAPIPutTooLarge(t *testing.T) {
 	n := startNode(t, "a", func(c *Config) { c.MaxArtifactSize = 64 << 10 })
 	data := randomBytes(100<<10, 21)
-	url := "http://" + n.api + "/v1/artifacts/" + artPath
+	url := "http://" + n.api + clusterapi.ArtifactsPrefix + artPath
 	for name, body := range map[string]io.Reader{
 		"with Content-Length":    bytes.NewReader(data),
 		"without Content-Length": hideLength{bytes.NewReader(data)},
@@ -180,7 +181,7 @@ func TestAPIPutTooLarge(t *testing.T) {
 
 func TestAPIPutDigestMismatch(t *testing.T) {
 	n := startNode(t, "a", nil)
-	resp, body := do(t, http.MethodPut, "http://"+n.api+"/v1/artifacts/"+artPath, strings.NewReader("content"),
+	resp, body := do(t, http.MethodPut, "http://"+n.api+clusterapi.ArtifactsPrefix+artPath, strings.NewReader("content"),
 		withHeaders(bearer, "X-Artifact-Digest", digestOf([]byte("other"))))
 	if resp.StatusCode != http.StatusUnprocessableEntity {
 		t.Fatalf("wrong digest: %d %s, want 422", resp.StatusCode, body)
@@ -196,7 +197,7 @@ func TestAPIPutDigestMismatch(t *testing.T) {
 func TestAPIPutBadPath(t *testing.T) {
 	n := startNode(t, "a", nil)
 	for _, p := range []string{"a/b/c", "a/b/c/d/e", "a/b/c/..%2fd", "a/b/%2e%2e/d"} {
-		resp, body := do(t, http.MethodPut, "http://"+n.api+"/v1/artifacts/"+p, strings.NewReader("x"), bearer)
+		resp, body := do(t, http.MethodPut, "http://"+n.api+clusterapi.ArtifactsPrefix+p, strings.NewReader("x"), bearer)
 		if resp.StatusCode != http.StatusBadRequest && resp.StatusCode != http.StatusNotFound {
 			t.Errorf("PUT %q: %d %s", p, resp.StatusCode, body)
 		}
@@ -213,12 +214,12 @@ func TestAPIPutForwardsToLeader(t *testing.T) {
 		"with Content-Length":    func() io.Reader { return bytes.NewReader(data) },
 		"without Content-Length": func() io.Reader { return hideLength{bytes.NewReader(data)} },
 	} {
-		resp, rb := do(t, http.MethodPut, "http://"+f.api+"/v1/artifacts/"+artPath, body(),
+		resp, rb := do(t, http.MethodPut, "http://"+f.api+clusterapi.ArtifactsPrefix+artPath, body(),
 			withHeaders(bearer, "X-Artifact-Revision", "v1"))
 		if resp.StatusCode != http.StatusCreated {
 			t.Fatalf("%s: PUT on follower: %d %s", name, resp.StatusCode, rb)
 		}
-		var got putResult
+		var got clusterapi.PutResult
 		_ = json.Unmarshal(rb, &got)
 		if got.Digest != digestOf(data) || got.Revision != "v1" || got.URL != "http://"+l.artifact+"/"+artPath {
 			t.Errorf("%s: forwarded answer %+v", name, got)
@@ -229,7 +230,7 @@ func TestAPIPutForwardsToLeader(t *testing.T) {
 	}
 
 	// Oversized bodies stop at the follower.
-	resp, _ := do(t, http.MethodPut, "http://"+f.api+"/v1/artifacts/bucket/ns/big/x.tar.gz", bytes.NewReader(make([]byte, 2<<20)), bearer)
+	resp, _ := do(t, http.MethodPut, "http://"+f.api+clusterapi.ArtifactPath("bucket/ns/big/x.tar.gz"), bytes.NewReader(make([]byte, 2<<20)), bearer)
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("oversized PUT on follower: %d", resp.StatusCode)
 	}
@@ -238,7 +239,7 @@ func TestAPIPutForwardsToLeader(t *testing.T) {
 func TestAPIPutNoLeader(t *testing.T) {
 	f, l := twoNodes(t, nil)
 	formCluster(nil, f, l)
-	resp, body := do(t, http.MethodPut, "http://"+f.api+"/v1/artifacts/"+artPath, strings.NewReader("x"), bearer)
+	resp, body := do(t, http.MethodPut, "http://"+f.api+clusterapi.ArtifactsPrefix+artPath, strings.NewReader("x"), bearer)
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
 		t.Errorf("no leader: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
@@ -247,7 +248,7 @@ func TestAPIPutNoLeader(t *testing.T) {
 
 func TestAPIForwardedNotReforwarded(t *testing.T) {
 	f, l := twoNodes(t, nil)
-	resp, body := do(t, http.MethodPut, "http://"+f.api+"/v1/artifacts/"+artPath, strings.NewReader("x"),
+	resp, body := do(t, http.MethodPut, "http://"+f.api+clusterapi.ArtifactsPrefix+artPath, strings.NewReader("x"),
 		withHeaders(bearer, forwardedHeader, "1"))
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("forwarded PUT on follower: %d %s, want 503", resp.StatusCode, body)
@@ -259,7 +260,7 @@ func TestAPIForwardedNotReforwarded(t *testing.T) {
 
 func TestAPIDelete(t *testing.T) {
 	f, l := twoNodes(t, []byte("x"))
-	url := "/v1/artifacts/" + artPath
+	url := clusterapi.ArtifactsPrefix + artPath
 	resp, body := do(t, http.MethodDelete, "http://"+f.api+url, nil, bearer)
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("DELETE via follower: %d %s", resp.StatusCode, body)
@@ -276,20 +277,20 @@ func TestAPIDelete(t *testing.T) {
 
 func TestAPIRegisterPeer(t *testing.T) {
 	f, l := twoNodes(t, nil)
-	p := raftstore.Peer{ID: "c", RaftAddr: "c:7000", APIAddr: "c:9091", StorageAddr: "c:9090"}
+	p := clusterapi.Peer{ID: "c", RaftAddr: "c:7000", APIAddr: "c:9091", StorageAddr: "c:9090"}
 	raw, _ := json.Marshal(p)
-	resp, body := do(t, http.MethodPut, "http://"+f.api+"/v1/nodes/c", bytes.NewReader(raw), bearer)
+	resp, body := do(t, http.MethodPut, "http://"+f.api+clusterapi.NodePath("c"), bytes.NewReader(raw), bearer)
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("register via follower: %d %s", resp.StatusCode, body)
 	}
 	if got := l.b.registered(); len(got) != 1 || got[0] != p {
 		t.Errorf("leader registered %+v", got)
 	}
-	resp, _ = do(t, http.MethodPut, "http://"+l.api+"/v1/nodes/d", bytes.NewReader(raw), bearer)
+	resp, _ = do(t, http.MethodPut, "http://"+l.api+clusterapi.NodePath("d"), bytes.NewReader(raw), bearer)
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("id mismatch: %d", resp.StatusCode)
 	}
-	resp, _ = do(t, http.MethodPut, "http://"+l.api+"/v1/nodes/c", strings.NewReader("{"), bearer)
+	resp, _ = do(t, http.MethodPut, "http://"+l.api+clusterapi.NodePath("c"), strings.NewReader("{"), bearer)
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("bad JSON: %d", resp.StatusCode)
 	}
@@ -297,19 +298,61 @@ func TestAPIRegisterPeer(t *testing.T) {
 
 func TestAPIRemovePeer(t *testing.T) {
 	f, l := twoNodes(t, nil)
-	raw, _ := json.Marshal(raftstore.Peer{ID: "c", RaftAddr: "c:7000"})
-	if resp, body := do(t, http.MethodPut, "http://"+l.api+"/v1/nodes/c", bytes.NewReader(raw), bearer); resp.StatusCode != http.StatusNoContent {
+	raw, _ := json.Marshal(clusterapi.Peer{ID: "c", RaftAddr: "c:7000"})
+	if resp, body := do(t, http.MethodPut, "http://"+l.api+clusterapi.NodePath("c"), bytes.NewReader(raw), bearer); resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("register: %d %s", resp.StatusCode, body)
 	}
-	resp, body := do(t, http.MethodDelete, "http://"+f.api+"/v1/nodes/c", nil, bearer)
+	resp, body := do(t, http.MethodDelete, "http://"+f.api+clusterapi.NodePath("c"), nil, bearer)
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("remove via follower: %d %s", resp.StatusCode, body)
 	}
 	if got := l.b.registered(); len(got) != 0 {
 		t.Errorf("leader still has %+v", got)
 	}
-	resp, _ = do(t, http.MethodDelete, "http://"+l.api+"/v1/nodes/c", nil, nil)
+	resp, _ = do(t, http.MethodDelete, "http://"+l.api+clusterapi.NodePath("c"), nil, nil)
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("unauthenticated remove: %d", resp.StatusCode)
+	}
+}
+
+// clusterapi's Client against the server, every call through a follower:
+// writes reach the leader, and a node id that needs escaping ("%", "/")
+// arrives there as it was sent.
+func TestAPIClientThroughFollower(t *testing.T) {
+	f, l := twoNodes(t, nil)
+	c := clusterapi.NewClient(nil, testToken)
+	ctx := context.Background()
+	p := clusterapi.Peer{ID: "pods/c%41", RaftAddr: "c:7000", APIAddr: "c:9091", StorageAddr: "c:9090", Fresh: true}
+	if err := c.Register(ctx, f.api, p); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	if got := l.b.registered(); len(got) != 1 || got[0] != p {
+		t.Errorf("leader registered %+v", got)
+	}
+	res, err := c.PutArtifact(ctx, f.api, artPath, strings.NewReader("x"), 1)
+	if err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	if res.Path != artPath || res.Digest != digestOf([]byte("x")) || res.URL != "http://"+l.artifact+"/"+artPath || !l.b.has(artPath) {
+		t.Errorf("put answered %+v, on the leader: %v", res, l.b.has(artPath))
+	}
+	st, err := c.Status(ctx, f.api)
+	if leader, ok := st.Leader(); err != nil || st.NodeID != f.id || !ok || leader.ID != l.id {
+		t.Errorf("status %+v, %v", st, err)
+	}
+	if h, err := c.ContentHash(ctx, l.api); err != nil || h.NodeID != l.id || h.Hash == "" {
+		t.Errorf("content hash %+v, %v", h, err)
+	}
+	if err := c.RemoveNode(ctx, f.api, p.ID); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if got := l.b.registered(); len(got) != 0 {
+		t.Errorf("leader still has %+v", got)
+	}
+	if err := clusterapi.NewClient(nil, "wrong").RemoveNode(ctx, f.api, "c"); clusterapi.StatusCode(err) != http.StatusUnauthorized {
+		t.Errorf("wrong token: %v, want 401", err)
+	}
+	if _, err := c.PutArtifact(ctx, f.api, "a/b/c", strings.NewReader("x"), 1); clusterapi.StatusCode(err) != http.StatusBadRequest {
+		t.Errorf("bad path: %v, want 400", err)
 	}
 }

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/metrics"
-	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -273,13 +273,13 @@ func TestArtifactMissingEverywhere(t *testing.T) {
 	dead := startNode(t, "c", nil)
 	formCluster(l, f, l, dead)
 	deadAddr := dead.artifact
-	f.b.setStatus(func(s *raftstore.Status) { s.Peers[2].StorageAddr = "127.0.0.1:1" })
+	f.b.setStatus(func(s *clusterapi.Status) { s.Peers[2].StorageAddr = "127.0.0.1:1" })
 	if resp, _ := do(t, http.MethodGet, url, nil, nil); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("leader says missing, a peer is down: %d, want 404", resp.StatusCode)
 	}
 
 	// Without the leader's word, an unreachable peer might have it: 503.
-	f.b.setStatus(func(s *raftstore.Status) { s.Peers[1].StorageAddr = "127.0.0.1:1"; s.Peers[2].StorageAddr = deadAddr })
+	f.b.setStatus(func(s *clusterapi.Status) { s.Peers[1].StorageAddr = "127.0.0.1:1"; s.Peers[2].StorageAddr = deadAddr })
 	resp, _ := do(t, http.MethodGet, url, nil, nil)
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("leader unreachable: %d, want 503 with Retry-After", resp.StatusCode)

@@ -4,8 +4,8 @@ import (
 	"context"
 	"io"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/fsm"
-	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -29,15 +29,15 @@ type Backend interface {
 	RepairBlob(digest string, size int64, r io.Reader) error
 	ArtifactWithDigest(digest string) (storage.Artifact, error)
 	// Status describes this replica and its peers.
-	Status() raftstore.Status
+	Status() clusterapi.Status
 	// Ready returns nil when this replica should receive traffic.
 	Ready() error
 	// RegisterPeer records a replica's addresses through the log (leader
 	// only; storage.ErrNotLeader elsewhere). PUT /v1/nodes/<id> calls it
-	// with the JSON body of a raftstore.Peer.
-	RegisterPeer(ctx context.Context, p raftstore.Peer) error
+	// with the JSON body of a clusterapi.Peer.
+	RegisterPeer(ctx context.Context, p clusterapi.Peer) error
 	// ContentHash hashes the applied state; GET /v1/content-hash.
-	ContentHash() (raftstore.ContentHash, error)
+	ContentHash() (clusterapi.ContentHash, error)
 	// RemovePeer takes a replica out of the Raft configuration and the
 	// address records (leader only). DELETE /v1/nodes/<id> calls it.
 	RemovePeer(ctx context.Context, id string) error

@@ -17,8 +17,8 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/fsm"
-	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -36,9 +36,9 @@ type memBackend struct {
 	arts    map[string]memArtifact
 	pending map[string]bool
 	changed chan struct{}
-	status  raftstore.Status
+	status  clusterapi.Status
 	ready   error
-	peers   []raftstore.Peer
+	peers   []clusterapi.Peer
 	// asked records every path the HTTP layer handed to the backend.
 	asked []string
 
@@ -67,7 +67,7 @@ func newMemBackend(t testing.TB, id string) *memBackend {
 		arts:    map[string]memArtifact{},
 		pending: map[string]bool{},
 		changed: make(chan struct{}),
-		status:  raftstore.Status{NodeID: id, State: "Leader", LeaderID: id},
+		status:  clusterapi.Status{NodeID: id, State: "Leader", LeaderID: id},
 	}
 }
 
@@ -149,7 +149,7 @@ func (b *memBackend) corrupt(p string, off int64) {
 	}
 }
 
-func (b *memBackend) setStatus(f func(*raftstore.Status)) {
+func (b *memBackend) setStatus(f func(*clusterapi.Status)) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	f(&b.status)
@@ -174,10 +174,10 @@ func (b *memBackend) askedPaths() []string {
 	return append([]string(nil), b.asked...)
 }
 
-func (b *memBackend) registered() []raftstore.Peer {
+func (b *memBackend) registered() []clusterapi.Peer {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return append([]raftstore.Peer(nil), b.peers...)
+	return append([]clusterapi.Peer(nil), b.peers...)
 }
 
 func (b *memBackend) leaderLocked() bool { return b.status.LeaderID == b.id }
@@ -227,16 +227,16 @@ func (b *memBackend) ArtifactWithDigest(digest string) (storage.Artifact, error)
 	return b.f.ArtifactWithDigest(digest)
 }
 
-func (b *memBackend) Status() raftstore.Status {
+func (b *memBackend) Status() clusterapi.Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := b.status
-	s.Peers = append([]raftstore.Peer(nil), b.status.Peers...)
+	s.Peers = append([]clusterapi.Peer(nil), b.status.Peers...)
 	s.Artifacts = len(b.arts)
 	return s
 }
 
-func (b *memBackend) ContentHash() (raftstore.ContentHash, error) {
+func (b *memBackend) ContentHash() (clusterapi.ContentHash, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	paths := make([]string, 0, len(b.arts))
@@ -248,7 +248,7 @@ func (b *memBackend) ContentHash() (raftstore.ContentHash, error) {
 	for _, p := range paths {
 		fmt.Fprintf(h, "%s %s\n", p, b.arts[p].a.Digest)
 	}
-	return raftstore.ContentHash{NodeID: b.id, Hash: hex.EncodeToString(h.Sum(nil))}, nil
+	return clusterapi.ContentHash{NodeID: b.id, Hash: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 func (b *memBackend) Ready() error {
@@ -257,7 +257,7 @@ func (b *memBackend) Ready() error {
 	return b.ready
 }
 
-func (b *memBackend) RegisterPeer(_ context.Context, p raftstore.Peer) error {
+func (b *memBackend) RegisterPeer(_ context.Context, p clusterapi.Peer) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.leaderLocked() {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/sourceraft/sourceraft/raftstore"
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -25,8 +25,8 @@ var peerResponseHeaders = [...]string{"Content-Type", "Content-Length", "Etag", 
 
 // peerOrder lists the peers to ask for an artifact: the leader first, as
 // it is the most likely to have applied it, never this replica.
-func peerOrder(st raftstore.Status) []raftstore.Peer {
-	out := make([]raftstore.Peer, 0, len(st.Peers))
+func peerOrder(st clusterapi.Status) []clusterapi.Peer {
+	out := make([]clusterapi.Peer, 0, len(st.Peers))
 	for _, p := range st.Peers {
 		if p.ID != st.NodeID && p.StorageAddr != "" && p.Leader {
 			out = append(out, p)
@@ -104,7 +104,7 @@ func (s *artifactServer) relayFromPeers(c echo.Context, k storage.Key) peersOutc
 // askPeer bounds only the wait for response headers, which covers the
 // peer's own apply wait; the body may then take as long as it takes. done
 // releases the request once the body is consumed.
-func (s *artifactServer) askPeer(r *http.Request, peer raftstore.Peer, k storage.Key) (*http.Response, func(), error) {
+func (s *artifactServer) askPeer(r *http.Request, peer clusterapi.Peer, k storage.Key) (*http.Response, func(), error) {
 	u := url.URL{Scheme: "http", Host: peer.StorageAddr, Path: "/" + k.String()}
 	ctx, cancel := context.WithCancel(r.Context())
 	req, err := http.NewRequestWithContext(ctx, r.Method, u.String(), nil)
@@ -139,7 +139,7 @@ func (s *artifactServer) askPeer(r *http.Request, peer raftstore.Peer, k storage
 // answering.
 const peerHeaderSlack = 3 * time.Second
 
-func (s *artifactServer) relay(c echo.Context, k storage.Key, peer raftstore.Peer, resp *http.Response) {
+func (s *artifactServer) relay(c echo.Context, k storage.Key, peer clusterapi.Peer, resp *http.Response) {
 	w := c.Response()
 	h := w.Header()
 	for _, k := range peerResponseHeaders {
@@ -190,7 +190,9 @@ var hopHeaders = map[string]bool{
 }
 
 // forwardToLeader replays an internal API write on the leader and relays
-// its answer. body must be unread; nil for requests without one.
+// its answer, headers (the bearer token among them) included. apiPath is
+// escaped, as clusterapi's path builders return it; body must be unread,
+// nil for requests without one.
 func (s *apiServer) forwardToLeader(c echo.Context, apiPath string, body io.Reader, length int64) error {
 	r := c.Request()
 	if r.Header.Get(forwardedHeader) != "" {
@@ -201,11 +203,10 @@ func (s *apiServer) forwardToLeader(c echo.Context, apiPath string, body io.Read
 	if !ok || leader.APIAddr == "" || leader.ID == st.NodeID {
 		return echo.NewHTTPError(http.StatusServiceUnavailable, "no leader known")
 	}
-	u := url.URL{Scheme: "http", Host: leader.APIAddr, Path: apiPath}
 	if body == nil || length == 0 {
 		body, length = http.NoBody, 0
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, u.String(), body)
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, clusterapi.URL(leader.APIAddr, apiPath), body)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -114,7 +115,7 @@ func FuzzRegisterPeer(f *testing.F) {
 		b.mu.Lock()
 		b.peers = nil // each input registers into an empty set
 		b.mu.Unlock()
-		req, err := http.NewRequest(http.MethodPut, "http://api/v1/nodes/"+id, bytes.NewReader(body))
+		req, err := http.NewRequest(http.MethodPut, "http://api"+clusterapi.NodesPrefix+id, bytes.NewReader(body))
 		if err != nil {
 			return // not a request a client could send
 		}
@@ -133,7 +134,7 @@ func FuzzRegisterPeer(f *testing.F) {
 				t.Fatalf("registered %q for body id %q", peers[0].ID, p.ID)
 			}
 		case w.Code >= 500:
-			t.Fatalf("PUT /v1/nodes/%q with %q: %d %s", id, body, w.Code, w.Body)
+			t.Fatalf("PUT %s%q with %q: %d %s", clusterapi.NodesPrefix, id, body, w.Code, w.Body)
 		}
 	})
 }

@@ -16,8 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-
-	"github.com/sourceraft/sourceraft/raftstore"
+	"github.com/sourceraft/sourceraft/clusterapi"
 )
 
 const testToken = "s3cret"
@@ -93,15 +92,15 @@ func startNode(t *testing.T, id string, tweak func(*Config)) *testNode {
 
 // formCluster makes every node list every other one in Status, leader included.
 func formCluster(leader *testNode, nodes ...*testNode) {
-	var peers []raftstore.Peer
+	var peers []clusterapi.Peer
 	for _, n := range nodes {
-		peers = append(peers, raftstore.Peer{
+		peers = append(peers, clusterapi.Peer{
 			ID: n.id, RaftAddr: n.id + ":7000", APIAddr: n.api, StorageAddr: n.artifact,
 			Suffrage: "Voter", Leader: leader != nil && n == leader,
 		})
 	}
 	for _, n := range nodes {
-		n.b.setStatus(func(s *raftstore.Status) {
+		n.b.setStatus(func(s *clusterapi.Status) {
 			s.Peers = peers
 			s.LeaderID, s.LeaderAddr, s.State = "", "", "Candidate"
 			if leader != nil {

@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/sourceraft/sourceraft/clusterapi"
 )
 
 func TestHealth(t *testing.T) {
@@ -34,7 +36,7 @@ func TestMetrics(t *testing.T) {
 	do(t, http.MethodGet, "http://"+n.artifact+"/"+artPath, nil, nil)
 	do(t, http.MethodGet, "http://"+n.artifact+"/helmchart/ns/c/c-1.0.0.tgz", nil, nil)
 	do(t, http.MethodGet, "http://"+n.health+"/healthz", nil, nil)
-	do(t, http.MethodGet, "http://"+n.api+"/v1/cluster", nil, bearer)
+	do(t, http.MethodGet, "http://"+n.api+clusterapi.ClusterPath, nil, bearer)
 
 	resp, body := do(t, http.MethodGet, "http://"+n.metrics+"/metrics", nil, nil)
 	if resp.StatusCode != http.StatusOK {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/metrics"
 )
 
@@ -204,7 +205,7 @@ func TestTricklingBodyIsCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	fmt.Fprintf(conn, "PUT /v1/artifacts/%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\nContent-Length: 1000\r\n\r\n", artPath, testToken)
+	fmt.Fprintf(conn, "PUT %s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\nContent-Length: 1000\r\n\r\n", clusterapi.ArtifactPath(artPath), testToken)
 	start := time.Now()
 	answered := make(chan int, 1)
 	go func() {
@@ -239,7 +240,7 @@ trickle:
 	}
 	// A body that arrives steadily is not cut.
 	data := randomBytes(64<<10, 43)
-	resp, body := do(t, http.MethodPut, "http://"+addr+"/v1/artifacts/"+artPath, &slowReader{data: data, step: 8 << 10, pause: 200 * time.Millisecond}, bearer)
+	resp, body := do(t, http.MethodPut, "http://"+addr+clusterapi.ArtifactsPrefix+artPath, &slowReader{data: data, step: 8 << 10, pause: 200 * time.Millisecond}, bearer)
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("steady PUT: %d %s", resp.StatusCode, body)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/metrics"
 )
 
@@ -18,7 +19,7 @@ func TestEveryMethodIsAnsweredAndCounted(t *testing.T) {
 		{"artifacts", n.artifact, "/" + artPath},
 		{"health", n.health, "/healthz"},
 		{"metrics", n.metrics, "/metrics"},
-		{"api", n.api, "/v1/cluster"},
+		{"api", n.api, clusterapi.ClusterPath},
 	} {
 		for _, c := range []struct {
 			method string

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sourceraft/sourceraft/clusterapi"
 )
 
 // cutUpload sends a PUT whose body stops early, half-closes the
@@ -23,7 +25,7 @@ func cutUpload(t *testing.T, addr, path string, chunked bool, data []byte, sent 
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
 	var req bytes.Buffer
-	fmt.Fprintf(&req, "PUT /v1/artifacts/%s HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer %s\r\n", path, testToken)
+	fmt.Fprintf(&req, "PUT %s HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer %s\r\n", clusterapi.ArtifactPath(path), testToken)
 	if chunked {
 		// One complete chunk and no terminating zero-length chunk.
 		fmt.Fprintf(&req, "Transfer-Encoding: chunked\r\n\r\n%x\r\n", sent)
@@ -70,7 +72,7 @@ func TestAPIPutCutShortCommitsNothing(t *testing.T) {
 		t.Error("the follower stored an artifact itself")
 	}
 	// A complete body over the same raw path commits: the cut is what failed.
-	resp, body := do(t, http.MethodPut, "http://"+f.api+"/v1/artifacts/"+artPath, bytes.NewReader(data), bearer)
+	resp, body := do(t, http.MethodPut, "http://"+f.api+clusterapi.ArtifactsPrefix+artPath, bytes.NewReader(data), bearer)
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("complete PUT: %d %s", resp.StatusCode, body)
 	}
@@ -92,7 +94,7 @@ func TestAPIWritesValidateIdentity(t *testing.T) {
 		"bucket/" + strings.Repeat("n", 64) + "/app/a.tar.gz",
 	} {
 		for _, m := range []string{http.MethodPut, http.MethodDelete} {
-			resp, body := do(t, m, "http://"+n.api+"/v1/artifacts/"+p, strings.NewReader("x"), bearer)
+			resp, body := do(t, m, "http://"+n.api+clusterapi.ArtifactsPrefix+p, strings.NewReader("x"), bearer)
 			if resp.StatusCode != http.StatusBadRequest {
 				t.Errorf("%s %s: %d %s, want 400", m, p, resp.StatusCode, body)
 			}
@@ -107,7 +109,7 @@ func TestAPIWritesValidateIdentity(t *testing.T) {
 		t.Errorf("GET of an artifact stored before validation: %d %q", resp.StatusCode, body)
 	}
 	for _, p := range []string{"helmchart/flux-system/podinfo.v6/podinfo-6.5.0+build.1.tgz", "bucket/a/" + strings.Repeat("b", 253) + "/x.tar.gz"} {
-		resp, body := do(t, http.MethodPut, "http://"+n.api+"/v1/artifacts/"+p, strings.NewReader("x"), bearer)
+		resp, body := do(t, http.MethodPut, "http://"+n.api+clusterapi.ArtifactsPrefix+p, strings.NewReader("x"), bearer)
 		if resp.StatusCode != http.StatusCreated {
 			t.Errorf("PUT %s: %d %s, want 201", p, resp.StatusCode, body)
 		}

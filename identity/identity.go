@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/raftstore"
 )
 
@@ -60,7 +61,7 @@ type Identity struct {
 	NodeID string
 	// Peers is the bootstrap voter set, this node included; nil means the
 	// node does not bootstrap (it only resumes existing Raft state).
-	Peers []raftstore.Peer
+	Peers []clusterapi.Peer
 	// Advertise is the Raft address peers dial for this node.
 	Advertise string
 	// Join lists the internal API addresses a node without Raft state asks
@@ -143,7 +144,7 @@ func Derive(f Flags) (Identity, error) {
 // StatefulSetPeers returns the voters of a StatefulSet of replicas pods of
 // the same set as self: <set>-0 … <set>-(replicas-1), each at its address
 // from pattern. self must be one of them.
-func StatefulSetPeers(self string, replicas int, pattern string) ([]raftstore.Peer, error) {
+func StatefulSetPeers(self string, replicas int, pattern string) ([]clusterapi.Peer, error) {
 	set, ord, err := ParsePodName(self)
 	if err != nil {
 		return nil, err
@@ -154,21 +155,21 @@ func StatefulSetPeers(self string, replicas int, pattern string) ([]raftstore.Pe
 	return setPeers(set, replicas, pattern)
 }
 
-func setPeers(set string, replicas int, pattern string) ([]raftstore.Peer, error) {
+func setPeers(set string, replicas int, pattern string) ([]clusterapi.Peer, error) {
 	if replicas < 1 {
 		return nil, fmt.Errorf("--replicas=%d: need at least 1", replicas)
 	}
 	if !strings.Contains(pattern, IDPlaceholder) && !strings.Contains(pattern, OrdinalPlaceholder) {
 		return nil, fmt.Errorf("--peer-dns %q: contains neither %s nor %s, every peer would get the same address", pattern, IDPlaceholder, OrdinalPlaceholder)
 	}
-	peers := make([]raftstore.Peer, 0, replicas)
+	peers := make([]clusterapi.Peer, 0, replicas)
 	for i := range replicas {
 		id := set + "-" + strconv.Itoa(i)
 		addr, err := Address(pattern, id, i)
 		if err != nil {
 			return nil, err
 		}
-		peers = append(peers, raftstore.Peer{ID: id, RaftAddr: addr, Suffrage: "Voter"})
+		peers = append(peers, clusterapi.Peer{ID: id, RaftAddr: addr, Suffrage: "Voter"})
 	}
 	return peers, nil
 }

@@ -9,17 +9,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/pki"
-	"github.com/sourceraft/sourceraft/raftstore"
 )
 
 const pattern = "{id}.source-controller-peers.flux-system.svc.cluster.local.:7000"
 
-func voter(id, addr string) raftstore.Peer {
-	return raftstore.Peer{ID: id, RaftAddr: addr, Suffrage: "Voter"}
+func voter(id, addr string) clusterapi.Peer {
+	return clusterapi.Peer{ID: id, RaftAddr: addr, Suffrage: "Voter"}
 }
 
-func sts(i string) raftstore.Peer {
+func sts(i string) clusterapi.Peer {
 	return voter("source-controller-"+i, "source-controller-"+i+".source-controller-peers.flux-system.svc.cluster.local.:7000")
 }
 
@@ -34,14 +34,14 @@ func TestDerive(t *testing.T) {
 		flags: Flags{NodeID: "source-controller-1", Replicas: 3, PeerDNS: pattern, RaftAddr: ":7000"},
 		want: Identity{
 			NodeID:    "source-controller-1",
-			Peers:     []raftstore.Peer{sts("0"), sts("1"), sts("2")},
+			Peers:     []clusterapi.Peer{sts("0"), sts("1"), sts("2")},
 			Advertise: "source-controller-1.source-controller-peers.flux-system.svc.cluster.local.:7000",
 		},
 	}, {
 		name:  "single replica",
 		flags: Flags{NodeID: "source-controller-0", Replicas: 1, PeerDNS: pattern},
 		want: Identity{
-			NodeID: "source-controller-0", Peers: []raftstore.Peer{sts("0")},
+			NodeID: "source-controller-0", Peers: []clusterapi.Peer{sts("0")},
 			Advertise: "source-controller-0.source-controller-peers.flux-system.svc.cluster.local.:7000",
 		},
 	}, {
@@ -49,7 +49,7 @@ func TestDerive(t *testing.T) {
 		flags: Flags{NodeID: "my-sc-2", Replicas: 3, PeerDNS: "my-sc-{ordinal}.peers:7100"},
 		want: Identity{
 			NodeID:    "my-sc-2",
-			Peers:     []raftstore.Peer{voter("my-sc-0", "my-sc-0.peers:7100"), voter("my-sc-1", "my-sc-1.peers:7100"), voter("my-sc-2", "my-sc-2.peers:7100")},
+			Peers:     []clusterapi.Peer{voter("my-sc-0", "my-sc-0.peers:7100"), voter("my-sc-1", "my-sc-1.peers:7100"), voter("my-sc-2", "my-sc-2.peers:7100")},
 			Advertise: "my-sc-2.peers:7100",
 		},
 	}, {
@@ -57,20 +57,20 @@ func TestDerive(t *testing.T) {
 		flags: Flags{NodeID: "source-controller-0", Peers: "source-controller-0=10.0.0.1:7000,x=10.0.0.2:7000", Replicas: 3, PeerDNS: pattern},
 		want: Identity{
 			NodeID:    "source-controller-0",
-			Peers:     []raftstore.Peer{voter("source-controller-0", "10.0.0.1:7000"), voter("x", "10.0.0.2:7000")},
+			Peers:     []clusterapi.Peer{voter("source-controller-0", "10.0.0.1:7000"), voter("x", "10.0.0.2:7000")},
 			Advertise: "source-controller-0.source-controller-peers.flux-system.svc.cluster.local.:7000",
 		},
 	}, {
 		name:  "--raft-advertise-addr wins over --peer-dns",
 		flags: Flags{NodeID: "source-controller-2", Replicas: 3, PeerDNS: pattern, Advertise: "10.1.2.3:7000"},
 		want: Identity{
-			NodeID: "source-controller-2", Peers: []raftstore.Peer{sts("0"), sts("1"), sts("2")},
+			NodeID: "source-controller-2", Peers: []clusterapi.Peer{sts("0"), sts("1"), sts("2")},
 			Advertise: "10.1.2.3:7000",
 		},
 	}, {
 		name:  "no StatefulSet flags: old behaviour",
 		flags: Flags{NodeID: "replica-0", Peers: "replica-0=127.0.0.1:7001", RaftAddr: "127.0.0.1:7001"},
-		want:  Identity{NodeID: "replica-0", Peers: []raftstore.Peer{voter("replica-0", "127.0.0.1:7001")}, Advertise: "replica-0:7001"},
+		want:  Identity{NodeID: "replica-0", Peers: []clusterapi.Peer{voter("replica-0", "127.0.0.1:7001")}, Advertise: "replica-0:7001"},
 	}, {
 		name:  "nothing: no bootstrap",
 		flags: Flags{NodeID: "n", RaftAddr: ":7000"},
@@ -89,7 +89,7 @@ func TestDerive(t *testing.T) {
 		name:  "bootstrap member joins through the others; --join wins",
 		flags: Flags{NodeID: "source-controller-1", Replicas: 2, PeerDNS: "{id}.p:7000", APIAddr: ":9091", Join: "a:1, b:2"},
 		want: Identity{NodeID: "source-controller-1", Advertise: "source-controller-1.p:7000",
-			Peers: []raftstore.Peer{
+			Peers: []clusterapi.Peer{
 				{ID: "source-controller-0", RaftAddr: "source-controller-0.p:7000", Suffrage: "Voter"},
 				{ID: "source-controller-1", RaftAddr: "source-controller-1.p:7000", Suffrage: "Voter"},
 			},

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -22,7 +23,7 @@ type Config struct {
 	RaftAdvertise string
 	// Peers is the bootstrap voter set, this node included; empty means
 	// this node joins an existing cluster instead of bootstrapping.
-	Peers []Peer
+	Peers []clusterapi.Peer
 	// Join lists internal API addresses of replicas to register with when
 	// no leader is known (a joining node), and to ask at first start
 	// whether a cluster already runs (then a member of Peers without state
@@ -45,8 +46,10 @@ type Config struct {
 	// forward writes and fetch artifacts they have not applied yet.
 	APIAddr     string
 	StorageAddr string
-	APIToken    string
-	HTTPClient  *http.Client
+	// APIToken and HTTPClient (default: a 10s timeout) are how the node
+	// calls peers' internal APIs, through a clusterapi.Client.
+	APIToken   string
+	HTTPClient *http.Client
 
 	// MaxArtifactSize bounds one stored artifact; zero means no bound.
 	MaxArtifactSize int64
@@ -159,8 +162,8 @@ func (c *Config) validate() error {
 }
 
 // ParsePeers parses "id=host:port,id=host:port".
-func ParsePeers(s string) ([]Peer, error) {
-	var peers []Peer
+func ParsePeers(s string) ([]clusterapi.Peer, error) {
+	var peers []clusterapi.Peer
 	seen := map[string]bool{}
 	for _, item := range strings.Split(s, ",") {
 		item = strings.TrimSpace(item)
@@ -175,7 +178,7 @@ func ParsePeers(s string) ([]Peer, error) {
 			return nil, fmt.Errorf("peer id %q given twice", id)
 		}
 		seen[id] = true
-		peers = append(peers, Peer{ID: id, RaftAddr: addr, Suffrage: "Voter"})
+		peers = append(peers, clusterapi.Peer{ID: id, RaftAddr: addr, Suffrage: "Voter"})
 	}
 	return peers, nil
 }

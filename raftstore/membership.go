@@ -2,10 +2,8 @@ package raftstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -13,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 	autopilot "github.com/hashicorp/raft-autopilot"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/fsm"
 )
 
@@ -168,7 +167,7 @@ func (m *membership) FetchServerStats(ctx context.Context, alive map[raft.Server
 		wg.Add(1)
 		go func(id raft.ServerID) {
 			defer wg.Done()
-			s, err := m.n.peerStatus(ctx, api)
+			s, err := m.n.api.Status(ctx, api)
 			if err != nil || s.NodeID != string(id) {
 				return
 			}
@@ -194,25 +193,6 @@ func (m *membership) RemoveFailedServer(srv *autopilot.Server) {
 	if err := m.n.RemovePeer(ctx, string(srv.ID)); err != nil {
 		m.n.log.Warn("remove failed server", "server", srv.ID, "error", err)
 	}
-}
-
-// peerStatus fetches GET /v1/cluster from a replica's internal API.
-func (n *Node) peerStatus(ctx context.Context, apiAddr string) (Status, error) {
-	var s Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+apiAddr+"/v1/cluster", nil)
-	if err != nil {
-		return s, err
-	}
-	req.Header.Set("Authorization", "Bearer "+n.cfg.APIToken)
-	resp, err := n.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return s, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return s, fmt.Errorf("%s: /v1/cluster: %s", apiAddr, resp.Status)
-	}
-	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
 
 // RemovePeer takes a server out of the Raft configuration and its address
@@ -250,7 +230,7 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 // once it is caught up and stable); a voter that comes back without any
 // Raft state of its own (a wiped volume) is demoted first, since it has
 // forgotten entries it may have acknowledged and votes it may have cast.
-func (n *Node) ensureMember(r *raft.Raft, p Peer, hadRecord bool) error {
+func (n *Node) ensureMember(r *raft.Raft, p clusterapi.Peer, hadRecord bool) error {
 	if p.ID == n.cfg.NodeID || p.RaftAddr == "" {
 		return nil
 	}
@@ -289,7 +269,7 @@ func (n *Node) clusterExists() bool {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		s, err := n.peerStatus(ctx, addr)
+		s, err := n.api.Status(ctx, addr)
 		cancel()
 		if err == nil && s.NodeID != n.cfg.NodeID && (s.LeaderID != "" || s.LastIndex > 1) {
 			n.log.Info("a cluster already exists, joining instead of bootstrapping", "peer", s.NodeID)

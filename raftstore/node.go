@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/fsm"
 	"github.com/sourceraft/sourceraft/raftstore/snapstore"
 	"github.com/sourceraft/sourceraft/storage"
@@ -39,6 +40,8 @@ const (
 type Node struct {
 	cfg Config
 	log *slog.Logger
+	// api calls peers' internal APIs: registration and membership checks.
+	api *clusterapi.Client
 
 	// mu serialises Open and Close; the fields below are fixed between them.
 	mu        sync.Mutex
@@ -68,7 +71,8 @@ type Node struct {
 // New only allocates; Open brings the node up.
 func New(cfg Config) *Node {
 	cfg.setDefaults()
-	return &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), uploads: newUploadSet()}
+	return &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), uploads: newUploadSet(),
+		api: clusterapi.NewClient(cfg.HTTPClient, cfg.APIToken)}
 }
 
 // OnLeadership registers fn to run, in order, on every leadership change of

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/pki"
 	"github.com/sourceraft/sourceraft/storage"
 )
@@ -36,9 +37,9 @@ func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
 		t.Fatal(err)
 	}
 	tc := &testCluster{t: t, ca: ca}
-	var peers []Peer
+	var peers []clusterapi.Peer
 	for i := 0; i < n; i++ {
-		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i), RaftAddr: freeAddr(t)})
+		peers = append(peers, clusterapi.Peer{ID: fmt.Sprintf("n%d", i), RaftAddr: freeAddr(t)})
 	}
 	for i := 0; i < n; i++ {
 		pair, err := ca.IssueLoopback(peers[i].ID)

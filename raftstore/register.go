@@ -1,14 +1,11 @@
 package raftstore
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/url"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/fsm"
 )
 
@@ -18,7 +15,7 @@ const registerInterval = 2 * time.Second
 
 // RegisterPeer records a replica's addresses through the log; the internal
 // API calls it on the leader for followers.
-func (n *Node) RegisterPeer(ctx context.Context, p Peer) error {
+func (n *Node) RegisterPeer(ctx context.Context, p clusterapi.Peer) error {
 	r, err := n.leaderRaft()
 	if err != nil {
 		return err
@@ -38,8 +35,8 @@ func (n *Node) RegisterPeer(ctx context.Context, p Peer) error {
 	return n.ensureMember(r, p, hadRecord)
 }
 
-func (n *Node) self() Peer {
-	return Peer{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAdvertise, APIAddr: n.cfg.APIAddr, StorageAddr: n.cfg.StorageAddr, Fresh: n.fresh.Load()}
+func (n *Node) self() clusterapi.Peer {
+	return clusterapi.Peer{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAdvertise, APIAddr: n.cfg.APIAddr, StorageAddr: n.cfg.StorageAddr, Fresh: n.fresh.Load()}
 }
 
 func (n *Node) registered() bool {
@@ -102,26 +99,7 @@ func (n *Node) registerIfNeeded() {
 }
 
 func (n *Node) registerWith(apiAddr string) error {
-	body, err := json.Marshal(n.self())
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	u := "http://" + apiAddr + "/v1/nodes/" + url.PathEscape(n.cfg.NodeID)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+n.cfg.APIToken)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := n.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("register: leader answered %s", resp.Status)
-	}
-	return nil
+	return n.api.Register(ctx, apiAddr, n.self())
 }

@@ -30,6 +30,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/cluster"
 	"github.com/sourceraft/sourceraft/internal/gitserver"
 	"github.com/sourceraft/sourceraft/internal/testenv"
@@ -147,7 +148,7 @@ func run(bin, dir, flux string, replicas int) error {
 	fmt.Printf("kubectl --kubeconfig %s get gitrepositories -A\n", kubeconfig)
 	fmt.Printf("new commits: git -C %s commit ... && git -C %s push origin master\n", work, work)
 	printFluxCommands(flux, kubeconfig, repo.URL)
-	fmt.Printf("internal API: curl -H 'Authorization: Bearer %s' http://%s/v1/cluster\n", c.Token, c.Replicas[0].APIAddr)
+	fmt.Printf("internal API: curl -H 'Authorization: Bearer %s' http://%s%s\n", c.Token, c.Replicas[0].APIAddr, clusterapi.ClusterPath)
 	fmt.Println("running; Ctrl-C stops everything")
 	<-ctx.Done()
 	return nil

@@ -23,6 +23,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/httpapi"
 	"github.com/sourceraft/sourceraft/identity"
 	"github.com/sourceraft/sourceraft/metrics"
@@ -234,7 +235,7 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention
 }
 
 // peerList renders peers like --peers: id=host:port,...
-func peerList(peers []raftstore.Peer) string {
+func peerList(peers []clusterapi.Peer) string {
 	var b strings.Builder
 	for i, p := range peers {
 		if i > 0 {

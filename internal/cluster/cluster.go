@@ -5,7 +5,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,8 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/pki"
-	"github.com/sourceraft/sourceraft/raftstore"
 )
 
 // Options shape a cluster.
@@ -66,10 +65,12 @@ type Cluster struct {
 	ca       *pki.CA
 	Token    string
 	Replicas []*Replica
-	client   *http.Client
+	// client asks the health listeners; api the internal APIs, through it.
+	client *http.Client
+	api    *clusterapi.Client
 	// uploads has no overall timeout: a PUT is bounded by its context, as
 	// a GiB at disk speed outlasts the minute any other request may take.
-	uploads *http.Client
+	uploads *clusterapi.Client
 	// ports handed out so far: the kernel may offer a port again once its
 	// probe listener is closed, and two replicas must never share one.
 	ports map[string]bool
@@ -86,7 +87,9 @@ func New(opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{opts: opts, Token: "token-" + strconv.FormatInt(time.Now().UnixNano(), 36),
-		client: &http.Client{Timeout: 60 * time.Second}, uploads: &http.Client{}}
+		client: &http.Client{Timeout: 60 * time.Second}}
+	c.api = clusterapi.NewClient(c.client, c.Token)
+	c.uploads = clusterapi.NewClient(&http.Client{}, c.Token)
 	if err := os.WriteFile(filepath.Join(opts.Dir, "token"), []byte(c.Token), 0o600); err != nil {
 		return nil, fmt.Errorf("write token: %w", err)
 	}
@@ -182,36 +185,7 @@ func (c *Cluster) WipeData(i int) error {
 // RemoveNode asks replica via's internal API to take replica i out of the
 // cluster (DELETE /v1/nodes/<id>, forwarded to the leader).
 func (c *Cluster) RemoveNode(ctx context.Context, via, i int) error {
-	resp, err := c.api(ctx, via, http.MethodDelete, "/v1/nodes/"+c.Replicas[i].ID, nil, 0, http.StatusNoContent)
-	if err != nil {
-		return err
-	}
-	return resp.Body.Close()
-}
-
-// api sends an authenticated request to replica i's internal API and
-// returns the response if its status is want, else an *HTTPError.
-func (c *Cluster) api(ctx context.Context, i int, method, path string, body io.Reader, size int64, want int) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.Replicas[i].APIAddr+path, body)
-	if err != nil {
-		return nil, err
-	}
-	req.ContentLength = size
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	client := c.client
-	if method == http.MethodPut {
-		client = c.uploads
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != want {
-		defer resp.Body.Close()
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return nil, &HTTPError{Code: resp.StatusCode, Body: strings.TrimSpace(string(msg))}
-	}
-	return resp, nil
+	return c.api.RemoveNode(ctx, c.Replicas[via].APIAddr, c.Replicas[i].ID)
 }
 
 func (c *Cluster) argv(r *Replica) []string {
@@ -450,26 +424,22 @@ func (c *Cluster) Forward(target string) (string, error) {
 }
 
 // Status fetches GET /v1/cluster from replica i.
-func (c *Cluster) Status(ctx context.Context, i int) (raftstore.Status, error) {
-	var s raftstore.Status
-	return s, c.getJSON(ctx, i, "/v1/cluster", &s)
+func (c *Cluster) Status(ctx context.Context, i int) (clusterapi.Status, error) {
+	s, err := c.api.Status(ctx, c.Replicas[i].APIAddr)
+	if err != nil {
+		return s, fmt.Errorf("%s: %w", c.Replicas[i].ID, err)
+	}
+	return s, nil
 }
 
 // ContentHash fetches GET /v1/content-hash from replica i: a hash of its
 // whole store, for checking that replicas converged.
-func (c *Cluster) ContentHash(ctx context.Context, i int) (raftstore.ContentHash, error) {
-	var h raftstore.ContentHash
-	return h, c.getJSON(ctx, i, "/v1/content-hash", &h)
-}
-
-// getJSON decodes the answer to GET path on replica i's internal API.
-func (c *Cluster) getJSON(ctx context.Context, i int, path string, v any) error {
-	resp, err := c.api(ctx, i, http.MethodGet, path, nil, 0, http.StatusOK)
+func (c *Cluster) ContentHash(ctx context.Context, i int) (clusterapi.ContentHash, error) {
+	h, err := c.api.ContentHash(ctx, c.Replicas[i].APIAddr)
 	if err != nil {
-		return fmt.Errorf("%s: %s: %w", c.Replicas[i].ID, path, err)
+		return h, fmt.Errorf("%s: %w", c.Replicas[i].ID, err)
 	}
-	defer resp.Body.Close()
-	return json.NewDecoder(resp.Body).Decode(v)
+	return h, nil
 }
 
 // WaitLeader waits until a running replica reports itself leader with
@@ -498,7 +468,7 @@ func (c *Cluster) WaitLeader(ctx context.Context) (int, error) {
 	}
 }
 
-func (c *Cluster) registered(s raftstore.Status) bool {
+func (c *Cluster) registered(s clusterapi.Status) bool {
 	for i, r := range c.Replicas {
 		if !c.Running(i) {
 			continue
@@ -519,7 +489,7 @@ func (c *Cluster) registered(s raftstore.Status) bool {
 // WaitVoters waits until a leader's configuration holds exactly the
 // replicas named want, all of them voters. observe, when set, sees every
 // status a leader reports meanwhile.
-func (c *Cluster) WaitVoters(ctx context.Context, want []string, observe func(raftstore.Status)) error {
+func (c *Cluster) WaitVoters(ctx context.Context, want []string, observe func(clusterapi.Status)) error {
 	want = slices.Sorted(slices.Values(want))
 	var last []string
 	for {
@@ -571,38 +541,15 @@ func (c *Cluster) WaitApplied(ctx context.Context, i int, index uint64) error {
 	}
 }
 
-// PutResult is the internal API's answer to a stored artifact.
-type PutResult struct {
-	Path     string `json:"path"`
-	Digest   string `json:"digest"`
-	Size     int64  `json:"size"`
-	Revision string `json:"revision"`
-	URL      string `json:"url"`
-}
-
 // Put stores body at path through replica i's internal API.
-func (c *Cluster) Put(ctx context.Context, i int, path string, body io.Reader, size int64) (PutResult, error) {
-	var res PutResult
-	resp, err := c.api(ctx, i, http.MethodPut, "/v1/artifacts/"+path, body, size, http.StatusCreated)
-	if err != nil {
-		return res, err
-	}
-	defer resp.Body.Close()
-	return res, json.NewDecoder(resp.Body).Decode(&res)
+func (c *Cluster) Put(ctx context.Context, i int, path string, body io.Reader, size int64) (clusterapi.PutResult, error) {
+	return c.uploads.PutArtifact(ctx, c.Replicas[i].APIAddr, path, body, size)
 }
 
 // ArtifactURL is the URL of path on replica i's artifact server.
 func (c *Cluster) ArtifactURL(i int, path string) string {
 	return "http://" + c.Replicas[i].StorageAddr + "/" + path
 }
-
-// HTTPError is a non-success answer from a replica.
-type HTTPError struct {
-	Code int
-	Body string
-}
-
-func (e *HTTPError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Code, e.Body) }
 
 // freePorts returns n loopback addresses that are free now and were never
 // handed out by this cluster before.

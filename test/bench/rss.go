@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/cluster"
 )
 
@@ -147,8 +147,7 @@ func (b *bench) rss(ctx context.Context, c *cluster.Cluster) error {
 		for attempt := 1; attempt <= rssAttempts; attempt++ {
 			err = b.rssStore(ctx, c, prefix, sz.size, b.cfg.seed*1000+200+uint64(i))
 			b.res.set(prefix+"attempts", attempt)
-			var he *cluster.HTTPError
-			if !errors.As(err, &he) || he.Code != http.StatusServiceUnavailable {
+			if clusterapi.StatusCode(err) != http.StatusServiceUnavailable {
 				break
 			}
 			fmt.Fprintf(os.Stderr, "   store %s attempt %d: %v\n", sz.name, attempt, err)

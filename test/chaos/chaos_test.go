@@ -21,9 +21,9 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/cluster"
 	"github.com/sourceraft/sourceraft/internal/gitserver"
-	"github.com/sourceraft/sourceraft/raftstore"
 )
 
 // Retention the replicas run with; the tracker applies the same policy.
@@ -617,7 +617,7 @@ func (s *suite) dump() {
 	fmt.Printf("chaos dump: %s\n", dir)
 }
 
-func statusJSON(st raftstore.Status) string {
+func statusJSON(st clusterapi.Status) string {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Sprintf("{\"error\": %q}\n", err.Error())

@@ -11,11 +11,10 @@ import (
 
 	"github.com/fluxcd/pkg/apis/meta"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	"github.com/sourceraft/sourceraft/clusterapi"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/sourceraft/sourceraft/raftstore"
 )
 
 // recoverTimeout bounds how long a replica may take to be Ready again
@@ -309,7 +308,7 @@ func (s *suite) waitRecovered(ctx context.Context, i int) error {
 	for {
 		err := s.c.Ready(wctx, i)
 		if err == nil {
-			var st raftstore.Status
+			var st clusterapi.Status
 			if st, err = s.c.Status(wctx, i); err == nil && st.LeaderID == "" {
 				err = errors.New("no leader known")
 			}

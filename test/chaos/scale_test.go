@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/sourceraft/sourceraft/raftstore"
+	"github.com/sourceraft/sourceraft/clusterapi"
 )
 
 // scaleTimeout bounds a scale step: joining, catching up, promotion.
@@ -26,7 +26,7 @@ func (s *suite) scaleUp(ctx context.Context) error {
 	nonvoter := map[string]bool{}
 	wctx, cancel := context.WithTimeout(ctx, scaleTimeout)
 	defer cancel()
-	if err := s.c.WaitVoters(wctx, s.idList(append(before, s.spares...)), func(st raftstore.Status) {
+	if err := s.c.WaitVoters(wctx, s.idList(append(before, s.spares...)), func(st clusterapi.Status) {
 		for _, p := range st.Peers {
 			nonvoter[p.ID] = nonvoter[p.ID] || p.Suffrage == "Nonvoter"
 		}

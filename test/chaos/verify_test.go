@@ -9,9 +9,8 @@ import (
 	"time"
 
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/sourceraft/sourceraft/raftstore"
 )
 
 // verifyReconciled pushes one last commit to every repository and waits
@@ -110,7 +109,7 @@ func (s *suite) verifyConverged(ctx context.Context) {
 // are at different indexes (the leader's GC applied meanwhile), "" when
 // every store is the same.
 func (s *suite) sameContent(ctx context.Context) (string, error) {
-	var hs []raftstore.ContentHash
+	var hs []clusterapi.ContentHash
 	for _, i := range s.memberList() {
 		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		h, err := s.c.ContentHash(hctx, i)
@@ -136,8 +135,8 @@ func (s *suite) sameContent(ctx context.Context) (string, error) {
 	return "", nil
 }
 
-func (s *suite) statuses(ctx context.Context) ([]raftstore.Status, error) {
-	var out []raftstore.Status
+func (s *suite) statuses(ctx context.Context) ([]clusterapi.Status, error) {
+	var out []clusterapi.Status
 	for _, i := range s.memberList() {
 		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		st, err := s.c.Status(sctx, i)
@@ -151,7 +150,7 @@ func (s *suite) statuses(ctx context.Context) ([]raftstore.Status, error) {
 }
 
 // differences describes how the replicas' states differ, "" if they do not.
-func differences(sts []raftstore.Status) string {
+func differences(sts []clusterapi.Status) string {
 	var commit uint64
 	leaders := 0
 	for _, st := range sts {

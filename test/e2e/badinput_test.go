@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sourceraft/sourceraft/internal/cluster"
+	"github.com/sourceraft/sourceraft/clusterapi"
 )
 
 func TestOversizedUploadIsRejectedAndLeavesNothing(t *testing.T) {
@@ -23,13 +23,12 @@ func TestOversizedUploadIsRejectedAndLeavesNothing(t *testing.T) {
 	content := randomContent(9, 9<<20)
 	// Declared length beyond the limit, through a follower that forwards.
 	_, err := c.Put(ctx, follower, "bucket/default/b/too-big.tar.gz", bytes.NewReader(content), int64(len(content)))
-	var he *cluster.HTTPError
-	if !errors.As(err, &he) || he.Code != http.StatusRequestEntityTooLarge {
+	if clusterapi.StatusCode(err) != http.StatusRequestEntityTooLarge {
 		t.Fatalf("oversized PUT with Content-Length: %v, want 413", err)
 	}
 	// No declared length: the limit must hold while streaming.
 	_, err = c.Put(ctx, leader, "bucket/default/b/too-big.tar.gz", io.MultiReader(bytes.NewReader(content)), -1)
-	if !errors.As(err, &he) || he.Code != http.StatusRequestEntityTooLarge {
+	if clusterapi.StatusCode(err) != http.StatusRequestEntityTooLarge {
 		t.Fatalf("oversized chunked PUT: %v, want 413", err)
 	}
 	ok := put(t, c, leader, "bucket/default/b/fits.tar.gz", content[:8<<20])

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/cluster"
 )
 
@@ -168,7 +169,7 @@ func trickle(addr, token, path string) time.Duration {
 		return 0
 	}
 	defer conn.Close()
-	fmt.Fprintf(conn, "PUT /v1/artifacts/%s HTTP/1.1\r\nHost: e2e\r\nAuthorization: Bearer %s\r\nContent-Length: 100000\r\n\r\n", path, token)
+	fmt.Fprintf(conn, "PUT %s HTTP/1.1\r\nHost: e2e\r\nAuthorization: Bearer %s\r\nContent-Length: 100000\r\n\r\n", clusterapi.ArtifactPath(path), token)
 	gone := make(chan struct{})
 	go func() {
 		_, _ = io.Copy(io.Discard, conn)

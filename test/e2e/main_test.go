@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/cluster"
 )
 
@@ -167,7 +168,7 @@ func mustServeLocally(t *testing.T, c *cluster.Cluster, i int, path, digest stri
 	}
 }
 
-func put(t *testing.T, c *cluster.Cluster, i int, path string, content []byte) cluster.PutResult {
+func put(t *testing.T, c *cluster.Cluster, i int, path string, content []byte) clusterapi.PutResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -11,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/cluster"
-	"github.com/sourceraft/sourceraft/raftstore"
 )
 
 // membershipArgs make promotion and dead-server removal quick enough to test.
@@ -96,7 +95,7 @@ func TestScaleUpAndDown(t *testing.T) {
 	}
 	sawNonvoter := map[string]bool{}
 	want5 := []string{"replica-0", "replica-1", "replica-2", "replica-3", "replica-4"}
-	waitMembers(ctx, t, c, want5, func(s raftstore.Status) {
+	waitMembers(ctx, t, c, want5, func(s clusterapi.Status) {
 		for _, p := range s.Peers {
 			if p.Suffrage == "Nonvoter" {
 				sawNonvoter[p.ID] = true
@@ -132,8 +131,7 @@ func TestScaleUpAndDown(t *testing.T) {
 		if err == nil {
 			break
 		}
-		var he *cluster.HTTPError
-		if time.Now().After(deadline) || !errors.As(err, &he) || he.Code != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) || clusterapi.StatusCode(err) != http.StatusServiceUnavailable {
 			t.Fatalf("remove replica-4: %v", err)
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -164,7 +162,7 @@ func TestWipedReplicaRejoins(t *testing.T) {
 	c, leader := startCluster(t, 3, membershipArgs, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var results []cluster.PutResult
+	var results []clusterapi.PutResult
 	for n := range 3 {
 		results = append(results, put(t, c, leader, fmt.Sprintf("gitrepository/flux-system/wipe/a%d.tar.gz", n), randomContent(int64(200+n), 2<<20)))
 	}
@@ -210,7 +208,7 @@ func TestWipedReplicaRejoins(t *testing.T) {
 
 // waitMembers waits until the leader's configuration holds exactly want,
 // all voters, calling observe with every status it sees.
-func waitMembers(ctx context.Context, t *testing.T, c *cluster.Cluster, want []string, observe func(raftstore.Status)) {
+func waitMembers(ctx context.Context, t *testing.T, c *cluster.Cluster, want []string, observe func(clusterapi.Status)) {
 	t.Helper()
 	if err := c.WaitVoters(ctx, want, observe); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/cluster"
 )
 
@@ -38,7 +39,7 @@ func runUploader(spec string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	hdr := fmt.Sprintf("PUT /v1/artifacts/%s HTTP/1.1\r\nHost: e2e\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", f[2], f[1], declared)
+	hdr := fmt.Sprintf("PUT %s HTTP/1.1\r\nHost: e2e\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", clusterapi.ArtifactPath(f[2]), f[1], declared)
 	if _, err := io.WriteString(conn, hdr); err != nil {
 		return 1
 	}
@@ -62,7 +63,7 @@ func cutUpload(t *testing.T, addr, token, path string, declared, sent int) int {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	var req bytes.Buffer
-	fmt.Fprintf(&req, "PUT /v1/artifacts/%s HTTP/1.1\r\nHost: e2e\r\nAuthorization: Bearer %s\r\n", path, token)
+	fmt.Fprintf(&req, "PUT %s HTTP/1.1\r\nHost: e2e\r\nAuthorization: Bearer %s\r\n", clusterapi.ArtifactPath(path), token)
 	body := randomContent(78, sent)
 	if declared < 0 {
 		fmt.Fprintf(&req, "Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", sent, body)
@@ -147,7 +148,7 @@ func TestTruncatedUploadsCommitNothing(t *testing.T) {
 // checkNothingCommitted waits until every replica applied the leader's
 // commit index and aborted every upload, then checks that each serves
 // prev and holds the same content.
-func checkNothingCommitted(ctx context.Context, t *testing.T, c *cluster.Cluster, leader int, path string, prev cluster.PutResult) {
+func checkNothingCommitted(ctx context.Context, t *testing.T, c *cluster.Cluster, leader int, path string, prev clusterapi.PutResult) {
 	t.Helper()
 	for i := range c.Replicas {
 		for {

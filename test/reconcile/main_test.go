@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/util/retry"
+
 	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
@@ -37,6 +39,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/httpapi"
 	"github.com/sourceraft/sourceraft/internal/freeport"
 	"github.com/sourceraft/sourceraft/internal/testenv"
@@ -103,13 +106,13 @@ func run(m *testing.M) (int, error) {
 	// server's address goes into the URLs. The others wait far longer
 	// before they stand for election, so n0 wins the first one and keeps
 	// leading.
-	peers := make([]raftstore.Peer, 3)
+	peers := make([]clusterapi.Peer, 3)
 	for i := range peers {
 		addr, err := freeport.Addr()
 		if err != nil {
 			return 0, err
 		}
-		peers[i] = raftstore.Peer{ID: fmt.Sprintf("n%d", i), RaftAddr: addr}
+		peers[i] = clusterapi.Peer{ID: fmt.Sprintf("n%d", i), RaftAddr: addr}
 	}
 	ctx, stopServers := context.WithCancel(context.Background())
 	defer stopServers()
@@ -181,7 +184,7 @@ func run(m *testing.M) (int, error) {
 
 // startReplica prepares a voter of the bootstrap set peers with its own
 // store under dir and starts its artifact server; Open starts Raft.
-func startReplica(ctx context.Context, self raftstore.Peer, peers []raftstore.Peer, timeout time.Duration, dir string, log *slog.Logger) (*raftstore.Node, string, func(), error) {
+func startReplica(ctx context.Context, self clusterapi.Peer, peers []clusterapi.Peer, timeout time.Duration, dir string, log *slog.Logger) (*raftstore.Node, string, func(), error) {
 	// The artifact address is chosen first: a leader registers its own.
 	storageAddr, err := freeport.Addr()
 	if err != nil {
