@@ -1,7 +1,8 @@
 // Package storage holds the contract between the reconcilers, the HTTP
 // layer and the replicated store: the Artifact record, the Storage
-// interface, and the pure garbage-collection policy the leader evaluates
-// before proposing deletions.
+// interface, the pure garbage-collection policy the leader evaluates
+// before proposing deletions, and the digest algorithms artifacts may be
+// described in.
 package storage
 
 import (
