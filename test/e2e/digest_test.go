@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -12,15 +11,12 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
-	"github.com/fluxcd/pkg/http/fetch"
-	"github.com/fluxcd/pkg/tar"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sourceraft/sourceraft/internal/cluster"
-	"github.com/sourceraft/sourceraft/internal/gitserver"
 	"github.com/sourceraft/sourceraft/internal/testenv"
 	"github.com/sourceraft/sourceraft/storage"
 )
@@ -33,20 +29,7 @@ import (
 // download verifies the blob file on the way), as does the one kept from
 // the previous algorithm.
 func TestArtifactDigestAlgorithms(t *testing.T) {
-	env, err := testenv.StartEnv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Stop()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	gs, err := gitserver.Start(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gs.Close()
+	env, kubeconfig, gs := startEnvAndGit(t)
 	repo, err := gs.NewRepo("app", filepath.Join(t.TempDir(), "app"))
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +50,6 @@ func TestArtifactDigestAlgorithms(t *testing.T) {
 			Reference: &sourcev1.GitRepositoryRef{Branch: "master"},
 		},
 	}
-	fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(50<<20), fetch.WithUntar(tar.WithMaxUntarSize(50<<20)))
 	var prev *meta.Artifact
 	for round, algo := range storage.DigestAlgorithms {
 		// More than fsm.SmallBlobSize once compressed: the first download
@@ -104,13 +86,7 @@ func TestArtifactDigestAlgorithms(t *testing.T) {
 		prev = art
 		for i := range c.Replicas {
 			for p, d := range served {
-				dir := t.TempDir()
-				if err := fetcher.FetchWithContext(ctx, c.ArtifactURL(i, p), d, dir); err != nil {
-					t.Fatalf("--artifact-digest-algo=%s: %s: ArchiveFetcher.Fetch(%s, %s): %v", algo, c.Replicas[i].ID, p, d, err)
-				}
-				if _, err := os.Stat(filepath.Join(dir, "deploy", "config.yaml")); err != nil {
-					t.Fatalf("%s: %s extracted without deploy/config.yaml: %v", c.Replicas[i].ID, p, err)
-				}
+				fluxFetch(ctx, t, c, i, p, d)
 			}
 			// The first downloads checked the blob files against their
 			// sha256 address, and found none corrupt.
