@@ -200,3 +200,29 @@ func TestContentHashCoversDigestAlgorithm(t *testing.T) {
 		hashes[h] = algo
 	}
 }
+
+// A snapshot carries artifacts of any algorithm: the restored replica
+// serves them from their sha256 blobs, and a delete after the restore
+// releases the blob by its address.
+func TestSnapshotRestoreOtherAlgorithm(t *testing.T) {
+	src := newFSM(t)
+	content := pattern(6, SmallBlobSize+10)
+	(&feeder{f: src}).ok(t, storeCmdsIn(t, digest.BLAKE3, "u1", pathA, content)...)
+	sink := snapshotOf(t, src)
+
+	dst := newFSM(t)
+	if err := dst.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := contentHash(t, dst), contentHash(t, src); got != want {
+		t.Fatalf("restored content hash %s, want %s", got, want)
+	}
+	a, err := dst.Artifact(mustKey(t, pathA))
+	if err != nil || a.Digest != digest.BLAKE3.FromBytes(content).String() || a.BlobDigest != digestOf(content) {
+		t.Fatalf("restored artifact %+v, %v", a, err)
+	}
+	wantBlobs(t, dst, digestOf(content))
+	fd := &feeder{f: dst, index: dst.AppliedIndex()}
+	fd.ok(t, EncodeDeleteArtifacts([]string{pathA}))
+	wantBlobs(t, dst)
+}
