@@ -121,10 +121,11 @@ func (c *Content) Size() int64 { return c.Artifact.Size }
 func (c *Content) Verified() bool { return c.verified }
 
 // Check records the sha256 digest ("sha256:<hex>") a download computed
-// over the whole file: nil if it is the artifact's, otherwise an
+// over the whole file: nil if it is the artifact's blob address (whatever
+// algorithm its Digest is in), otherwise an
 // storage.ErrCorrupt error after the blob is reported for repair.
 func (c *Content) Check(sum string) error {
-	if err := c.f.checked(c.Artifact.Digest, sum); err != nil {
+	if err := c.f.checked(c.Artifact.Blob(), sum); err != nil {
 		return err
 	}
 	c.verified = true
@@ -142,7 +143,7 @@ func (c *Content) VerifyNow() error {
 	}
 	sum, _, err := readerDigest(c.File)
 	if err != nil {
-		return fmt.Errorf("verify %s: %w", c.Artifact.Digest, err)
+		return fmt.Errorf("verify %s: %w", c.Artifact.Blob(), err)
 	}
 	if _, err := c.File.Seek(0, io.SeekStart); err != nil {
 		return err
@@ -191,28 +192,28 @@ func (f *FSM) open(k storage.Key) (*Content, error) {
 			return nil, err
 		}
 		if a.Size <= SmallBlobSize {
-			if data, ok := f.blobs.cache.Get(a.Digest); ok {
+			if data, ok := f.blobs.cache.Get(a.Blob()); ok {
 				return &Content{Artifact: a, Data: data, f: f, verified: true}, nil
 			}
 		}
-		fh, err := os.Open(f.dirs.blob(a.Digest))
+		fh, err := os.Open(f.dirs.blob(a.Blob()))
 		if errors.Is(err, fs.ErrNotExist) && attempt == 0 {
 			continue // deleted since the lookup, or replaced: look again
 		}
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, f.corrupt(a.Digest, "file is missing")
+			return nil, f.corrupt(a.Blob(), "file is missing")
 		}
 		if err != nil {
 			return nil, err
 		}
-		c := &Content{Artifact: a, File: fh, f: f, verified: f.blobs.isVerified(a.Digest)}
+		c := &Content{Artifact: a, File: fh, f: f, verified: f.blobs.isVerified(a.Blob())}
 		if a.Size <= SmallBlobSize {
 			return c, f.loadSmall(c)
 		}
 		if st, err := fh.Stat(); err != nil || st.Size() != a.Size {
 			fh.Close()
 			if err == nil {
-				err = f.corrupt(a.Digest, fmt.Sprintf("file has %d bytes, want %d", st.Size(), a.Size))
+				err = f.corrupt(a.Blob(), fmt.Sprintf("file has %d bytes, want %d", st.Size(), a.Size))
 			}
 			return nil, err
 		}
@@ -234,7 +235,7 @@ func (f *FSM) loadSmall(c *Content) error {
 	if err := c.Check(sum); err != nil {
 		return err
 	}
-	f.blobs.cache.Add(c.Artifact.Digest, data)
+	f.blobs.cache.Add(c.Artifact.Blob(), data)
 	c.Data = data
 	return nil
 }

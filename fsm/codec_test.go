@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/opencontainers/go-digest"
 )
 
 func TestCodecRoundTrip(t *testing.T) {
@@ -74,6 +75,8 @@ func FuzzDecode(f *testing.F) {
 		EncodeChunk(Chunk{UploadID: "u", Data: []byte("abc")}),
 		EncodeChunk(Chunk{UploadID: "u", Seq: 1, Data: []byte("def")}),
 		EncodeCommit(Commit{UploadID: "u", Chunks: 2, Artifact: artifactAt(f, pathA, []byte("abcdef"))}),
+		EncodeCommit(Commit{UploadID: "u", Chunks: 2, Artifact: artifactIn(f, digest.BLAKE3, pathA, []byte("abcdef"))}),
+		oldCommit,
 		EncodeDeleteArtifacts([]string{pathA, pathB}),
 		EncodeAbortUploads([]string{"u"}),
 		EncodeExpireUploads(1 << 40),

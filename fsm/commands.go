@@ -146,8 +146,15 @@ func applyCommit(a *applyCtx, c commitCmd) error {
 	if _, err := storage.ParsePath(path); err != nil {
 		return fmt.Errorf("commit of upload %q: %w", c.UploadID, err)
 	}
-	if !validDigest(art.Digest) {
-		return fmt.Errorf("commit of upload %q: digest %q is not sha256 in hex: %w", c.UploadID, art.Digest, ErrInvalidCommand)
+	// The blob is always addressed by sha256; an artifact digest of
+	// another algorithm rides beside it. A commit without BlobDigest (all
+	// of them before --artifact-digest-algo) applies exactly as before.
+	blobDigest := art.Blob()
+	if !validDigest(blobDigest) {
+		return fmt.Errorf("commit of upload %q: blob digest %q is not sha256 in hex: %w", c.UploadID, blobDigest, ErrInvalidCommand)
+	}
+	if art.BlobDigest != "" && !validOtherDigest(art.Digest) {
+		return fmt.Errorf("commit of upload %q: digest %q is not <algorithm>:<hex> of an algorithm other than sha256: %w", c.UploadID, art.Digest, ErrInvalidCommand)
 	}
 	id := []byte(c.UploadID)
 	uploads, blobs := a.tx.Bucket(bucketUploads), a.tx.Bucket(bucketBlobs)
@@ -159,14 +166,14 @@ func applyCommit(a *applyCtx, c commitCmd) error {
 		return fmt.Errorf("commit of upload %q: has %d chunks, %d bytes; commit says %d chunks, %d bytes: %w",
 			c.UploadID, up.Chunks, up.Bytes, c.Chunks, art.Size, ErrIncompleteUpload)
 	}
-	digest := []byte(art.Digest)
+	digest := []byte(blobDigest)
 	blob, stored := getBlob(blobs, digest)
 	if stored && blob.Size != art.Size {
 		return fmt.Errorf("commit of upload %q: %s is stored with %d bytes, not %d: %w",
-			c.UploadID, art.Digest, blob.Size, art.Size, storage.ErrDigestMismatch)
+			c.UploadID, blobDigest, blob.Size, art.Size, storage.ErrDigestMismatch)
 	}
 	if !stored {
-		if err := a.publish(c.UploadID, art.Digest, art.Size); err != nil {
+		if err := a.publish(c.UploadID, blobDigest, art.Size); err != nil {
 			return fmt.Errorf("commit of upload %q: %w", c.UploadID, err)
 		}
 	}
@@ -186,7 +193,7 @@ func applyCommit(a *applyCtx, c commitCmd) error {
 	artifacts := a.tx.Bucket(bucketArtifacts)
 	if old := artifacts.Get([]byte(path)); old != nil {
 		ref := storedRef(path, old)
-		a.release(ref.Digest)
+		a.release(ref.blob())
 		a.cnt.ArtifactBytes -= ref.Size
 	} else {
 		a.cnt.Artifacts++
@@ -206,7 +213,7 @@ func applyDeleteArtifacts(a *applyCtx, paths []string) error {
 			continue
 		}
 		ref := storedRef(p, old)
-		a.release(ref.Digest)
+		a.release(ref.blob())
 		a.cnt.Artifacts--
 		a.cnt.ArtifactBytes -= ref.Size
 		a.cntChanged = true
@@ -280,11 +287,20 @@ func getBlob(blobs *bolt.Bucket, digest []byte) (blobRecord, bool) {
 
 // artifactRef is what the FSM itself needs of a stored artifact record.
 type artifactRef struct {
-	Digest string `json:"digest"`
-	Size   int64  `json:"size"`
+	Digest     string `json:"digest"`
+	BlobDigest string `json:"blobDigest"`
+	Size       int64  `json:"size"`
 }
 
-// storedRef reads the digest and size of an artifact record written by a
+// blob is the digest the record's blob is stored under, as storage.Artifact.Blob.
+func (r artifactRef) blob() string {
+	if r.BlobDigest != "" {
+		return r.BlobDigest
+	}
+	return r.Digest
+}
+
+// storedRef reads the digests and size of an artifact record written by a
 // commit, which validated it, so a failure means the file is damaged.
 func storedRef(path string, v []byte) artifactRef {
 	var a artifactRef

@@ -12,7 +12,8 @@
 //	           "layout"   → big-endian uint64, this layout's version (3)
 //	           "counters" → artifacts, artifact bytes, blobs, blob bytes (4 × uint64)
 //	artifacts  path → the commit command's artifact JSON, stored verbatim
-//	blobs      digest → size(8) refs(4), a committed blob
+//	blobs      sha256 digest → size(8) refs(4), a committed blob; an artifact
+//	           names it by its blobDigest, or by its digest when that is sha256
 //	uploads    upload-id → startedAt(8) chunks(4) bytes(8), uncommitted uploads
 //	nodes      node id → the set-node command's JSON, stored verbatim
 //	current    kind/namespace/name/ → path of the object's newest committed

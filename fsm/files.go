@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 )
@@ -57,11 +58,28 @@ func (d blobDirs) blob(digest string) string {
 // lower-case hex, which is what the leader computes for every upload.
 func validDigest(digest string) bool {
 	hexPart, ok := strings.CutPrefix(digest, "sha256:")
-	if !ok || len(hexPart) != sha256.Size*2 {
+	return ok && len(hexPart) == sha256.Size*2 && isLowerHex(hexPart)
+}
+
+// validOtherDigest accepts the artifact digest a commit carries beside
+// its sha256 blob address: <algorithm>:<hex>, the algorithm in go-digest's
+// grammar and not sha256, the hex lower-case and at most 512 bits. It
+// checks the form only, not that this binary knows the algorithm, so a
+// replica applies what its peers apply whatever algorithms it was built with.
+func validOtherDigest(d string) bool {
+	algo, hexPart, ok := strings.Cut(d, ":")
+	if !ok || algo == "sha256" || !algorithmName.MatchString(algo) || hexPart == "" || len(hexPart) > 128 {
 		return false
 	}
-	for i := 0; i < len(hexPart); i++ {
-		if c := hexPart[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+	return isLowerHex(hexPart)
+}
+
+// algorithmName is go-digest's grammar of algorithm names.
+var algorithmName = regexp.MustCompile(`^[a-z0-9]+([+._-][a-z0-9]+)*$`)
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
 			return false
 		}
 	}

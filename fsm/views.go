@@ -289,7 +289,7 @@ func (f *FSM) NextBlob(after string) (digest string, size int64, ok bool, err er
 	return digest, size, ok, err
 }
 
-// ArtifactWithDigest returns an artifact whose content is digest, for a
+// ArtifactWithDigest returns an artifact whose blob is digest (sha256), for a
 // repair that asks peers by path. It scans every record: only for the
 // rare blob found corrupt.
 func (f *FSM) ArtifactWithDigest(digest string) (storage.Artifact, error) {
@@ -297,7 +297,7 @@ func (f *FSM) ArtifactWithDigest(digest string) (storage.Artifact, error) {
 	err := f.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketArtifacts).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if storedRef(string(k), v).Digest == digest {
+			if storedRef(string(k), v).blob() == digest {
 				return decodeArtifact(string(k), v, &found)
 			}
 		}

@@ -193,7 +193,8 @@ func (w sendfileWriter) ReadFrom(src io.Reader) (int64, error) {
 
 // sendVerifying is the first download of a blob file by this process: it
 // streams through sha256 and always holds the last piece read back until
-// the whole file hashed to its digest, so a corrupt file is never served
+// the whole file hashed to its blob address (sha256 whatever algorithm the
+// artifact's digest is in), so a corrupt file is never served
 // complete. One that fits the first read is checked before any byte goes
 // out, and a peer answers instead.
 func (s *artifactServer) sendVerifying(c echo.Context, k storage.Key, content *fsm.Content) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/fsm"
@@ -44,6 +45,8 @@ type memBackend struct {
 
 	lookups atomic.Int64
 	stores  atomic.Int64
+	// algo, when set, is the --artifact-digest-algo commits are made with.
+	algo digest.Algorithm
 }
 
 type memArtifact struct {
@@ -92,6 +95,9 @@ func (b *memBackend) commitLocked(p string, data []byte, rev string) storage.Art
 	}
 	a.Revision = rev
 	a.Digest = digestOf(data)
+	if b.algo != "" && b.algo != digest.SHA256 {
+		a.Digest, a.BlobDigest = b.algo.FromBytes(data).String(), a.Digest
+	}
 	a.Size = int64(len(data))
 	a.LastUpdateTime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
 	id := fmt.Sprintf("upload-%d", b.index)
@@ -131,9 +137,9 @@ func (b *memBackend) putAfter(p string, data []byte, d time.Duration) {
 // corrupt flips the byte at off in the blob file of the artifact at p.
 func (b *memBackend) corrupt(p string, off int64) {
 	b.mu.Lock()
-	digest := b.arts[p].a.Digest
+	blob := b.arts[p].a.Blob()
 	b.mu.Unlock()
-	name := filepath.Join(b.dir, "blobs", "sha256", strings.TrimPrefix(digest, "sha256:"))
+	name := filepath.Join(b.dir, "blobs", "sha256", strings.TrimPrefix(blob, "sha256:"))
 	fh, err := os.OpenFile(name, os.O_RDWR, 0)
 	if err != nil {
 		panic(err)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/storage"
 )
@@ -50,6 +52,11 @@ type Config struct {
 	// calls peers' internal APIs, through a clusterapi.Client.
 	APIToken   string
 	HTTPClient *http.Client
+
+	// DigestAlgorithm is the algorithm of every new artifact's Digest
+	// (Flux's --artifact-digest-algo); empty means sha256. The blob is
+	// addressed by sha256 whatever it is.
+	DigestAlgorithm digest.Algorithm
 
 	// MaxArtifactSize bounds one stored artifact; zero means no bound.
 	MaxArtifactSize int64
@@ -96,6 +103,9 @@ type TLSFiles struct {
 func (c *Config) setDefaults() {
 	if c.RaftAdvertise == "" {
 		c.RaftAdvertise = c.RaftBind
+	}
+	if c.DigestAlgorithm == "" {
+		c.DigestAlgorithm = digest.SHA256
 	}
 	if c.SnapshotBytes == 0 {
 		c.SnapshotBytes = 64 << 20
@@ -145,6 +155,9 @@ func (c *Config) validate() error {
 	}
 	if c.LogStore != LogStoreWAL && c.LogStore != LogStoreBoltDB {
 		return fmt.Errorf("raft log store %q: want %s or %s", c.LogStore, LogStoreWAL, LogStoreBoltDB)
+	}
+	if _, err := storage.DigestAlgorithm(c.DigestAlgorithm.String()); err != nil {
+		return fmt.Errorf("artifact digest algorithm: %w", err)
 	}
 	if c.TLS == nil && !c.Insecure {
 		return ErrNoTLS

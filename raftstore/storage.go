@@ -3,11 +3,9 @@ package raftstore
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"sync"
 	"time"
@@ -29,8 +27,10 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, storage.MaxChunkSi
 // Store streams content through the log in chunks under a fresh upload id,
 // then commits the artifact in one command. It returns once the commit is
 // applied on this (leader) node, which implies a quorum has it. When
-// a.Digest is set, content hashing to anything else is rejected before
-// the commit. On success a.Digest and a.Size describe the stored bytes.
+// a.Digest is set (in any algorithm this binary knows), content hashing
+// to anything else is rejected before the commit. On success a.Digest (in
+// the configured algorithm), a.BlobDigest and a.Size describe the stored
+// bytes, all hashed in the one pass that proposes them.
 func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader) (err error) {
 	defer func(start time.Time) { metrics.ObserveStorage("store", start, err) }(time.Now())
 	if _, err := storage.ParseWritePath(a.Path()); err != nil {
@@ -38,6 +38,10 @@ func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader
 	}
 	if a.IsAlias() {
 		return fmt.Errorf("%w: %s is the name every replica serves %s's current artifact under", storage.ErrInvalidPath, a.File, a.Object())
+	}
+	sums, err := newContentDigests(n.cfg.DigestAlgorithm, a.Digest)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", a.Path(), err)
 	}
 	r, err := n.leaderRaft()
 	if err != nil {
@@ -50,17 +54,14 @@ func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader
 	n.uploads.add(id)
 	defer n.uploads.remove(id)
 
-	chunks, size, sum, err := n.proposeChunks(ctx, r, id, content)
+	chunks, size, err := n.proposeChunks(ctx, r, id, content, sums)
 	if err == nil && a.ExpectedSize > 0 && size != a.ExpectedSize {
 		err = fmt.Errorf("%w: %d bytes of the %d declared", storage.ErrIncomplete, size, a.ExpectedSize)
 	}
 	if err == nil {
-		digest := "sha256:" + hex.EncodeToString(sum.Sum(nil))
-		if a.Digest != "" && a.Digest != digest {
-			err = fmt.Errorf("%w: expected %s, content is %s", storage.ErrDigestMismatch, a.Digest, digest)
-		} else {
-			stored := *a
-			stored.Digest, stored.Size = digest, size
+		stored := *a
+		if err = sums.artifact(&stored, n.cfg.DigestAlgorithm, a.Digest); err == nil {
+			stored.Size = size
 			if stored.LastUpdateTime.IsZero() {
 				stored.LastUpdateTime = time.Now().UTC().Truncate(time.Second)
 			}
@@ -97,10 +98,10 @@ func abortReason(err error) string {
 	return "other"
 }
 
-// proposeChunks reads content chunk by chunk, proposing each with a bounded
-// number in flight, and returns the chunk count, size and running digest.
-func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, content io.Reader) (uint32, int64, hash.Hash, error) {
-	sum := sha256.New()
+// proposeChunks reads content chunk by chunk, writing it to sums and
+// proposing each with a bounded number in flight, and returns the chunk
+// count and size.
+func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, content io.Reader, sums io.Writer) (uint32, int64, error) {
 	bufp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bufp)
 	buf := *bufp
@@ -121,25 +122,25 @@ func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, conte
 	}
 	for {
 		if err := ctx.Err(); err != nil {
-			return 0, 0, nil, err
+			return 0, 0, err
 		}
 		k, end, rerr := readChunk(content, buf)
 		if rerr != nil {
-			return 0, 0, nil, rerr
+			return 0, 0, rerr
 		}
 		size += int64(k)
 		if n.cfg.MaxArtifactSize > 0 && size > n.cfg.MaxArtifactSize {
-			return 0, 0, nil, fmt.Errorf("%w (%d bytes)", storage.ErrTooLarge, n.cfg.MaxArtifactSize)
+			return 0, 0, fmt.Errorf("%w (%d bytes)", storage.ErrTooLarge, n.cfg.MaxArtifactSize)
 		}
 		// An empty artifact still gets one (empty) chunk so the upload exists.
 		if k > 0 || seq == 0 {
-			sum.Write(buf[:k])
+			_, _ = sums.Write(buf[:k])
 			cmd := fsm.EncodeChunk(fsm.Chunk{UploadID: id, Seq: seq, StartedAt: started, Data: buf[:k]})
 			inflight = append(inflight, r.Apply(cmd, n.cfg.ApplyTimeout))
 			seq++
 			if len(inflight) == applyWindow {
 				if err := wait(inflight[0]); err != nil {
-					return 0, 0, nil, err
+					return 0, 0, err
 				}
 				inflight = inflight[1:]
 			}
@@ -150,10 +151,10 @@ func (n *Node) proposeChunks(ctx context.Context, r *raft.Raft, id string, conte
 	}
 	for _, f := range inflight {
 		if err := wait(f); err != nil {
-			return 0, 0, nil, err
+			return 0, 0, err
 		}
 	}
-	return seq, size, sum, nil
+	return seq, size, nil
 }
 
 // readChunk fills buf from content and reports whether the content ended.

@@ -1,7 +1,8 @@
 // Package storage holds the contract between the reconcilers, the HTTP
 // layer and the replicated store: the Artifact record, the Storage
-// interface, and the pure garbage-collection policy the leader evaluates
-// before proposing deletions.
+// interface, the pure garbage-collection policy the leader evaluates
+// before proposing deletions, and the digest algorithms artifacts may be
+// described in.
 package storage
 
 import (
@@ -48,12 +49,17 @@ var Kinds = [...]string{"gitrepository", "helmrepository", "helmchart", "ocirepo
 // Artifact describes one stored artifact. Its Path is Flux's
 // <kind>/<namespace>/<name>/<file> layout; Kind is the lower-case kind.
 type Artifact struct {
-	Kind           string            `json:"kind"`
-	Namespace      string            `json:"namespace"`
-	Name           string            `json:"name"`
-	File           string            `json:"file"`
-	Revision       string            `json:"revision,omitempty"`
-	Digest         string            `json:"digest,omitempty"`
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	File      string `json:"file"`
+	Revision  string `json:"revision,omitempty"`
+	Digest    string `json:"digest,omitempty"`
+	// BlobDigest is the sha256 digest ("sha256:<hex>") the content is
+	// stored, deduplicated, verified and repaired under, when Digest is of
+	// another algorithm (--artifact-digest-algo). Empty when Digest is
+	// sha256 itself, as in every artifact stored before the flag existed.
+	BlobDigest     string            `json:"blobDigest,omitempty"`
 	Size           int64             `json:"size"`
 	LastUpdateTime time.Time         `json:"lastUpdateTime"`
 	Metadata       map[string]string `json:"metadata,omitempty"`
@@ -61,6 +67,14 @@ type Artifact struct {
 	// declared (an HTTP Content-Length): Store refuses content of any
 	// other length with ErrIncomplete. It is never stored.
 	ExpectedSize int64 `json:"-"`
+}
+
+// Blob is the sha256 digest the artifact's content is stored under.
+func (a Artifact) Blob() string {
+	if a.BlobDigest != "" {
+		return a.BlobDigest
+	}
+	return a.Digest
 }
 
 // Path returns the artifact's storage path, which is also its URL path.
@@ -171,7 +185,8 @@ type GCPolicy struct {
 // Writes are replicated and return once a quorum committed them; reads are
 // served from the local replica.
 type Storage interface {
-	// Store streams content into the store and fills a.Digest and a.Size.
+	// Store streams content into the store and fills a.Digest (in the
+	// configured algorithm), a.BlobDigest and a.Size.
 	Store(ctx context.Context, a *Artifact, content io.Reader) error
 	Retrieve(ctx context.Context, a Artifact) (io.ReadCloser, error)
 	Exists(ctx context.Context, a Artifact) (bool, error)

@@ -41,7 +41,7 @@ type options struct {
 	retentionTTL, gcInterval                            time.Duration
 	retentionRecords                                    int
 	maxArtifactSize, snapshotBytes, scrubRate           int64
-	logLevel, raftLogStore                              string
+	logLevel, raftLogStore, digestAlgo                  string
 	limits                                              httpapi.Limits
 
 	// StatefulSet identity (package identity).
@@ -100,6 +100,7 @@ func main() {
 	flag.DurationVar(&o.retentionTTL, "artifact-retention-ttl", 60*time.Second, "How long superseded artifacts are kept.")
 	flag.IntVar(&o.retentionRecords, "artifact-retention-records", 2, "How many artifacts per source are kept, the current one included.")
 	flag.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "How often the leader collects garbage across all sources (0 disables).")
+	flag.StringVar(&o.digestAlgo, "artifact-digest-algo", "sha256", "The algorithm of every new artifact's digest (status.artifact.digest), as Flux's: sha1, sha256, sha384, sha512 or blake3. Blobs stay addressed by sha256.")
 	flag.Int64Var(&o.maxArtifactSize, "max-artifact-size", 1<<30, "Largest artifact accepted, in bytes.")
 	flag.Int64Var(&o.scrubRate, "scrub-rate", 16<<20, "Bytes per second the background scrub reads to check blob files against their digests (corrupt ones are repaired from a peer); 0 disables.")
 	flag.Int64Var(&o.snapshotBytes, "raft-snapshot-bytes", 64<<20, "Log bytes that trigger a Raft snapshot (at least; larger stores snapshot after half their size).")
@@ -128,6 +129,10 @@ func main() {
 }
 
 func run(o options, log *slog.Logger) error {
+	digestAlgo, err := storage.DigestAlgorithm(o.digestAlgo)
+	if err != nil {
+		return fmt.Errorf("--artifact-digest-algo: %w", err)
+	}
 	id, err := identity.Derive(identity.Flags{
 		NodeID: o.nodeID, Peers: o.peers, Replicas: o.replicas, PeerDNS: o.peerDNS,
 		RaftAddr: o.raftAddr, Advertise: o.raftAdvAddr, APIAddr: o.apiAddr, Join: o.join,
@@ -154,7 +159,7 @@ func run(o options, log *slog.Logger) error {
 		Retention:  storage.GCPolicy{TTL: o.retentionTTL, Records: o.retentionRecords},
 		GCInterval: o.gcInterval,
 		Join:       join, ServerStabilizationTime: o.stabilizationTime, DeadServerTimeout: o.deadServerTimeout,
-		Logger: log,
+		DigestAlgorithm: digestAlgo, Logger: log,
 	}
 	if o.tlsCert != "" || o.tlsKey != "" || o.tlsCA != "" {
 		cfg.TLS = &raftstore.TLSFiles{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, ServerName: o.tlsServerName}

@@ -228,6 +228,10 @@ func (c *Cluster) isBootstrap(r *Replica) bool {
 	return false
 }
 
+// SetArgs replaces the extra flags of every replica from its next start,
+// as an operator changing the StatefulSet's arguments does.
+func (c *Cluster) SetArgs(args []string) { c.opts.Args = args }
+
 // Start runs every replica that is not running.
 func (c *Cluster) Start() error {
 	for i := range c.Replicas {

@@ -32,20 +32,7 @@ import (
 // replicas, each source ends with exactly one artifact, and once the old
 // leader is back every replica serves them all to Flux's fetcher.
 func TestLeaderChangeMidReconcile(t *testing.T) {
-	env, err := testenv.StartEnv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Stop()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	gs, err := gitserver.Start(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gs.Close()
+	env, kubeconfig, gs := startEnvAndGit(t)
 
 	const sources = 8
 	revisions := map[string]string{}
@@ -200,19 +187,27 @@ func TestLeaderChangeMidReconcile(t *testing.T) {
 	if err := c.WaitApplied(ctx, leader, st.CommitIndex); err != nil {
 		t.Fatal(err)
 	}
-	// What kustomize-controller does with a status: Flux's ArchiveFetcher
-	// downloads, verifies the digest and extracts, from every replica.
-	fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(50<<20), fetch.WithUntar(tar.WithMaxUntarSize(50<<20)))
+	// Every replica serves every artifact to Flux's fetcher.
 	for i := range c.Replicas {
 		for p, d := range named {
-			dir := t.TempDir()
-			if err := fetcher.Fetch(c.ArtifactURL(i, p), d, dir); err != nil {
-				t.Fatalf("%s: ArchiveFetcher.Fetch(%s): %v", c.Replicas[i].ID, p, err)
-			}
-			if _, err := os.Stat(filepath.Join(dir, "deploy", "config.yaml")); err != nil {
-				t.Fatalf("%s: %s extracted without deploy/config.yaml: %v", c.Replicas[i].ID, p, err)
-			}
+			fluxFetch(ctx, t, c, i, p, d)
 		}
+	}
+}
+
+// fluxFetch is what kustomize-controller does with a status: Flux's
+// ArchiveFetcher downloads path from replica i, verifies it against
+// digest (in whichever algorithm it names) and extracts it, which must
+// give deploy/config.yaml.
+func fluxFetch(ctx context.Context, t *testing.T, c *cluster.Cluster, i int, path, digest string) {
+	t.Helper()
+	fetcher := fetch.New(fetch.WithRetries(1), fetch.WithMaxDownloadSize(50<<20), fetch.WithUntar(tar.WithMaxUntarSize(50<<20)))
+	dir := t.TempDir()
+	if err := fetcher.FetchWithContext(ctx, c.ArtifactURL(i, path), digest, dir); err != nil {
+		t.Fatalf("%s: ArchiveFetcher.Fetch(%s, %s): %v", c.Replicas[i].ID, path, digest, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "deploy", "config.yaml")); err != nil {
+		t.Fatalf("%s: %s extracted without deploy/config.yaml: %v", c.Replicas[i].ID, path, err)
 	}
 }
 
@@ -242,6 +237,27 @@ func getFromLive(ctx context.Context, c *cluster.Cluster, path string) (int, str
 		lastErr = err
 	}
 	return 0, "", lastErr
+}
+
+// startEnvAndGit starts envtest, writes its kubeconfig for the replicas
+// and starts a Git server, all stopped when the test ends.
+func startEnvAndGit(t *testing.T) (*testenv.Env, string, *gitserver.Server) {
+	t.Helper()
+	env, err := testenv.StartEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Stop() })
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	gs, err := gitserver.Start(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gs.Close() })
+	return env, kubeconfig, gs
 }
 
 func randomText(n int) string {
