@@ -66,10 +66,7 @@ FUZZ_TARGETS := ./storage:FuzzParsePath ./httpapi:FuzzArtifactPath ./httpapi:Fuz
 FUZZTIME ?= 10m
 .PHONY: fuzz fuzz-short
 fuzz fuzz-short:
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		echo "fuzz $${t#*:} in $${t%%:*} for $(if $(filter fuzz-short,$@),5s,$(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(if $(filter fuzz-short,$@),5s,$(FUZZTIME)) $${t%%:*}; \
-	done
+	GO=$(GO) hack/fuzz.sh $(if $(filter fuzz-short,$@),5s,$(FUZZTIME)) $(FUZZ_TARGETS)
 
 # The soak (test/soak, not part of `make test`): 3 replicas reconciling and
 # serving under steady load for SOAK_DURATION; fails on goroutine, fd, heap
