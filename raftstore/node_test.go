@@ -262,9 +262,14 @@ func TestNewLeaderIsCaughtUpWithoutANewCommand(t *testing.T) {
 		}
 	}
 	tc.converge()
+	before := l.Status().LastIndex
 	tc.stop(li)
 	_, nl := tc.leader()
+	// raft reports a leader before it appends its no-op: wait for it.
 	st := nl.Status()
+	for deadline := time.Now().Add(5 * time.Second); st.LastIndex <= before && time.Now().Before(deadline); st = nl.Status() {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if applied := nl.fsm.AppliedIndex(); applied >= st.LastIndex {
 		t.Fatalf("%s: the FSM applied %d of a log ending at %d: the log does not end in entries the FSM never sees", nl.cfg.NodeID, applied, st.LastIndex)
 	}
