@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	"github.com/opencontainers/go-digest"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -45,6 +45,8 @@ type BucketReconciler struct {
 	ArchiveMaxEntries int
 	// MaxObjectSize bounds each object; zero means ArchiveMaxSize.
 	MaxObjectSize int64
+	// DigestAlgorithm is the revision's, Flux's --artifact-digest-algo.
+	DigestAlgorithm digest.Algorithm
 }
 
 // bucketState is what the sub-reconcilers of one reconcile share.
@@ -158,13 +160,13 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 	}
 
 	cur := obj.GetArtifact()
-	if rev := idx.Revision(); !cur.HasRevision(rev) {
+	if rev := idx.Revision(r.DigestAlgorithm); !cur.HasRevision(rev) {
 		if err := bucketsrc.Download(fetchCtx, c, obj.Spec.BucketName, idx, st.dir, limits); err != nil {
 			return fetchErr(err)
 		}
 		// The revision of what was downloaded: objects may have changed
 		// since they were listed.
-		why := fmt.Sprintf("new upstream revision '%s'", idx.Revision())
+		why := fmt.Sprintf("new upstream revision '%s'", idx.Revision(r.DigestAlgorithm))
 		if err := bucketKind.markOutdated(ctx, sp, obj, r.ControllerName, why); err != nil {
 			return ResultEmpty, err
 		}
@@ -184,7 +186,7 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 // ArtifactInStorage=True when the status names an artifact of the
 // bucket's revision.
 func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.SerialPatcher, obj *sourcev1.Bucket, st *bucketState) (Result, error) {
-	revision := st.index.Revision()
+	revision := st.index.Revision(r.DigestAlgorithm)
 	defer func() {
 		if obj.GetArtifact().HasRevision(revision) {
 			conditions.Delete(obj, sourcev1.ArtifactOutdatedCondition)
@@ -197,7 +199,7 @@ func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.Seria
 		return ResultSuccess, nil
 	}
 
-	art := newArtifactFor(sourcev1.BucketKind, obj, revision, strings.TrimPrefix(revision, "sha256:")+".tar.gz")
+	art := newArtifactFor(sourcev1.BucketKind, obj, revision, digest.Digest(revision).Encoded()+".tar.gz")
 	err := r.store.storeDir(ctx, &art, st.dir, archive.Options{MaxSize: r.ArchiveMaxSize, MaxEntries: r.ArchiveMaxEntries})
 	if err != nil {
 		return ResultEmpty, storeFailed(obj, err, revision, "bucket content", sourcev1.StorageOperationFailedCondition)

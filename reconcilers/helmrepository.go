@@ -15,6 +15,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/patch"
 	"github.com/fluxcd/pkg/runtime/secrets"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	"github.com/opencontainers/go-digest"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -41,6 +42,8 @@ type HelmRepositoryReconciler struct {
 	// IndexMaxSize bounds the fetched index.yaml; zero is
 	// helmsrc.DefaultIndexMaxSize.
 	IndexMaxSize int64
+	// DigestAlgorithm is the revision's, Flux's --artifact-digest-algo.
+	DigestAlgorithm digest.Algorithm
 }
 
 // helmRepoState is what the sub-reconcilers of one reconcile share.
@@ -156,7 +159,7 @@ func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patc
 
 	fetchCtx, cancel := context.WithTimeout(ctx, helmTimeout(obj))
 	defer cancel()
-	file, revision, err := hc.FetchToFile(fetchCtx, hc.IndexURL(), "", "helmrepository-index-*.yaml", helmsrc.Limits{IndexMaxSize: r.IndexMaxSize}.Index())
+	file, revision, err := hc.FetchToFile(fetchCtx, hc.IndexURL(), "", "helmrepository-index-*.yaml", helmsrc.Limits{IndexMaxSize: r.IndexMaxSize}.Index(), r.DigestAlgorithm)
 	if err != nil {
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to fetch Helm repository index: %w", err), meta.FailedReason))
 	}
@@ -203,8 +206,7 @@ func (r *HelmRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *pat
 		return ResultSuccess, nil
 	}
 
-	hex := strings.TrimPrefix(st.revision, "sha256:")
-	art := newArtifactFor(sourcev1.HelmRepositoryKind, obj, st.revision, "index-"+hex+".yaml")
+	art := newArtifactFor(sourcev1.HelmRepositoryKind, obj, st.revision, "index-"+digest.Digest(st.revision).Encoded()+".yaml")
 	if err := r.store.Store(ctx, &art, strings.NewReader(string(st.index))); err != nil {
 		e := NewGeneric(fmt.Errorf("unable to save artifact to storage: %w", err), sourcev1.ArchiveOperationFailedReason)
 		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)

@@ -12,6 +12,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/events"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/go-logr/logr"
+	"github.com/opencontainers/go-digest"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -64,6 +65,10 @@ type Options struct {
 	// default (helm.DefaultIndexMaxSize, helm.DefaultChartMaxSize in sources/helm).
 	HelmIndexMaxSize int64
 	HelmChartMaxSize int64
+	// DigestAlgorithm is the algorithm of Bucket and HelmRepository
+	// revisions, as Flux's --artifact-digest-algo sets it; artifact digests
+	// are the Storage's. Default sha256.
+	DigestAlgorithm digest.Algorithm
 	// ControllerName defaults to DefaultControllerName.
 	ControllerName string
 	// CatchUp, when set, runs on gaining leadership before the manager
@@ -82,6 +87,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.ControllerName == "" {
 		o.ControllerName = DefaultControllerName
+	}
+	if o.DigestAlgorithm == "" {
+		o.DigestAlgorithm = digest.SHA256
 	}
 	if o.Concurrent <= 0 {
 		o.Concurrent = 2
@@ -255,8 +263,9 @@ func (r *LeaderRunner) runManager(ctx context.Context) error {
 	}
 	helmRepo := &HelmRepositoryReconciler{
 		Client: c, notifier: n, store: store,
-		ControllerName: r.opts.ControllerName,
-		IndexMaxSize:   r.opts.HelmIndexMaxSize,
+		ControllerName:  r.opts.ControllerName,
+		IndexMaxSize:    r.opts.HelmIndexMaxSize,
+		DigestAlgorithm: r.opts.DigestAlgorithm,
 	}
 	if err := helmRepo.SetupWithManager(mgr, r.opts.Concurrent); err != nil {
 		return fmt.Errorf("set up %s reconciler: %w", sourcev1.HelmRepositoryKind, err)
@@ -287,6 +296,7 @@ func (r *LeaderRunner) runManager(ctx context.Context) error {
 		ControllerName:    r.opts.ControllerName,
 		ArchiveMaxSize:    r.opts.ArchiveMaxSize,
 		ArchiveMaxEntries: r.opts.ArchiveMaxEntries,
+		DigestAlgorithm:   r.opts.DigestAlgorithm,
 	}
 	if err := bucket.SetupWithManager(mgr, r.opts.Concurrent); err != nil {
 		return fmt.Errorf("set up %s reconciler: %w", sourcev1.BucketKind, err)

@@ -166,7 +166,7 @@ func run(o options, log *slog.Logger) error {
 	}
 	node := raftstore.New(cfg)
 	if o.reconcile {
-		runner, err := newRunner(o, node, orDefault(o.storageAdvAddr, cfg.StorageAddr), cfg.Retention, log)
+		runner, err := newRunner(o, node, orDefault(o.storageAdvAddr, cfg.StorageAddr), cfg, log)
 		if err != nil {
 			return err
 		}
@@ -208,7 +208,7 @@ func run(o options, log *slog.Logger) error {
 }
 
 // newRunner builds the reconcilers' leadership runner from the flags.
-func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention storage.GCPolicy, log *slog.Logger) (*reconcilers.LeaderRunner, error) {
+func newRunner(o options, node *raftstore.Node, storageAdvAddr string, cfg raftstore.Config, log *slog.Logger) (*reconcilers.LeaderRunner, error) {
 	restCfg, err := ctrlconfig.GetConfig()
 	if err != nil {
 		return nil, fmt.Errorf("--reconcile: kubernetes config: %w", err)
@@ -218,7 +218,8 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, retention
 		RestConfig:              restCfg,
 		Storage:                 node,
 		StorageAdvAddr:          storageAdvAddr,
-		Retention:               retention,
+		Retention:               cfg.Retention,
+		DigestAlgorithm:         cfg.DigestAlgorithm,
 		EventsAddr:              o.eventsAddr,
 		Concurrent:              o.concurrent,
 		RequeueDependency:       o.requeueDependency,

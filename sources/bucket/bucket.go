@@ -9,8 +9,6 @@ package bucket
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +24,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sourceraft/sourceraft/archive"
@@ -80,8 +79,8 @@ type Limits struct {
 }
 
 // Index maps object keys to ETags. Its digest is the revision, in
-// Flux's form: sha256 over "<key> <etag>\n" for every key in sorted order,
-// written sha256:<hex>, so an unchanged bucket keeps its revision.
+// Flux's form: the digest of "<key> <etag>\n" for every key in sorted
+// order, written <algo>:<hex>, so an unchanged bucket keeps its revision.
 type Index struct {
 	mu    sync.Mutex
 	etags map[string]string
@@ -126,16 +125,16 @@ func (x *Index) Len() int {
 	return len(x.etags)
 }
 
-// Revision is the index digest, sha256:<hex>.
-func (x *Index) Revision() string {
-	h := sha256.New()
+// Revision is the index digest in algo (Flux's --artifact-digest-algo).
+func (x *Index) Revision(algo digest.Algorithm) string {
+	d := algo.Digester()
 	keys := x.keys()
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, k := range keys {
-		fmt.Fprintf(h, "%s %s\n", k, x.etags[k])
+		fmt.Fprintf(d.Hash(), "%s %s\n", k, x.etags[k])
 	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+	return d.Digest().String()
 }
 
 // ObjectPath is the slash path under the working directory where an

@@ -3,6 +3,7 @@ package bucket
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -11,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/sourceraft/sourceraft/archive"
 	"github.com/sourceraft/sourceraft/internal/filetest"
@@ -86,13 +89,19 @@ func TestBucketRevisionIsFluxIndexDigest(t *testing.T) {
 	idx := NewIndex()
 	idx.Add("b/y.yaml", "etag-2", 1)
 	idx.Add("a.yaml", "etag-1", 1)
-	sum := sha256.Sum256([]byte("a.yaml etag-1\nb/y.yaml etag-2\n"))
-	if got, want := idx.Revision(), "sha256:"+hex.EncodeToString(sum[:]); got != want {
+	listing := []byte("a.yaml etag-1\nb/y.yaml etag-2\n")
+	sum := sha256.Sum256(listing)
+	if got, want := idx.Revision(digest.SHA256), "sha256:"+hex.EncodeToString(sum[:]); got != want {
 		t.Fatalf("revision %s, want %s", got, want)
 	}
 	empty := sha256.Sum256(nil)
-	if got := NewIndex().Revision(); got != "sha256:"+hex.EncodeToString(empty[:]) {
+	if got := NewIndex().Revision(digest.SHA256); got != "sha256:"+hex.EncodeToString(empty[:]) {
 		t.Fatalf("empty revision %s", got)
+	}
+	// Flux's --artifact-digest-algo: the same listing in another algorithm.
+	sum512 := sha512.Sum512(listing)
+	if got, want := idx.Revision(digest.SHA512), "sha512:"+hex.EncodeToString(sum512[:]); got != want {
+		t.Fatalf("sha512 revision %s, want %s", got, want)
 	}
 }
 
@@ -216,8 +225,8 @@ func TestBucketLimits(t *testing.T) {
 				for k, v := range objects {
 					want.Add(k, bucketMemETag(v), int64(len(v)))
 				}
-				if idx.Revision() != want.Revision() {
-					t.Fatalf("revision %s, want that of the downloaded objects %s", idx.Revision(), want.Revision())
+				if idx.Revision(digest.SHA256) != want.Revision(digest.SHA256) {
+					t.Fatalf("revision %s, want that of the downloaded objects %s", idx.Revision(digest.SHA256), want.Revision(digest.SHA256))
 				}
 				return
 			}

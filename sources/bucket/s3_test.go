@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/sourceraft/sourceraft/internal/filetest"
 	"github.com/sourceraft/sourceraft/internal/minioserver"
 )
@@ -51,7 +53,7 @@ func TestS3FetchFromMinIO(t *testing.T) {
 	if len(files) != 2 || files["app/deploy.yaml"] != "deploy" || files["other/x.yaml"] != "x" {
 		t.Fatalf("files %v, want the two objects .sourceignore keeps", files)
 	}
-	rev := idx.Revision()
+	rev := idx.Revision(digest.SHA256)
 
 	_, files, err = s3Fetch(t, keys, name, "app/", nil, Limits{})
 	if err != nil {
@@ -66,16 +68,16 @@ func TestS3FetchFromMinIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.Revision() != rev {
-		t.Errorf("revision of an unchanged bucket moved: %s -> %s", rev, again.Revision())
+	if again.Revision(digest.SHA256) != rev {
+		t.Errorf("revision of an unchanged bucket moved: %s -> %s", rev, again.Revision(digest.SHA256))
 	}
 	m.Put(t, name, map[string]string{"other/x.yaml": "x2"})
 	changed, files, err := s3Fetch(t, keys, name, "", nil, Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if changed.Revision() == rev || files["other/x.yaml"] != "x2" {
-		t.Errorf("after a change: revision %s (was %s), files %v", changed.Revision(), rev, files)
+	if changed.Revision(digest.SHA256) == rev || files["other/x.yaml"] != "x2" {
+		t.Errorf("after a change: revision %s (was %s), files %v", changed.Revision(digest.SHA256), rev, files)
 	}
 
 	if _, _, err := s3Fetch(t, keys, name, "", nil, Limits{MaxObjectSize: 3}); !errors.Is(err, ErrLimit) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/Masterminds/semver/v3"
 	"github.com/fluxcd/pkg/runtime/transform"
+	"github.com/opencontainers/go-digest"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
@@ -150,7 +151,7 @@ func BuildFromRepository(ctx context.Context, c *Client, idx *Index, o RemoteBui
 	if err != nil {
 		return b, buildErr(ReasonChartPull, "failed to resolve chart URL: %w", err)
 	}
-	file, _, err := c.FetchToFile(ctx, href, o.Dir, "chart-*.tgz", o.MaxSize)
+	file, _, err := c.FetchToFile(ctx, href, o.Dir, "chart-*.tgz", o.MaxSize, digest.Canonical)
 	if err != nil {
 		return b, buildErr(ReasonChartPull, "failed to download chart for remote reference: %w", err)
 	}

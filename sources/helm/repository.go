@@ -9,13 +9,10 @@ package helm
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -24,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"helm.sh/helm/v3/pkg/repo"
 )
 
@@ -178,14 +176,14 @@ func (c *Client) fetch(ctx context.Context, href string, max int64, w io.Writer)
 
 // FetchToFile downloads href into a new temporary file in dir (named
 // after pattern, as os.CreateTemp), at most max bytes, returning its path
-// and the sha256:<hex> digest of its content.
-func (c *Client) FetchToFile(ctx context.Context, href, dir, pattern string, max int64) (string, string, error) {
+// and the <algo>:<hex> digest of its content.
+func (c *Client) FetchToFile(ctx context.Context, href, dir, pattern string, max int64, algo digest.Algorithm) (string, string, error) {
 	f, err := os.CreateTemp(dir, pattern)
 	if err != nil {
 		return "", "", err
 	}
-	h := sha256.New()
-	_, err = c.fetch(ctx, href, max, io.MultiWriter(f, h))
+	d := algo.Digester()
+	_, err = c.fetch(ctx, href, max, io.MultiWriter(f, d.Hash()))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -193,11 +191,7 @@ func (c *Client) FetchToFile(ctx context.Context, href, dir, pattern string, max
 		os.Remove(f.Name())
 		return "", "", err
 	}
-	return f.Name(), digestOf(h), nil
-}
-
-func digestOf(h hash.Hash) string {
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+	return f.Name(), d.Digest().String(), nil
 }
 
 // Index is a loaded repository index.

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+	_ "github.com/opencontainers/go-digest/blake3"
+	"github.com/zeebo/blake3"
 	"helm.sh/helm/v3/pkg/chart/loader"
 
 	"github.com/sourceraft/sourceraft/internal/helmserver"
@@ -16,9 +19,9 @@ import (
 
 // fetchIndex downloads and loads the repository's index as a
 // HelmRepository reconcile does.
-func fetchIndex(t *testing.T, c *Client, max int64) (*Index, string, error) {
+func fetchIndex(t *testing.T, c *Client, max int64, algo digest.Algorithm) (*Index, string, error) {
 	t.Helper()
-	file, digest, err := c.FetchToFile(t.Context(), c.IndexURL(), t.TempDir(), "index-*.yaml", max)
+	file, digest, err := c.FetchToFile(t.Context(), c.IndexURL(), t.TempDir(), "index-*.yaml", max, algo)
 	if err != nil {
 		return nil, "", err
 	}
@@ -46,16 +49,19 @@ func TestFetchIndexAndBuildFromRepository(t *testing.T) {
 	creds := ClientOptions{Username: helmserver.User, Password: helmserver.Password}
 	c := newClient(t, srv.URL(), creds)
 
-	if _, _, err := fetchIndex(t, c, 10); !errors.Is(err, ErrTooLarge) {
+	if _, _, err := fetchIndex(t, c, 10, digest.SHA256); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("index over the limit: error %v, want ErrTooLarge", err)
 	}
-	idx, digest, err := fetchIndex(t, c, DefaultIndexMaxSize)
+	idx, sum, err := fetchIndex(t, c, DefaultIndexMaxSize, digest.SHA256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(srv.IndexBytes())
-	if digest != "sha256:"+hex.EncodeToString(sum[:]) {
-		t.Errorf("index digest %s, want the sha256 of index.yaml as served", digest)
+	if want := sha256.Sum256(srv.IndexBytes()); sum != "sha256:"+hex.EncodeToString(want[:]) {
+		t.Errorf("index digest %s, want the sha256 of index.yaml as served", sum)
+	}
+	// Flux's --artifact-digest-algo: the same bytes in another algorithm.
+	if _, sum, err := fetchIndex(t, c, DefaultIndexMaxSize, digest.BLAKE3); err != nil || sum != "blake3:"+hex.EncodeToString(blake3Sum(srv.IndexBytes())) {
+		t.Errorf("blake3 index digest %s (%v), want the blake3 of index.yaml as served", sum, err)
 	}
 	if js, err := idx.JSON(); err != nil || !strings.Contains(string(js), `"version": "2.0.0"`) {
 		t.Errorf("index JSON: %v\n%s", err, js)
@@ -122,7 +128,7 @@ func TestFetchIndexAndBuildFromRepository(t *testing.T) {
 	if _, err := BuildFromRepository(t.Context(), anonymous, idx, RemoteBuildOptions{BuildOptions: BuildOptions{Dir: dir}, Chart: "app", MaxSize: DefaultChartMaxSize}); !errors.As(err, &be) || !strings.Contains(err.Error(), "401") {
 		t.Errorf("anonymous chart download: error %v, want the server's 401", err)
 	}
-	if _, _, err := fetchIndex(t, anonymous, DefaultIndexMaxSize); err == nil {
+	if _, _, err := fetchIndex(t, anonymous, DefaultIndexMaxSize, digest.SHA256); err == nil {
 		t.Error("anonymous index fetch succeeded")
 	}
 }
@@ -168,4 +174,9 @@ func TestBuildFromDirectory(t *testing.T) {
 			t.Errorf("%s: error %v, want reason %s", name, err, tt.reason)
 		}
 	}
+}
+
+func blake3Sum(b []byte) []byte {
+	sum := blake3.Sum256(b)
+	return sum[:]
 }
