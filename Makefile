@@ -58,15 +58,17 @@ chaos chaos-short: build envtest-bins host-tools
 
 # Go's native fuzzing of every parser of untrusted input; the seed corpora
 # are checked in under each package's testdata/fuzz. fuzz-short (in `make
-# test`) runs each target for a few seconds, `make fuzz` for FUZZTIME each.
+# test`) runs each target for a few seconds, `make fuzz` for FUZZTIME each,
+# FUZZ_JOBS of them at once (hack/fuzz.sh).
 FUZZ_TARGETS := ./storage:FuzzParsePath ./httpapi:FuzzArtifactPath ./httpapi:FuzzRange \
 	./httpapi:FuzzRegisterPeer ./archive:FuzzIgnorePatterns ./fsm:FuzzDecode ./fsm:FuzzRestore \
 	./sources/oci:FuzzExtractLayer ./sources/bucket:FuzzObjectPath ./sources/helm:FuzzLoadIndex \
 	./sources/helm:FuzzChartArchive
 FUZZTIME ?= 10m
+FUZZ_JOBS ?= 1
 .PHONY: fuzz fuzz-short
 fuzz fuzz-short:
-	GO=$(GO) hack/fuzz.sh $(if $(filter fuzz-short,$@),5s,$(FUZZTIME)) $(FUZZ_TARGETS)
+	GO=$(GO) FUZZ_JOBS=$(if $(filter fuzz-short,$@),1,$(FUZZ_JOBS)) hack/fuzz.sh $(if $(filter fuzz-short,$@),5s,$(FUZZTIME)) $(FUZZ_TARGETS)
 
 # The soak (test/soak, not part of `make test`): 3 replicas reconciling and
 # serving under steady load for SOAK_DURATION; fails on goroutine, fd, heap
