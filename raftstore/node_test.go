@@ -240,6 +240,52 @@ func TestMissingArtifactAfterBarrierIsNotFoundAtOnce(t *testing.T) {
 	}
 }
 
+// TestMissingArtifactIsNotFoundUnderSteadyUploads asks every replica, three
+// times, for an artifact that does not exist while eight uploaders keep the
+// log busy: each must answer "not found" within the 5 s a GET waits before
+// asking peers, not wait for an applied index that the next upload always
+// moves on (the chaos suite saw every replica hold a collected artifact's
+// request for the whole 5 s; the leader did so here before the fix).
+func TestMissingArtifactIsNotFoundUnderSteadyUploads(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	_, l := tc.leader()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	const uploaders = 8
+	uploads := make(chan error, uploaders)
+	for u := range uploaders {
+		go func() {
+			content := bytes.Repeat([]byte("u"), 600<<10) // two chunks
+			var err error
+			for i := 0; i < 10000 && ctx.Err() == nil && err == nil; i++ {
+				a := art(fmt.Sprintf("busy%d", u), fmt.Sprintf("%d.tar.gz", i))
+				err = l.Store(ctx, &a, bytes.NewReader(content))
+			}
+			if ctx.Err() != nil {
+				err = nil
+			}
+			uploads <- err
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // uploads under way
+	for range 3 {
+		for _, nd := range tc.nodes {
+			wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := nd.WaitFor(wctx, mustKey(t, art("app", "missing.tar.gz")))
+			cancel()
+			if !errors.Is(err, storage.ErrNotFound) {
+				t.Fatalf("%s: WaitFor a missing artifact under steady uploads = %v, want ErrNotFound", nd.cfg.NodeID, err)
+			}
+		}
+	}
+	stop()
+	for range uploaders {
+		if err := <-uploads; err != nil {
+			t.Fatalf("uploads: %v", err)
+		}
+	}
+}
+
 // TestNewLeaderIsCaughtUpWithoutANewCommand is the other half: after an
 // election the new leader's log ends in its own no-op, which the FSM never
 // sees. The new leader must count itself caught up at once, without

@@ -301,15 +301,27 @@ func (n *Node) catchUp(timeout time.Duration) {
 }
 
 // WaitFor blocks until the artifact at k is applied locally and opens it,
-// or this replica has applied everything it knows to be committed and
-// still lacks it, or ctx ends. The commit index it knows is refreshed while
-// it waits, so an artifact committed elsewhere a moment ago is waited for.
+// or this replica has applied everything that was committed when it was
+// asked and still lacks it, or ctx ends. The target is fixed by what was
+// known then: under a steady stream of uploads there is always a newer
+// entry, and an artifact that is gone must be answered 404 all the same
+// (the chaos suite saw every replica hold a collected artifact's request
+// for the whole 5 s). A leader knows what is committed; a follower also
+// counts the commands its log holds (a leader that just died may have
+// committed them, and the next one will) and, for freshReadWait, what its
+// leader says is committed, so an artifact committed a moment ago on the
+// leader is waited for.
 func (n *Node) WaitFor(ctx context.Context, k storage.Key) (*fsm.Content, error) {
 	r := n.raftOrNil()
 	if r == nil {
 		return nil, ErrNotOpen
 	}
 	target := r.CommitIndex()
+	var learnUntil time.Time
+	if r.State() != raft.Leader {
+		target = max(target, r.LastIndex())
+		learnUntil = time.Now().Add(freshReadWait)
+	}
 	for {
 		ch := n.fsm.Changed()
 		c, err := n.fsm.Open(k)
@@ -317,13 +329,10 @@ func (n *Node) WaitFor(ctx context.Context, k storage.Key) (*fsm.Content, error)
 			return c, err
 		}
 		applied := n.appliedIndex(r)
-		target = max(target, r.CommitIndex())
-		// Commands in this replica's log past what it has applied may be
-		// committed already: a live leader says so within a heartbeat, and
-		// if it just died (which this replica may not know yet) the next
-		// leader commits them. Wait for that rather than send the client
-		// to peers that cannot answer either.
-		if applied >= n.lastCommandIndex(max(target, r.LastIndex()), applied) {
+		if time.Now().Before(learnUntil) {
+			target = max(target, r.CommitIndex())
+		}
+		if applied >= n.lastCommandIndex(target, applied) {
 			return nil, err
 		}
 		select {
