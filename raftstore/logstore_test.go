@@ -15,6 +15,16 @@ import (
 	"github.com/sourceraft/sourceraft/storage"
 )
 
+// mustOpenLogStore opens the log store of kind in dir, as a node would.
+func mustOpenLogStore(t *testing.T, dir, kind string, stable *raftboltdb.BoltStore) logStore {
+	t.Helper()
+	l, err := openLogStore(dir, kind, 64<<20, stable, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 func openStable(t *testing.T, raftDir string) *raftboltdb.BoltStore {
 	t.Helper()
 	s, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
@@ -61,13 +71,9 @@ func TestLogStoreMovesEntriesBetweenBoltAndWAL(t *testing.T) {
 	if err := stable.SetUint64([]byte("CurrentTerm"), 3); err != nil {
 		t.Fatal(err)
 	}
-	hl := hclog.NewNullLogger()
 
 	// An upgrade: the log in raft.db moves into the WAL once.
-	w, err := openLogStore(dir, LogStoreWAL, 64<<20, stable, hl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := mustOpenLogStore(t, dir, LogStoreWAL, stable)
 	checkEntries(t, w, 5, 40, "v1")
 	checkEntries(t, stable, 0, 0, "")
 	if term, _ := stable.GetUint64([]byte("CurrentTerm")); term != 3 {
@@ -79,18 +85,12 @@ func TestLogStoreMovesEntriesBetweenBoltAndWAL(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	w, err = openLogStore(dir, LogStoreWAL, 64<<20, stable, hl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w = mustOpenLogStore(t, dir, LogStoreWAL, stable)
 	checkEntries(t, w, 5, 50, "v1")
 	w.Close()
 
 	// And back with --raft-log-store=boltdb: the WAL's entries return to raft.db.
-	b, err := openLogStore(dir, LogStoreBoltDB, 64<<20, stable, hl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := mustOpenLogStore(t, dir, LogStoreBoltDB, stable)
 	checkEntries(t, b, 5, 50, "v1")
 	if _, err := os.Stat(filepath.Join(dir, walDir)); !os.IsNotExist(err) {
 		t.Fatalf("wal dir still there after moving back: %v", err)
@@ -100,7 +100,7 @@ func TestLogStoreMovesEntriesBetweenBoltAndWAL(t *testing.T) {
 	}
 	checkEntries(t, stable, 5, 50, "v1") // closing the boltdb log leaves raft.db open
 
-	if _, err := openLogStore(dir, "leveldb", 64<<20, stable, hl); err == nil {
+	if _, err := openLogStore(dir, "leveldb", 64<<20, stable, hclog.NewNullLogger()); err == nil {
 		t.Fatal("unknown log store kind accepted")
 	}
 }
@@ -112,11 +112,7 @@ func TestLogStoreRecoversInterruptedMigration(t *testing.T) {
 	dir := t.TempDir()
 	stable := openStable(t, dir)
 	defer stable.Close()
-	hl := hclog.NewNullLogger()
-	w, err := openLogStore(dir, LogStoreWAL, 64<<20, stable, hl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := mustOpenLogStore(t, dir, LogStoreWAL, stable)
 	if err := w.StoreLogs(testEntries(1, 20, "wal")); err != nil {
 		t.Fatal(err)
 	}
@@ -133,10 +129,7 @@ func TestLogStoreRecoversInterruptedMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	w, err = openLogStore(dir, LogStoreWAL, 64<<20, stable, hl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w = mustOpenLogStore(t, dir, LogStoreWAL, stable)
 	checkEntries(t, w, 1, 20, "wal")
 	checkEntries(t, stable, 0, 0, "")
 	w.Close()
@@ -148,10 +141,7 @@ func TestLogStoreRecoversInterruptedMigration(t *testing.T) {
 	if err := stable.StoreLogs(testEntries(1, 7, "partial")); err != nil {
 		t.Fatal(err)
 	}
-	b, err := openLogStore(dir, LogStoreBoltDB, 64<<20, stable, hl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := mustOpenLogStore(t, dir, LogStoreBoltDB, stable)
 	checkEntries(t, b, 1, 20, "wal")
 }
 
@@ -211,11 +201,7 @@ func TestWALTailTruncationSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	stable := openStable(t, dir)
 	defer stable.Close()
-	hl := hclog.NewNullLogger()
-	w, err := openLogStore(dir, LogStoreWAL, 64<<20, stable, hl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := mustOpenLogStore(t, dir, LogStoreWAL, stable)
 	if err := w.StoreLogs(testEntries(1, 93, "v1")); err != nil {
 		t.Fatal(err)
 	}
@@ -226,10 +212,7 @@ func TestWALTailTruncationSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
-	w, err = openLogStore(dir, LogStoreWAL, 64<<20, stable, hl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w = mustOpenLogStore(t, dir, LogStoreWAL, stable)
 	defer w.Close()
 	checkEntries(t, w, 1, 95, "v1")
 }
