@@ -32,7 +32,8 @@ var ErrLimitExceeded = errors.New("archive limit exceeded")
 
 // LimitError reports which limit a directory exceeds.
 type LimitError struct {
-	// Limit is "size" (uncompressed bytes) or "entries".
+	// Limit is "size" (uncompressed bytes), "entries" or "depth" (the
+	// directories above one entry).
 	Limit string
 	// Max is the configured limit; Actual is what the tree holds, or what
 	// was counted up to the point the limit was crossed.
@@ -43,6 +44,8 @@ func (e *LimitError) Error() string {
 	switch e.Limit {
 	case LimitSize:
 		return fmt.Sprintf("%v: source holds at least %d bytes, the limit is %d", ErrLimitExceeded, e.Actual, e.Max)
+	case LimitDepth:
+		return fmt.Sprintf("%v: source holds an entry %d directories deep, the limit is %d", ErrLimitExceeded, e.Actual, e.Max)
 	default:
 		return fmt.Sprintf("%v: source holds at least %d entries, the limit is %d", ErrLimitExceeded, e.Actual, e.Max)
 	}
@@ -55,6 +58,7 @@ func (e *LimitError) Is(target error) bool { return target == ErrLimitExceeded }
 const (
 	LimitSize    = "size"
 	LimitEntries = "entries"
+	LimitDepth   = "depth"
 )
 
 // Filter reports whether the entry at the slash-separated path relative

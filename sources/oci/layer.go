@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"strings"
 
 	"github.com/fluxcd/pkg/tar"
@@ -42,6 +43,11 @@ type PullOptions struct {
 	File string
 	Limits
 }
+
+// maxEntryDepth bounds the directories above one entry of a layer: far
+// beyond any real source tree, and it keeps one entry from making
+// thousands of directories to create, walk and remove.
+const maxEntryDepth = 128
 
 // untarLimitMessage is how fluxcd/pkg/tar reports its size limit, which it
 // does not type; oci_test.go pins it.
@@ -129,8 +135,8 @@ func selectLayer(img gcrv1.Image, mediaType string) (gcrv1.Layer, error) {
 }
 
 // extractLayer extracts a tar.gz layer into dir with fluxcd/pkg/tar,
-// dropping symlinks, within the uncompressed size and entry limits, then
-// drains the stream so the layer digest is verified.
+// dropping symlinks, within the uncompressed size and entry limits and
+// maxEntryDepth, then drains the stream so the layer digest is verified.
 func extractLayer(r io.Reader, dir string, lim Limits) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -144,10 +150,13 @@ func extractLayer(r io.Reader, dir string, lim Limits) error {
 		entryErr error
 	)
 	err := tar.Untar(r, dir, tar.WithMaxUntarSize(maxSize), tar.WithSkipSymlinks(),
-		tar.WithFilter(func(string, os.FileInfo) bool {
+		tar.WithFilter(func(name string, _ os.FileInfo) bool {
 			entries++
 			if lim.Entries > 0 && entries > lim.Entries {
 				entryErr = &archive.LimitError{Limit: archive.LimitEntries, Max: int64(lim.Entries), Actual: int64(entries)}
+			}
+			if depth := strings.Count(strings.Trim(path.Clean("/"+name), "/"), "/"); entryErr == nil && depth > maxEntryDepth {
+				entryErr = &archive.LimitError{Limit: archive.LimitDepth, Max: maxEntryDepth, Actual: int64(depth)}
 			}
 			// Once over the limit nothing more is written.
 			return entryErr != nil

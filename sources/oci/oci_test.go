@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -182,7 +184,21 @@ func TestExtractLayerLimits(t *testing.T) {
 			}
 		})
 	}
-	err := extractLayer(strings.NewReader("not gzip"), t.TempDir(), Limits{})
+	deep := func(depth int) string { return strings.Repeat("d/", depth) + "f" }
+	dir := t.TempDir()
+	if err := extractLayer(bytes.NewReader(ociregistry.TarGz(t, map[string]string{deep(maxEntryDepth): "x"})), dir, Limits{}); err != nil {
+		t.Fatalf("an entry %d directories deep: %v", maxEntryDepth, err)
+	}
+	dir = t.TempDir()
+	err := extractLayer(bytes.NewReader(ociregistry.TarGz(t, map[string]string{"a": "x", deep(maxEntryDepth + 1): "x"})), dir, Limits{})
+	var le *archive.LimitError
+	if !errors.As(err, &le) || le.Limit != archive.LimitDepth || le.Actual != maxEntryDepth+1 {
+		t.Fatalf("an entry %d directories deep: %v, want a depth LimitError", maxEntryDepth+1, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "d")); !os.IsNotExist(err) {
+		t.Errorf("the refused entry's directories were created: %v", err)
+	}
+	err = extractLayer(strings.NewReader("not gzip"), t.TempDir(), Limits{})
 	if !errors.Is(err, ErrLayer) {
 		t.Errorf("a layer that is not tar.gz: %v", err)
 	}
