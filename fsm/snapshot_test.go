@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/sourceraft/sourceraft/internal/filetest"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -277,6 +278,38 @@ func TestSnapshotLinksBlobFiles(t *testing.T) {
 		t.Fatal("restored state differs from the snapshot's")
 	}
 	wantArtifact(t, dst, pathA, pattern(1, 3*storage.MaxChunkSize+5))
+}
+
+// TestRestoreRefusesDamagedLinkedBlob: a snapshot store checks a linked
+// blob file for its size only, so the restore's own sha256 check is what
+// refuses one whose bytes changed on disk; the state is left as it was.
+func TestRestoreRefusesDamagedLinkedBlob(t *testing.T) {
+	f := newFSM(t)
+	(&feeder{f: f}).ok(t, storeCmds(t, "u1", pathA, pattern(1, 2*storage.MaxChunkSize+7))...)
+	s, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &linkSink{dir: t.TempDir()}
+	if err := s.Persist(ls); err != nil {
+		t.Fatal(err)
+	}
+	if len(ls.links) != 1 {
+		t.Fatalf("%d files linked, want 1", len(ls.links))
+	}
+	filetest.FlipByte(t, ls.links[0].path, storage.MaxChunkSize+3)
+
+	dst := newFSM(t)
+	(&feeder{f: dst}).ok(t, storeCmds(t, "v1", pathB, pattern(2, 100))...)
+	before := contentHash(t, dst)
+	err = dst.Restore(io.NopCloser(bytes.NewReader(ls.stream(t))))
+	if err == nil || !strings.Contains(err.Error(), "hashes to") {
+		t.Fatalf("restore of a snapshot with a damaged linked blob: %v, want a digest mismatch", err)
+	}
+	if contentHash(t, dst) != before {
+		t.Fatal("a refused restore changed the state")
+	}
+	wantArtifact(t, dst, pathB, pattern(2, 100))
 }
 
 // TestRestoreKeepsGoodBlobFiles restores onto a replica that holds one of

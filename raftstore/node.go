@@ -32,7 +32,11 @@ var (
 )
 
 const (
-	maxAppendEntries = 16
+	// maxAppendEntries: raft-wal encodes one append's entries into a
+	// buffer that doubles from 64 KiB and never shrinks. 16 full chunks
+	// encode to just over 8 MiB, which grows it to 16 MiB on every
+	// replica; 15 keep it at 8 MiB.
+	maxAppendEntries = 15
 	logCacheEntries  = 16
 )
 
@@ -200,7 +204,7 @@ func (n *Node) raftConfig(hlog hclog.Logger) *raft.Config {
 	// entry-count trigger is only a backstop.
 	rc.SnapshotThreshold = 1 << 20
 	rc.SnapshotInterval = 30 * time.Second
-	// Entries are up to 512 KiB: 16 per AppendEntries bounds an RPC at
+	// Entries are up to 512 KiB: 15 per AppendEntries bounds an RPC below
 	// 8 MiB on both ends, which keeps peak memory independent of blob size
 	// while batching enough entries per append (one fsync each, and with
 	// LogStoreBoltDB one raft.db transaction that rarely rewrites a leaf

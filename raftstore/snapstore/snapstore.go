@@ -11,8 +11,11 @@
 //
 // Like raft's FileSnapshotStore: snapshots are built in a "<id>.tmp"
 // directory renamed into place on Close (so a crash leaves nothing
-// listed), every segment carries a CRC-64 checked on Open, and the newest
-// retain snapshots are kept. Snapshots written by raft's FileSnapshotStore
+// listed), every inline segment carries a CRC-64 checked on Open, and the
+// newest retain snapshots are kept. A linked segment is checked for its
+// size only: reading it for a checksum would read every immutable file
+// on every snapshot and again on every Open, and its reader verifies it
+// anyway (the FSM's restore checks each blob against its sha256). Snapshots written by raft's FileSnapshotStore
 // in the same directory (meta.json and state.bin) are read as one inline
 // segment, so a replica upgraded in place keeps its snapshots.
 package snapstore
@@ -59,7 +62,9 @@ var crcTable = crc64.MakeTable(crc64.ECMA)
 type Segment struct {
 	Name string
 	Size int64
-	CRC  uint64
+	// CRC is that of an inline segment; a linked one has none (releases
+	// before 2026-12-02 recorded one, which Open ignores).
+	CRC uint64 `json:",omitempty"`
 	// Linked is set when the file is a hard link to (or, across
 	// filesystems, a copy of) a file that LinkFile was given.
 	Linked bool `json:",omitempty"`
@@ -213,15 +218,7 @@ func (s *Store) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 			return nil, nil, fmt.Errorf("open snapshot %s: %w", id, err)
 		}
 		r.files = append(r.files, f)
-		h := crc64.New(crcTable)
-		n, err := io.Copy(h, bufio.NewReaderSize(f, 256<<10))
-		if err == nil && (n != seg.Size || h.Sum64() != seg.CRC) {
-			err = fmt.Errorf("segment %s: %d bytes with CRC %016x, want %d bytes with CRC %016x", seg.Name, n, h.Sum64(), seg.Size, seg.CRC)
-		}
-		if err == nil {
-			_, err = f.Seek(0, io.SeekStart)
-		}
-		if err != nil {
+		if err := checkSegment(f, seg); err != nil {
 			r.Close()
 			return nil, nil, fmt.Errorf("open snapshot %s: %w", id, err)
 		}
@@ -237,6 +234,27 @@ func (s *Store) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	}
 	r.Reader = bufio.NewReaderSize(io.MultiReader(readers...), 256<<10)
 	return &m.SnapshotMeta, r, nil
+}
+
+// checkSegment checks a linked segment's size and an inline one's size
+// and CRC, leaving f at its start.
+func checkSegment(f *os.File, seg Segment) error {
+	if seg.Linked {
+		fi, err := f.Stat()
+		if err == nil && fi.Size() != seg.Size {
+			err = fmt.Errorf("linked segment %s: %d bytes, want %d", seg.Name, fi.Size(), seg.Size)
+		}
+		return err
+	}
+	h := crc64.New(crcTable)
+	n, err := io.Copy(h, bufio.NewReaderSize(f, 256<<10))
+	if err == nil && (n != seg.Size || h.Sum64() != seg.CRC) {
+		err = fmt.Errorf("segment %s: %d bytes with CRC %016x, want %d bytes with CRC %016x", seg.Name, n, h.Sum64(), seg.Size, seg.CRC)
+	}
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	return err
 }
 
 type reader struct {
@@ -348,8 +366,8 @@ func (s *Sink) endInline() error {
 }
 
 // LinkFile appends the file at path as the stream's next segment: a hard
-// link when path is on the snapshot's filesystem, else a copy. Its CRC is
-// computed by reading it once; its size must be size.
+// link when path is on the snapshot's filesystem, else a copy. Its size
+// must be size; its bytes are not read.
 func (s *Sink) LinkFile(path string, size int64) error {
 	if s.done {
 		return fmt.Errorf("snapshot %s: link after close", s.meta.ID)
@@ -363,20 +381,14 @@ func (s *Sink) LinkFile(path string, size int64) error {
 			return fmt.Errorf("snapshot %s: link or copy %s: %w", s.meta.ID, path, err)
 		}
 	}
-	f, err := os.Open(dst)
+	fi, err := os.Stat(dst)
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", s.meta.ID, err)
 	}
-	defer f.Close()
-	h := crc64.New(crcTable)
-	n, err := io.Copy(h, bufio.NewReaderSize(f, 256<<10))
-	if err != nil {
-		return fmt.Errorf("snapshot %s: read %s: %w", s.meta.ID, path, err)
+	if fi.Size() != size {
+		return fmt.Errorf("snapshot %s: %s holds %d bytes, want %d", s.meta.ID, path, fi.Size(), size)
 	}
-	if n != size {
-		return fmt.Errorf("snapshot %s: %s holds %d bytes, want %d", s.meta.ID, path, n, size)
-	}
-	s.meta.Segments = append(s.meta.Segments, Segment{Name: filepath.Base(dst), Size: n, CRC: h.Sum64(), Linked: true})
+	s.meta.Segments = append(s.meta.Segments, Segment{Name: filepath.Base(dst), Size: size, Linked: true})
 	return nil
 }
 

@@ -49,6 +49,8 @@ type config struct {
 	verbose  bool
 	args     []string
 	deadline time.Duration
+	// profile is where replicas' profiles go; empty: none are taken.
+	profile string
 }
 
 var allPhases = []string{"serve", "replicate", "rss", "failover", "disk"}
@@ -72,9 +74,17 @@ func main() {
 	flag.BoolVar(&cfg.verbose, "v", false, "copy replica logs to stderr")
 	replicaArgs := flag.String("replica-args", "", "extra space-separated flags for every replica, for experiments (recorded in the JSON)")
 	flag.DurationVar(&cfg.deadline, "deadline", 15*time.Minute, "abort the whole run after this long")
+	flag.StringVar(&cfg.profile, "profile", "", "run replicas with --pprof and save profiles into this directory: the follower's CPU in each size's first serving round, the leader's CPU while it stores 100 MiB and its heap after each memory measurement")
 	flag.Parse()
 
 	cfg.args = strings.Fields(*replicaArgs)
+	if cfg.profile != "" {
+		if err := os.MkdirAll(cfg.profile, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "-profile:", err)
+			os.Exit(2)
+		}
+		cfg.args = append(cfg.args, "--pprof")
+	}
 	cfg.phases = map[string]bool{}
 	for _, p := range strings.Split(phases, ",") {
 		p = strings.TrimSpace(p)

@@ -55,6 +55,11 @@ func (b *bench) replicate(ctx context.Context, c *cluster.Cluster) error {
 				pids[i], io0[i] = pid, readProcIO(pid)
 			}
 		}
+		wait := func() {}
+		if run == 0 {
+			// Longer than the store; the profile's tail is the idle leader.
+			wait = b.cpuProfile(ctx, c.Replicas[leader].MetricsAddr, "replicate-leader-cpu", 3*time.Second)
+		}
 		pctx, cancel := context.WithTimeout(ctx, 120*time.Second)
 		start := time.Now()
 		res, err := c.Put(pctx, leader, path, bytes.NewReader(content), int64(len(content)))
@@ -74,6 +79,7 @@ func (b *bench) replicate(ctx context.Context, c *cluster.Cluster) error {
 			return err
 		}
 		allApplied = append(allApplied, time.Since(start).Seconds())
+		wait()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

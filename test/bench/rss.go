@@ -217,6 +217,7 @@ func (b *bench) rssStore(ctx context.Context, c *cluster.Cluster, prefix string,
 		return err
 	}
 	heapAfter, _ := scrapeMetric(ctx, c.Replicas[leader].MetricsAddr, "go_memstats_heap_sys_bytes")
+	b.heapProfile(ctx, c.Replicas[leader].MetricsAddr, prefix+"leader-heap")
 
 	pre, peak := before[lpid], peaks[lpid]
 	b.res.set(prefix+"peak_rss_mib", toMiB(peak.VmRSS-pre.VmRSS))

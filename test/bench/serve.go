@@ -80,7 +80,13 @@ func (b *bench) serve(ctx context.Context, c *cluster.Cluster) error {
 		}
 		for round := range b.cfg.rounds {
 			for _, s := range []*series{base, subj} {
-				if err := s.measure(ctx, gen, int64(len(content))); err != nil {
+				wait := func() {}
+				if round == 0 && s == subj {
+					wait = b.cpuProfile(ctx, c.Replicas[f].MetricsAddr, "serve-"+sz.name+"-follower-cpu", b.cfg.warmup+b.cfg.duration)
+				}
+				err := s.measure(ctx, gen, int64(len(content)))
+				wait()
+				if err != nil {
 					return fmt.Errorf("%s %s round %d: %w", s.name, sz.name, round+1, err)
 				}
 				fmt.Fprintf(os.Stderr, "   %-6s %-10s round %d: %8.1f req/s %8.1f MB/s  cpu cores: bench process %.2f, server %.2f (%.2f s/GB)\n",
