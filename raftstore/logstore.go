@@ -226,7 +226,7 @@ func (l *walLog) reopenLocked() error {
 		l.openErr = err
 		return err
 	}
-	w, err := wal.Open(l.dir, wal.WithLogger(l.hlog), wal.WithSegmentSize(l.segmentBytes))
+	w, err := wal.Open(l.dir, wal.WithLogger(l.hlog), wal.WithSegmentSize(l.segmentBytes), wal.WithSegmentFiler(newReleasingFiler(l.dir)))
 	if err != nil {
 		l.openErr = fmt.Errorf("open raft wal: %w", err)
 		return l.openErr

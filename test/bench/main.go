@@ -74,7 +74,7 @@ func main() {
 	flag.BoolVar(&cfg.verbose, "v", false, "copy replica logs to stderr")
 	replicaArgs := flag.String("replica-args", "", "extra space-separated flags for every replica, for experiments (recorded in the JSON)")
 	flag.DurationVar(&cfg.deadline, "deadline", 15*time.Minute, "abort the whole run after this long")
-	flag.StringVar(&cfg.profile, "profile", "", "run replicas with --pprof and save profiles into this directory: the follower's CPU in each size's first serving round, the leader's CPU while it stores 100 MiB and its heap after each memory measurement")
+	flag.StringVar(&cfg.profile, "profile", "", "run replicas with --pprof and save profiles into this directory: the follower's CPU in each size's first serving round, the leader's CPU while it stores 100 MiB, and the leader's and a follower's heap after each memory measurement")
 	flag.Parse()
 
 	cfg.args = strings.Fields(*replicaArgs)

@@ -218,6 +218,9 @@ func (b *bench) rssStore(ctx context.Context, c *cluster.Cluster, prefix string,
 	}
 	heapAfter, _ := scrapeMetric(ctx, c.Replicas[leader].MetricsAddr, "go_memstats_heap_sys_bytes")
 	b.heapProfile(ctx, c.Replicas[leader].MetricsAddr, prefix+"leader-heap")
+	if f, err := follower(c, leader); err == nil {
+		b.heapProfile(ctx, c.Replicas[f].MetricsAddr, prefix+"follower-heap")
+	}
 
 	pre, peak := before[lpid], peaks[lpid]
 	b.res.set(prefix+"peak_rss_mib", toMiB(peak.VmRSS-pre.VmRSS))
