@@ -18,13 +18,14 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// FileLinker is what a raft.SnapshotSink may implement to keep an
-// immutable file by reference instead of receiving its bytes: Persist
-// calls LinkFile(path, size) where it would write the file's size bytes,
-// and the sink must splice exactly those bytes into the stream at that
-// point when the snapshot is opened. A SnapshotStore on the same volume
-// keeps a hard link, so a snapshot on a replica's own disk never copies
-// blob bytes again.
+// FileLinker is what a raft.SnapshotSink may implement to keep a file's
+// bytes by reference instead of receiving them: Persist calls
+// LinkFile(path, size) where it would write the file's first size bytes
+// (all of a blob file, what an upload file holds so far; neither ever
+// changes, though an upload file grows), and the sink must splice exactly
+// those bytes into the stream at that point when the snapshot is opened.
+// A SnapshotStore on the same volume keeps a hard link, so a snapshot on a
+// replica's own disk never copies blob or upload bytes.
 type FileLinker interface {
 	LinkFile(path string, size int64) error
 }
@@ -52,9 +53,10 @@ const snapshotVersion = 4
 // Snapshot captures the applied state on the FSM goroutine: a read
 // transaction for the database, a hard link of every blob file into a pin
 // directory (so that a delete or garbage collection applied while Persist
-// runs cannot take one away, and a FileLinker gets a stable path), and an
-// open descriptor of every upload file with its length at this index:
-// later chunks are only ever written beyond it.
+// runs cannot take one away, and a FileLinker gets a stable path), and a
+// hard link of every upload file beside them, held open, with its length
+// at this index: later chunks are only ever written beyond it, so a
+// FileLinker may keep that prefix by link as well.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -82,6 +84,7 @@ type pinnedBlob struct {
 type pinnedUpload struct {
 	id   string
 	size int64
+	path string
 	file *os.File
 }
 
@@ -120,11 +123,16 @@ func (s *snapshot) pin(dirs blobDirs) error {
 		if err != nil {
 			return fmt.Errorf("upload %q: %w", k, err)
 		}
-		fh, err := os.Open(dirs.upload(string(k)))
+		// Upload ids are free-form: the pin is named by its position.
+		pinned := filepath.Join(dir, fmt.Sprintf("upload-%d", len(s.uploads)))
+		if err := os.Link(dirs.upload(string(k)), pinned); err != nil {
+			return fmt.Errorf("pin upload file: %w", err)
+		}
+		fh, err := os.Open(pinned)
 		if err != nil {
 			return fmt.Errorf("pin upload file: %w", err)
 		}
-		s.uploads = append(s.uploads, pinnedUpload{id: string(k), size: up.Bytes, file: fh})
+		s.uploads = append(s.uploads, pinnedUpload{id: string(k), size: up.Bytes, path: pinned, file: fh})
 		return nil
 	})
 }
@@ -187,6 +195,20 @@ func (s *snapshot) write(sink raft.SnapshotSink) error {
 	for _, u := range s.uploads {
 		if _, err := w.Write(recordHeader('U', u.id, u.size)); err != nil {
 			return err
+		}
+		if linker != nil {
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			// Chunks are written without fsync; the snapshot must hold
+			// them durably, as the inline copy it replaces did.
+			if err := u.file.Sync(); err != nil {
+				return fmt.Errorf("upload %q: %w", u.id, err)
+			}
+			if err := linker.LinkFile(u.path, u.size); err != nil {
+				return fmt.Errorf("link upload %q: %w", u.id, err)
+			}
+			continue
 		}
 		if n, err := copyBuffered(w, io.NewSectionReader(u.file, 0, u.size)); err != nil || n != u.size {
 			return fmt.Errorf("upload %q: copied %d of %d bytes: %v", u.id, n, u.size, err)

@@ -60,8 +60,7 @@ type Config struct {
 
 	// MaxArtifactSize bounds one stored artifact; zero means no bound.
 	MaxArtifactSize int64
-	// SnapshotBytes is how many log bytes trigger a snapshot at least;
-	// larger stores snapshot after half their size.
+	// SnapshotBytes is how many log bytes trigger a snapshot.
 	SnapshotBytes int64
 	// LogStore is where the Raft log lives: LogStoreWAL (the default) or
 	// LogStoreBoltDB. A replica whose log is in the other store moves its

@@ -121,18 +121,13 @@ func (n *Node) sweepUploads(ctx context.Context, orphans bool) {
 	n.log.Info("aborted uploads without commit", "count", len(dead))
 }
 
-// maybeSnapshot snapshots once the log has grown by SnapshotBytes, or by
-// half the stored blob bytes if that is more, since the last snapshot. Disk use
-// is then bounded by bytes rather than entry counts (store + one snapshot
-// + at most half a store of log: 2.5 times the live data), while the cost
-// of copying the store into a snapshot stays proportional to what was
-// written.
+// maybeSnapshot snapshots once the log has grown by SnapshotBytes since
+// the last snapshot, so the log kept on disk is bounded by bytes rather
+// than entry counts. A snapshot
+// costs little whatever the store's size, since it links blob and upload
+// files rather than copying them (fsm.FileLinker, snapstore).
 func (n *Node) maybeSnapshot() {
-	threshold := n.cfg.SnapshotBytes
-	if st, err := n.fsm.Stats(); err == nil && st.BlobBytes/2 > threshold {
-		threshold = st.BlobBytes / 2
-	}
-	if n.logBytes.sinceSnapshot.Load() < threshold {
+	if n.logBytes.sinceSnapshot.Load() < n.cfg.SnapshotBytes {
 		return
 	}
 	err := n.raft.Snapshot().Error()

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/sourceraft/sourceraft/clusterapi"
+	"github.com/sourceraft/sourceraft/internal/freeport"
 	"github.com/sourceraft/sourceraft/internal/pki"
 	"github.com/sourceraft/sourceraft/storage"
 )
@@ -131,12 +132,11 @@ func (tc *testCluster) converge() {
 }
 
 func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 func randomBytes(seed int64, n int) []byte {

@@ -103,7 +103,7 @@ func main() {
 	flag.StringVar(&o.digestAlgo, "artifact-digest-algo", "sha256", "The algorithm of every new artifact's digest (status.artifact.digest), as Flux's: sha1, sha256, sha384, sha512 or blake3. Blobs stay addressed by sha256.")
 	flag.Int64Var(&o.maxArtifactSize, "max-artifact-size", 1<<30, "Largest artifact accepted, in bytes.")
 	flag.Int64Var(&o.scrubRate, "scrub-rate", 16<<20, "Bytes per second the background scrub reads to check blob files against their digests (corrupt ones are repaired from a peer); 0 disables.")
-	flag.Int64Var(&o.snapshotBytes, "raft-snapshot-bytes", 64<<20, "Log bytes that trigger a Raft snapshot (at least; larger stores snapshot after half their size).")
+	flag.Int64Var(&o.snapshotBytes, "raft-snapshot-bytes", 64<<20, "Log bytes that trigger a Raft snapshot.")
 	flag.IntVar(&o.limits.MaxConnections, "max-connections", 1024, "Connections open at once on the artifact listener, and again on the internal API; beyond it a new connection is answered 503 (0: unbounded).")
 	flag.DurationVar(&o.limits.WriteIdleTimeout, "write-idle-timeout", 30*time.Second, "Cut a connection whose client takes less than 1 KiB of a response in this long; renewed while it makes progress (0: never).")
 	flag.DurationVar(&o.limits.ReadIdleTimeout, "read-idle-timeout", 30*time.Second, "Cut a request body that sends less than 1 KiB in this long; renewed while it makes progress; also bounds request headers (at most 10s) (0: no body limit).")

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/sourceraft/sourceraft/clusterapi"
+	"github.com/sourceraft/sourceraft/internal/freeport"
 	"github.com/sourceraft/sourceraft/internal/pki"
 )
 
@@ -71,10 +72,7 @@ type Cluster struct {
 	// uploads has no overall timeout: a PUT is bounded by its context, as
 	// a GiB at disk speed outlasts the minute any other request may take.
 	uploads *clusterapi.Client
-	// ports handed out so far: the kernel may offer a port again once its
-	// probe listener is closed, and two replicas must never share one.
-	ports map[string]bool
-	net   *network
+	net     *network
 }
 
 // New prepares directories, ports and certificates; Start runs the processes.
@@ -556,31 +554,15 @@ func (c *Cluster) ArtifactURL(i int, path string) string {
 }
 
 // freePorts returns n loopback addresses that are free now and were never
-// handed out by this cluster before.
+// handed out in this process before (freeport), so no two replicas share one.
 func (c *Cluster) freePorts(n int) ([]string, error) {
-	if c.ports == nil {
-		c.ports = map[string]bool{}
-	}
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var addrs []string
-	for tries := 0; len(addrs) < n; tries++ {
-		if tries > 100*n {
-			return nil, errors.New("find a free port: every offered port was taken before")
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs := make([]string, n)
+	for i := range addrs {
+		a, err := freeport.Addr()
 		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
+			return nil, err
 		}
-		ls = append(ls, l)
-		if addr := l.Addr().String(); !c.ports[addr] {
-			c.ports[addr] = true
-			addrs = append(addrs, addr)
-		}
+		addrs[i] = a
 	}
 	return addrs, nil
 }

@@ -12,8 +12,9 @@
 // Like raft's FileSnapshotStore: snapshots are built in a "<id>.tmp"
 // directory renamed into place on Close (so a crash leaves nothing
 // listed), every inline segment carries a CRC-64 checked on Open, and the
-// newest retain snapshots are kept. A linked segment is checked for its
-// size only: reading it for a checksum would read every immutable file
+// newest retain snapshots are kept. A linked segment is the first bytes
+// of a file that must not change (it may grow), checked for its size
+// only: reading it for a checksum would read every immutable file
 // on every snapshot and again on every Open, and its reader verifies it
 // anyway (the FSM's restore checks each blob against its sha256). Snapshots written by raft's FileSnapshotStore
 // in the same directory (meta.json and state.bin) are read as one inline
@@ -43,8 +44,9 @@ import (
 // links its immutable files into the snapshot when the sink has it, and
 // writes their bytes otherwise.
 type Linker interface {
-	// LinkFile appends the file at path, of size bytes, to the stream as
-	// its next segment. The file must not change afterwards.
+	// LinkFile appends the first size bytes of the file at path to the
+	// stream as its next segment. Those bytes must not change afterwards;
+	// the file may grow past them.
 	LinkFile(path string, size int64) error
 }
 
@@ -211,7 +213,8 @@ func (s *Store) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	}
 	r := &reader{}
 	var total int64
-	for _, seg := range m.segments() {
+	segs := m.segments()
+	for _, seg := range segs {
 		f, err := os.Open(filepath.Join(s.dir, id, seg.Name))
 		if err != nil {
 			r.Close()
@@ -230,19 +233,20 @@ func (s *Store) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	}
 	readers := make([]io.Reader, len(r.files))
 	for i, f := range r.files {
-		readers[i] = f
+		// A linked file may have grown past its segment.
+		readers[i] = io.NewSectionReader(f, 0, segs[i].Size)
 	}
 	r.Reader = bufio.NewReaderSize(io.MultiReader(readers...), 256<<10)
 	return &m.SnapshotMeta, r, nil
 }
 
-// checkSegment checks a linked segment's size and an inline one's size
-// and CRC, leaving f at its start.
+// checkSegment checks that a linked segment's file holds its bytes, and
+// an inline one's size and CRC, leaving f at its start.
 func checkSegment(f *os.File, seg Segment) error {
 	if seg.Linked {
 		fi, err := f.Stat()
-		if err == nil && fi.Size() != seg.Size {
-			err = fmt.Errorf("linked segment %s: %d bytes, want %d", seg.Name, fi.Size(), seg.Size)
+		if err == nil && fi.Size() < seg.Size {
+			err = fmt.Errorf("linked segment %s: %d bytes, want at least %d", seg.Name, fi.Size(), seg.Size)
 		}
 		return err
 	}
@@ -365,9 +369,9 @@ func (s *Sink) endInline() error {
 	return nil
 }
 
-// LinkFile appends the file at path as the stream's next segment: a hard
-// link when path is on the snapshot's filesystem, else a copy. Its size
-// must be size; its bytes are not read.
+// LinkFile appends the first size bytes of the file at path as the
+// stream's next segment: a hard link when path is on the snapshot's
+// filesystem, else a copy of those bytes. Its bytes are not read.
 func (s *Sink) LinkFile(path string, size int64) error {
 	if s.done {
 		return fmt.Errorf("snapshot %s: link after close", s.meta.ID)
@@ -377,7 +381,7 @@ func (s *Sink) LinkFile(path string, size int64) error {
 	}
 	dst := filepath.Join(s.dir, s.nextName("link"))
 	if err := os.Link(path, dst); err != nil {
-		if err := copyFile(dst, path); err != nil {
+		if err := copyFile(dst, path, size); err != nil {
 			return fmt.Errorf("snapshot %s: link or copy %s: %w", s.meta.ID, path, err)
 		}
 	}
@@ -385,14 +389,15 @@ func (s *Sink) LinkFile(path string, size int64) error {
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", s.meta.ID, err)
 	}
-	if fi.Size() != size {
-		return fmt.Errorf("snapshot %s: %s holds %d bytes, want %d", s.meta.ID, path, fi.Size(), size)
+	if fi.Size() < size {
+		return fmt.Errorf("snapshot %s: %s holds %d bytes, want at least %d", s.meta.ID, path, fi.Size(), size)
 	}
 	s.meta.Segments = append(s.meta.Segments, Segment{Name: filepath.Base(dst), Size: size, Linked: true})
 	return nil
 }
 
-func copyFile(dst, src string) error {
+// copyFile copies the first size bytes of src to dst.
+func copyFile(dst, src string, size int64) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -402,7 +407,7 @@ func copyFile(dst, src string) error {
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(out, in)
+	_, err = io.CopyN(out, in, size)
 	if err == nil {
 		err = out.Sync()
 	}

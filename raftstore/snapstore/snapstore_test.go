@@ -19,6 +19,8 @@ import (
 type part struct {
 	inline []byte
 	file   string
+	// size is how much of file the snapshot holds; 0 is all of it.
+	size int64
 }
 
 // synthSnapshot is a raft.FSMSnapshot as an FSM with immutable blob files
@@ -34,12 +36,16 @@ func (s synthSnapshot) Persist(sink raft.SnapshotSink) error {
 				}
 				continue
 			}
-			fi, err := os.Stat(p.file)
-			if err != nil {
-				return err
+			size := p.size
+			if size == 0 {
+				fi, err := os.Stat(p.file)
+				if err != nil {
+					return err
+				}
+				size = fi.Size()
 			}
 			if l, ok := sink.(Linker); ok {
-				if err := l.LinkFile(p.file, fi.Size()); err != nil {
+				if err := l.LinkFile(p.file, size); err != nil {
 					return err
 				}
 				continue
@@ -48,7 +54,7 @@ func (s synthSnapshot) Persist(sink raft.SnapshotSink) error {
 			if err != nil {
 				return err
 			}
-			_, err = io.Copy(sink, f)
+			_, err = io.CopyN(sink, f, size)
 			f.Close()
 			if err != nil {
 				return err
@@ -180,6 +186,35 @@ func TestLinkedStreamIsTheInlineStream(t *testing.T) {
 	}
 }
 
+// TestLinkedPrefixOfAGrowingFile links the first bytes of a file that is
+// still being written (an upload in progress): the snapshot holds exactly
+// those bytes, whatever is appended to the file afterwards.
+func TestLinkedPrefixOfAGrowingFile(t *testing.T) {
+	data := randomBytes(3, 1<<16)
+	src := writeFile(t, filepath.Join(t.TempDir(), "upload"), data[:40000])
+	before, after := randomBytes(4, 300), randomBytes(5, 200)
+	snap := synthSnapshot{parts: []part{{inline: before}, {file: src, size: 30000}, {inline: after}}}
+	s := newStore(t, t.TempDir(), 1)
+	id := persist(t, s, 5, snap, true)
+	f, err := os.OpenFile(src, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data[40000:]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	want := append(append(append([]byte(nil), before...), data[:30000]...), after...)
+	meta, got := readSnapshot(t, s, id)
+	if !bytes.Equal(got, want) || meta.Size != int64(len(want)) {
+		t.Fatalf("snapshot holds %d bytes (meta %d), want the %d of the inline parts and the file's first 30000", len(got), meta.Size, len(want))
+	}
+	inline := newStore(t, t.TempDir(), 1)
+	if _, got := readSnapshot(t, inline, persist(t, inline, 5, snap, false)); !bytes.Equal(got, want) {
+		t.Fatal("the inline snapshot of the same parts differs")
+	}
+}
+
 func TestLinkedFileOutlivesItsSource(t *testing.T) {
 	blobs := t.TempDir()
 	content := randomBytes(4, 1<<20)
@@ -289,8 +324,8 @@ func TestIncompleteSnapshotsAreNeverListed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sink.(Linker).LinkFile(a, 4999); err == nil {
-		t.Fatal("link of a file of the wrong size accepted")
+	if err := sink.(Linker).LinkFile(a, 5001); err == nil {
+		t.Fatal("link of more bytes than the file holds accepted")
 	}
 	sink.Cancel()
 	if metas, _ := s.List(); len(metas) != 0 {
