@@ -34,6 +34,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/sourceraft/sourceraft/internal/pki"
+
 	// The registry's storage driver and access controller register
 	// themselves by name.
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
@@ -61,12 +63,17 @@ type Registry struct {
 }
 
 // Registries are the registries the tests of one binary share: an open
-// one (plain HTTP), one behind htpasswd basic auth (User, Password), and
-// a TLS front of the open one's storage whose certificate is TLSCA.
+// one (plain HTTP), one behind htpasswd basic auth (User, Password), a
+// TLS front of the open one's storage whose certificate is TLSCA, and a
+// mutual-TLS front of it that requires a client certificate of MTLSCA.
 type Registries struct {
-	Open, Private, TLS *Registry
+	Open, Private, TLS, MTLS *Registry
 	// TLSCA is the PEM certificate the TLS registry serves.
 	TLSCA []byte
+	// MTLSCA signs the MTLS registry's certificate and the client
+	// certificate it accepts, MTLSClient (PEM).
+	MTLSCA     []byte
+	MTLSClient pki.Pair
 }
 
 var (
@@ -123,7 +130,35 @@ func start() (*Registries, error) {
 	tlsSrv.StartTLS()
 	r.TLS = newRegistry(tlsSrv, nil)
 	r.TLSCA = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw})
+	if r.MTLS, r.MTLSCA, r.MTLSClient, err = startMTLS(open); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// startMTLS serves h over TLS to clients with a certificate of a new CA.
+func startMTLS(h http.Handler) (*Registry, []byte, pki.Pair, error) {
+	ca, err := pki.NewCA("ociregistry")
+	if err != nil {
+		return nil, nil, pki.Pair{}, err
+	}
+	srvPair, err := ca.IssueLoopback("registry")
+	if err != nil {
+		return nil, nil, pki.Pair{}, err
+	}
+	client, err := ca.IssueLoopback("client")
+	if err != nil {
+		return nil, nil, pki.Pair{}, err
+	}
+	cfg, err := ca.TLSConfig(srvPair)
+	if err != nil {
+		return nil, nil, pki.Pair{}, err
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = cfg
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	return newRegistry(srv, nil), ca.PEM, client, nil
 }
 
 func newRegistry(srv *httptest.Server, auth authn.Authenticator) *Registry {
