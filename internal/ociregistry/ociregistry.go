@@ -33,6 +33,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/crypto/bcrypt"
+	"helm.sh/helm/v3/pkg/registry"
 
 	"github.com/sourceraft/sourceraft/internal/pki"
 
@@ -207,6 +208,31 @@ func (r *Registry) Push(t testing.TB, repo, tag string, layers ...Layer) gcrv1.H
 		t.Fatal(err)
 	}
 	return d
+}
+
+// PushChart pushes a packaged chart under <repo>:<tag> with Helm's
+// registry client, as `helm push` does (tag as given, a '+' pushed as
+// '_'), and returns its manifest digest.
+func (r *Registry) PushChart(t testing.TB, repo, tag string, chart []byte) string {
+	t.Helper()
+	opts := []registry.ClientOption{registry.ClientOptPlainHTTP(), registry.ClientOptWriter(io.Discard),
+		registry.ClientOptCredentialsFile(filepath.Join(t.TempDir(), "config.json"))}
+	cfg, err := r.Auth.Authorization()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Username != "" {
+		opts = append(opts, registry.ClientOptBasicAuth(cfg.Username, cfg.Password))
+	}
+	rc, err := registry.NewClient(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := rc.Push(chart, r.Host+"/"+repo+":"+tag, registry.PushOptStrictMode(false))
+	if err != nil {
+		t.Fatalf("push chart %s:%s: %v", repo, tag, err)
+	}
+	return res.Manifest.Digest
 }
 
 // PushFiles pushes a Flux-style artifact: one tar.gz layer of files.

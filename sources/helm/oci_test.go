@@ -19,37 +19,17 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"helm.sh/helm/v3/pkg/chart/loader"
-	"helm.sh/helm/v3/pkg/chartutil"
-	"helm.sh/helm/v3/pkg/registry"
 
 	"github.com/sourceraft/sourceraft/internal/helmserver"
 	"github.com/sourceraft/sourceraft/internal/ociregistry"
 )
 
 // pushChart packages the chart with the Helm SDK and pushes it to reg as
-// <repo>/<name>:<tag> with Helm's registry client, as `helm push` does,
-// returning the package's bytes.
+// <repo>/<name>:<tag>, returning the package's bytes.
 func pushChart(t *testing.T, reg *ociregistry.Registry, repo, tag string, spec helmserver.ChartSpec) []byte {
 	t.Helper()
-	p, err := chartutil.Save(helmserver.NewChart(t, spec), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := []registry.ClientOption{registry.ClientOptPlainHTTP(), registry.ClientOptCredentialsFile(t.TempDir() + "/config.json")}
-	if reg == ociregistry.Shared(t).Private {
-		opts = append(opts, registry.ClientOptBasicAuth(ociregistry.User, ociregistry.Password))
-	}
-	rc, err := registry.NewClient(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rc.Push(data, reg.Host+"/"+repo+"/"+spec.Name+":"+tag, registry.PushOptStrictMode(false)); err != nil {
-		t.Fatalf("push %s/%s:%s: %v", repo, spec.Name, tag, err)
-	}
+	data := helmserver.Package(t, spec)
+	reg.PushChart(t, repo+"/"+spec.Name, tag, data)
 	return data
 }
 
