@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"strconv"
 
 	"github.com/fluxcd/pkg/runtime/secrets"
@@ -60,9 +59,9 @@ func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, ob
 // oci:// stalls; a secret that cannot be read or used is an
 // authentication failure.
 func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRepository) (*helmsrc.OCIClient, error) {
-	u, err := url.Parse(obj.Spec.URL)
+	u, err := helmsrc.ParseOCIURL(obj.Spec.URL)
 	if err != nil {
-		return nil, NewStalling(fmt.Errorf("invalid Helm repository URL: %w", err), sourcev1.URLInvalidReason)
+		return nil, NewStalling(err, sourcev1.URLInvalidReason)
 	}
 	o := helmsrc.OCIOptions{PlainHTTP: obj.Spec.Insecure}
 	if ref := obj.Spec.SecretRef; ref != nil {
@@ -83,11 +82,7 @@ func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRe
 			return nil, NewGeneric(fmt.Errorf("invalid TLS data in secret '%s/%s': %w", obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason)
 		}
 	}
-	oc, err := helmsrc.NewOCIClient(obj.Spec.URL, o)
-	if err != nil {
-		return nil, NewStalling(err, sourcev1.URLInvalidReason)
-	}
-	return oc, nil
+	return helmsrc.NewOCIClient(u, o), nil
 }
 
 // helmOCICredentials are the username and password a HelmRepository's

@@ -55,22 +55,27 @@ type OCIClient struct {
 	tr   *http.Transport
 }
 
-// NewOCIClient is the client of the charts under rawURL
-// (oci://<host>[/<path>]; anything else fails with ErrInvalidURL).
-func NewOCIClient(rawURL string, o OCIOptions) (*OCIClient, error) {
-	u, err := url.Parse(rawURL)
+// ParseOCIURL accepts the URL of a registry of charts,
+// oci://<host>[/<path>]; anything else fails with ErrInvalidURL.
+func ParseOCIURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidURL, err)
 	}
 	if u.Scheme != registry.OCIScheme {
-		return nil, fmt.Errorf("%w '%s': an oci HelmRepository's URL must start with 'oci://'", ErrInvalidURL, rawURL)
+		return nil, fmt.Errorf("%w '%s': an oci HelmRepository's URL must start with 'oci://'", ErrInvalidURL, raw)
 	}
 	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("%w '%s': want oci://<host>[/<path>]", ErrInvalidURL, rawURL)
+		return nil, fmt.Errorf("%w '%s': want oci://<host>[/<path>]", ErrInvalidURL, raw)
 	}
+	return u, nil
+}
+
+// NewOCIClient is the client of the charts under u (from ParseOCIURL).
+func NewOCIClient(u *url.URL, o OCIOptions) *OCIClient {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = o.TLS
-	return &OCIClient{base: u.Host + strings.TrimRight(u.Path, "/"), host: u.Host, o: o, tr: tr}, nil
+	return &OCIClient{base: u.Host + strings.TrimRight(u.Path, "/"), host: u.Host, o: o, tr: tr}
 }
 
 // Close releases the client's idle connections.

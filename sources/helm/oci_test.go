@@ -35,10 +35,11 @@ func pushChart(t *testing.T, reg *ociregistry.Registry, repo, tag string, spec h
 
 func newOCIClient(t *testing.T, url string, o OCIOptions) *OCIClient {
 	t.Helper()
-	c, err := NewOCIClient(url, o)
+	u, err := ParseOCIURL(url)
 	if err != nil {
 		t.Fatal(err)
 	}
+	c := NewOCIClient(u, o)
 	t.Cleanup(c.Close)
 	return c
 }
@@ -233,15 +234,15 @@ func TestOCIPullFailures(t *testing.T) {
 	}
 }
 
-func TestNewOCIClientURL(t *testing.T) {
+func TestParseOCIURL(t *testing.T) {
 	for _, raw := range []string{"https://registry.example.com/charts", "oci://", "oci:///charts", "oci://u:p@registry.example.com/charts", "::"} {
-		if _, err := NewOCIClient(raw, OCIOptions{}); !errors.Is(err, ErrInvalidURL) {
-			t.Errorf("NewOCIClient(%q): %v, want ErrInvalidURL", raw, err)
+		if _, err := ParseOCIURL(raw); !errors.Is(err, ErrInvalidURL) {
+			t.Errorf("ParseOCIURL(%q): %v, want ErrInvalidURL", raw, err)
 		}
 	}
-	c, err := NewOCIClient("oci://registry.example.com:5000/org/charts/", OCIOptions{})
-	if err != nil || c.RepositoryURL("app") != "oci://registry.example.com:5000/org/charts/app" {
-		t.Fatalf("repository URL %v, %v", c, err)
+	c := newOCIClient(t, "oci://registry.example.com:5000/org/charts/", OCIOptions{})
+	if got := c.RepositoryURL("app"); got != "oci://registry.example.com:5000/org/charts/app" {
+		t.Fatalf("repository URL %s", got)
 	}
 }
 

@@ -297,6 +297,10 @@ func TestHelmChartOCIBadInputKeepsArtifact(t *testing.T) {
 		})
 	}
 
+	// A URL that is not oci:// stalls.
+	repoSpec(func(o *sourcev1.HelmRepository) { o.Spec.URL = "https://registry.example.com/charts" })()
+	kept(t, waitFailedAsFlux[*sourcev1.HelmChart](t, ns, "app", sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true))
+
 	// A provider other than generic stalls, as before.
 	updateSpec(t, repoObj, func(o *sourcev1.HelmRepository) {
 		o.Spec.URL, o.Spec.Provider = regs.Open.URL(repo), "aws"
