@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -52,8 +53,9 @@ const helmChartSourceIndexKey = ".spec.sourceRef"
 // HelmChartReconciler reconciles source.toolkit.fluxcd.io/v1 HelmChart
 // objects into chart packages in the replicated store: pulled from an
 // HTTP(S) HelmRepository (the version picked from the repository's index
-// artifact in the store), or loaded from a GitRepository or Bucket
-// artifact in the store and packaged with the Helm SDK.
+// artifact in the store) or from the registry of an oci HelmRepository
+// (the version picked from its tags), or loaded from a GitRepository or
+// Bucket artifact in the store and packaged with the Helm SDK.
 type HelmChartReconciler struct {
 	// Client writes only while this replica leads (see leaderclient.go).
 	client.Client
@@ -189,19 +191,24 @@ func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.Ser
 		}
 		return fetchFailed(obj, e)
 	}
-	if repo, ok := src.(*sourcev1.HelmRepository); ok && repo.Spec.Type == sourcev1.HelmRepositoryTypeOCI {
-		return fetchFailed(obj, NewStalling(notSupported([]string{"charts from HelmRepository '" + repo.Name + "' of type oci"}), UnsupportedFieldReason))
+	// An oci HelmRepository is static: it has no artifact to wait for
+	// or to observe the revision of (Flux v1).
+	repo, _ := src.(*sourcev1.HelmRepository)
+	ociRepo := repo != nil && repo.Spec.Type == sourcev1.HelmRepositoryTypeOCI
+	if !ociRepo {
+		if src.GetArtifact() == nil {
+			return fetchFailed(obj, NewWaiting(fmt.Errorf("no artifact available for %s source '%s'", obj.Spec.SourceRef.Kind, obj.Spec.SourceRef.Name),
+				"NoSourceArtifact", r.RequeueDependency))
+		}
+		obj.Status.ObservedSourceArtifactRevision = src.GetArtifact().Revision
 	}
-	if src.GetArtifact() == nil {
-		return fetchFailed(obj, NewWaiting(fmt.Errorf("no artifact available for %s source '%s'", obj.Spec.SourceRef.Kind, obj.Spec.SourceRef.Name),
-			"NoSourceArtifact", r.RequeueDependency))
-	}
-	obj.Status.ObservedSourceArtifactRevision = src.GetArtifact().Revision
 
 	var b *helmsrc.Build
-	switch s := src.(type) {
-	case *sourcev1.HelmRepository:
-		b, err = r.buildFromHelmRepository(ctx, obj, s, st.dir)
+	switch {
+	case ociRepo:
+		b, err = r.buildFromOCIHelmRepository(ctx, obj, repo, st.dir)
+	case repo != nil:
+		b, err = r.buildFromHelmRepository(ctx, obj, repo, st.dir)
 	default:
 		b, err = r.buildFromArtifact(ctx, obj, src.GetArtifact(), st.dir)
 	}
@@ -455,7 +462,9 @@ func (r *HelmChartReconciler) reconcileArtifact(ctx context.Context, _ *patch.Se
 		return ResultSuccess, nil
 	}
 
-	art := newArtifactFor(sourcev1.HelmChartKind, obj, b.Version, b.Name+"-"+b.Version+".tgz")
+	// A chart of an oci HelmRepository may be named <path>/<name>; the
+	// store keeps one file name per artifact.
+	art := newArtifactFor(sourcev1.HelmChartKind, obj, b.Version, path.Base(b.Name)+"-"+b.Version+".tgz")
 	if err := r.store.storeFile(ctx, &art, b.Path); err != nil {
 		e := NewGeneric(fmt.Errorf("unable to copy Helm chart to storage: %w", err), sourcev1.ArchiveOperationFailedReason)
 		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)

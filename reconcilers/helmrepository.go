@@ -3,7 +3,6 @@ package reconcilers
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -257,12 +256,8 @@ func newHelmRepoClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmR
 		if err != nil {
 			return nil, err
 		}
-		basic, err := secrets.BasicAuthFromSecret(ctx, secret)
-		switch {
-		case err == nil:
-			o.Username, o.Password = basic.Username, basic.Password
-		case !errors.Is(err, secrets.ErrKeyNotFound):
-			return nil, fmt.Errorf("invalid basic auth in secret '%s/%s': %w", obj.Namespace, ref.Name, err)
+		if o.Username, o.Password, err = helmBasicAuth(ctx, secret); err != nil {
+			return nil, err
 		}
 	}
 	if ref := obj.Spec.CertSecretRef; ref != nil {

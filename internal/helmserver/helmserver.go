@@ -86,6 +86,21 @@ func NewChart(t testing.TB, c ChartSpec) *chart.Chart {
 	return ch
 }
 
+// Package is the chart packaged with chartutil.Save, as `helm package`
+// writes it.
+func Package(t testing.TB, c ChartSpec) []byte {
+	t.Helper()
+	p, err := chartutil.Save(NewChart(t, c), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
 // Publish packages the chart into the repository with chartutil.Save and
 // regenerates index.yaml with repo.IndexDirectory. It returns the
 // package's path.

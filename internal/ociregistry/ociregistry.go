@@ -33,6 +33,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/crypto/bcrypt"
+	"helm.sh/helm/v3/pkg/registry"
+
+	"github.com/sourceraft/sourceraft/internal/pki"
 
 	// The registry's storage driver and access controller register
 	// themselves by name.
@@ -61,12 +64,17 @@ type Registry struct {
 }
 
 // Registries are the registries the tests of one binary share: an open
-// one (plain HTTP), one behind htpasswd basic auth (User, Password), and
-// a TLS front of the open one's storage whose certificate is TLSCA.
+// one (plain HTTP), one behind htpasswd basic auth (User, Password), a
+// TLS front of the open one's storage whose certificate is TLSCA, and a
+// mutual-TLS front of it that requires a client certificate of MTLSCA.
 type Registries struct {
-	Open, Private, TLS *Registry
+	Open, Private, TLS, MTLS *Registry
 	// TLSCA is the PEM certificate the TLS registry serves.
 	TLSCA []byte
+	// MTLSCA signs the MTLS registry's certificate and the client
+	// certificate it accepts, MTLSClient (PEM).
+	MTLSCA     []byte
+	MTLSClient pki.Pair
 }
 
 var (
@@ -123,7 +131,35 @@ func start() (*Registries, error) {
 	tlsSrv.StartTLS()
 	r.TLS = newRegistry(tlsSrv, nil)
 	r.TLSCA = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw})
+	if r.MTLS, r.MTLSCA, r.MTLSClient, err = startMTLS(open); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// startMTLS serves h over TLS to clients with a certificate of a new CA.
+func startMTLS(h http.Handler) (*Registry, []byte, pki.Pair, error) {
+	ca, err := pki.NewCA("ociregistry")
+	if err != nil {
+		return nil, nil, pki.Pair{}, err
+	}
+	srvPair, err := ca.IssueLoopback("registry")
+	if err != nil {
+		return nil, nil, pki.Pair{}, err
+	}
+	client, err := ca.IssueLoopback("client")
+	if err != nil {
+		return nil, nil, pki.Pair{}, err
+	}
+	cfg, err := ca.TLSConfig(srvPair)
+	if err != nil {
+		return nil, nil, pki.Pair{}, err
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = cfg
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	return newRegistry(srv, nil), ca.PEM, client, nil
 }
 
 func newRegistry(srv *httptest.Server, auth authn.Authenticator) *Registry {
@@ -172,6 +208,31 @@ func (r *Registry) Push(t testing.TB, repo, tag string, layers ...Layer) gcrv1.H
 		t.Fatal(err)
 	}
 	return d
+}
+
+// PushChart pushes a packaged chart under <repo>:<tag> with Helm's
+// registry client, as `helm push` does (tag as given, a '+' pushed as
+// '_'), and returns its manifest digest.
+func (r *Registry) PushChart(t testing.TB, repo, tag string, chart []byte) string {
+	t.Helper()
+	opts := []registry.ClientOption{registry.ClientOptPlainHTTP(), registry.ClientOptWriter(io.Discard),
+		registry.ClientOptCredentialsFile(filepath.Join(t.TempDir(), "config.json"))}
+	cfg, err := r.Auth.Authorization()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Username != "" {
+		opts = append(opts, registry.ClientOptBasicAuth(cfg.Username, cfg.Password))
+	}
+	rc, err := registry.NewClient(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := rc.Push(chart, r.Host+"/"+repo+":"+tag, registry.PushOptStrictMode(false))
+	if err != nil {
+		t.Fatalf("push chart %s:%s: %v", repo, tag, err)
+	}
+	return res.Manifest.Digest
 }
 
 // PushFiles pushes a Flux-style artifact: one tar.gz layer of files.

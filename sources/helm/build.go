@@ -133,15 +133,9 @@ func BuildFromRepository(ctx context.Context, c *Client, idx *Index, o RemoteBui
 		return nil, buildErr(ReasonChartPull, "failed to get chart version for remote reference: %w", noVersionErr(o.Chart, o.Version, err))
 	}
 
-	b := &Build{Name: cv.Name, Version: cv.Version}
-	if len(o.ValuesFiles) > 0 {
-		if b.Version, err = versionWithMetadata(cv.Version, o.VersionMetadata); err != nil {
-			return b, err
-		}
-	}
-	if o.UpToDate != nil && o.UpToDate(b.Name, b.Version) {
-		b.UpToDate, b.Packaged = true, len(o.ValuesFiles) > 0
-		return b, nil
+	b, err := newRemoteBuild(cv.Name, cv.Version, o.BuildOptions, o.VersionMetadata)
+	if err != nil || b.UpToDate {
+		return b, err
 	}
 
 	if len(cv.URLs) == 0 {
@@ -155,6 +149,30 @@ func BuildFromRepository(ctx context.Context, c *Client, idx *Index, o RemoteBui
 	if err != nil {
 		return b, buildErr(ReasonChartPull, "failed to download chart for remote reference: %w", err)
 	}
+	return finishRemoteBuild(b, file, o.BuildOptions)
+}
+
+// newRemoteBuild starts the build of a repository's chart name at
+// version: the version takes metadata when values files are merged, and
+// the build stops there, UpToDate, when the stored artifact already is it.
+func newRemoteBuild(name, version string, o BuildOptions, metadata string) (*Build, error) {
+	b := &Build{Name: name, Version: version}
+	if len(o.ValuesFiles) > 0 {
+		var err error
+		if b.Version, err = versionWithMetadata(version, metadata); err != nil {
+			return b, err
+		}
+	}
+	if o.UpToDate != nil && o.UpToDate(b.Name, b.Version) {
+		b.UpToDate, b.Packaged = true, len(o.ValuesFiles) > 0
+	}
+	return b, nil
+}
+
+// finishRemoteBuild checks that the downloaded file is a valid chart and
+// makes it b's package: as published without values files, else
+// repackaged with the merged values at b's version.
+func finishRemoteBuild(b *Build, file string, o BuildOptions) (*Build, error) {
 	ch, err := loader.LoadFile(file)
 	if err != nil {
 		return b, buildErr(ReasonChartPull, "failed to load downloaded chart: %w", err)

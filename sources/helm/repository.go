@@ -1,4 +1,5 @@
-// Package helm fetches Helm repository indexes and charts over HTTP(S)
+// Package helm fetches Helm repository indexes and charts over HTTP(S),
+// pulls charts from OCI registries with Helm's registry client (oci.go),
 // and builds charts the way Flux's HelmRepository and HelmChart do:
 // streamed downloads within size limits, Helm's index loader, versions
 // with build metadata, merged values files, local dependencies and
