@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +51,11 @@ var helmChartKind = sourceKind[*sourcev1.HelmChart]{
 // helmChartSourceIndexKey indexes HelmCharts by "<kind>/<name>" of their
 // source, to find the charts of a source that changed.
 const helmChartSourceIndexKey = ".spec.sourceRef"
+
+// helmRepositoryURLIndexKey indexes HelmRepositories by their normalised
+// http(s) URL, to find the one a chart dependency's repository is (Flux's
+// .metadata.helmRepositoryURL).
+const helmRepositoryURLIndexKey = ".spec.url"
 
 // HelmChartReconciler reconciles source.toolkit.fluxcd.io/v1 HelmChart
 // objects into chart packages in the replicated store: pulled from an
@@ -92,6 +99,14 @@ func (r *HelmChartReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 		return []string{hc.Spec.SourceRef.Kind + "/" + hc.Spec.SourceRef.Name}
 	}); err != nil {
 		return fmt.Errorf("index HelmCharts by source: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &sourcev1.HelmRepository{}, helmRepositoryURLIndexKey, func(o client.Object) []string {
+		if u, err := helmsrc.ParseRepositoryURL(o.(*sourcev1.HelmRepository).Spec.URL); err == nil {
+			return []string{u.String()}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("index HelmRepositories by URL: %w", err)
 	}
 	revisionChanged := builder.WithPredicates(predicate.Funcs{
 		CreateFunc:  func(event.CreateEvent) bool { return false },
@@ -292,9 +307,10 @@ func helmUpToDate(obj *sourcev1.HelmChart, name, version string) bool {
 // and whether retrying the same inputs cannot help (it stalls).
 func helmBuildFailure(reason helmsrc.BuildErrorReason) (condition string, stalls bool) {
 	switch reason {
-	case helmsrc.ReasonMetadataPatch, helmsrc.ReasonValuesFiles, helmsrc.ReasonDependencyBuild:
+	case helmsrc.ReasonMetadataPatch, helmsrc.ReasonValuesFiles:
 		return sourcev1.BuildFailedCondition, true
-	case helmsrc.ReasonChartPackage:
+	case helmsrc.ReasonDependencyBuild, helmsrc.ReasonChartPackage:
+		// A dependency repository may answer next time, as Flux retries.
 		return sourcev1.BuildFailedCondition, false
 	case helmsrc.ReasonChartReference:
 		return sourcev1.FetchFailedCondition, true
@@ -388,7 +404,9 @@ func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Art
 
 // buildFromArtifact extracts a GitRepository or Bucket artifact from the
 // store, loads the chart at spec.chart (a directory or a packaged chart),
-// applies the reconcile strategy and values files, and packages it.
+// applies the reconcile strategy and values files, adds a directory's
+// missing dependencies (remote ones through dependencyRepository), and
+// packages it.
 func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *sourcev1.HelmChart, src *meta.Artifact, dir string) (*helmsrc.Build, error) {
 	sourceDir := filepath.Join(dir, "source")
 	if err := os.Mkdir(sourceDir, 0o700); err != nil {
@@ -409,15 +427,52 @@ func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *source
 	if len(obj.GetValuesFiles()) > 0 {
 		metadata = append(metadata, strconv.FormatInt(obj.Generation, 10))
 	}
-	b, err := helmsrc.BuildFromDirectory(sourceDir, helmsrc.LocalBuildOptions{
+	deps := helmsrc.NewHTTPFetcher(r.dependencyRepository(obj.Namespace, dir),
+		helmsrc.Limits{IndexMaxSize: r.IndexMaxSize, ChartMaxSize: r.ChartMaxSize})
+	defer deps.Close()
+	b, err := helmsrc.BuildFromDirectory(ctx, sourceDir, helmsrc.LocalBuildOptions{
 		BuildOptions: helmBuildOptions(obj, dir),
 		Chart:        obj.Spec.Chart, SourceKind: obj.Spec.SourceRef.Kind,
 		VersionMetadata: strings.Join(metadata, "."),
+		Dependencies:    helmsrc.Dependencies{"http": deps, "https": deps},
 	})
 	if b != nil && b.UpToDate {
 		b.ValuesFiles = obj.Status.ObservedValuesFiles
 	}
 	return b, err
+}
+
+// dependencyRepository opens the repository of a chart dependency as
+// Flux's namespacedChartRepositoryCallback does: the HelmRepository in
+// namespace ns with the same URL (the first by name when several) gives
+// its credentials and its index artifact, read into dir; without one the
+// repository is anonymous and its index fetched.
+func (r *HelmChartReconciler) dependencyRepository(ns, dir string) helmsrc.RepositoryOpener {
+	return func(ctx context.Context, base *url.URL) (*helmsrc.Client, *helmsrc.Index, error) {
+		var list sourcev1.HelmRepositoryList
+		if err := r.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{helmRepositoryURLIndexKey: base.String()}); err != nil {
+			return nil, nil, fmt.Errorf("unable to retrieve HelmRepositoryList: %w", err)
+		}
+		if len(list.Items) == 0 {
+			return helmsrc.NewClient(base, helmsrc.ClientOptions{Timeout: helmsrc.AnonymousTimeout}), nil, nil
+		}
+		repoObj := slices.MinFunc(list.Items, func(a, b sourcev1.HelmRepository) int { return strings.Compare(a.Name, b.Name) })
+		hc, err := newHelmRepoClient(ctx, r.Client, &repoObj, base)
+		if err != nil {
+			return nil, nil, fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err)
+		}
+		if a := repoObj.GetArtifact(); a != nil {
+			idx, err := r.loadIndexArtifact(ctx, a, dir)
+			switch {
+			case err == nil:
+				return hc, idx, nil
+			case !errors.Is(err, storage.ErrNotFound):
+				hc.Close()
+				return nil, nil, fmt.Errorf("could not load the index of HelmRepository '%s': %w", repoObj.Name, err)
+			}
+		}
+		return hc, nil, nil
+	}
 }
 
 // extractArtifact untars a source artifact from the store into dir,

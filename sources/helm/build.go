@@ -11,7 +11,6 @@ import (
 
 	"github.com/Masterminds/semver/v3"
 	"github.com/fluxcd/pkg/runtime/transform"
-	"github.com/opencontainers/go-digest"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
@@ -138,14 +137,7 @@ func BuildFromRepository(ctx context.Context, c *Client, idx *Index, o RemoteBui
 		return b, err
 	}
 
-	if len(cv.URLs) == 0 {
-		return b, buildErr(ReasonChartPull, "chart '%s' has no downloadable URLs", cv.Name)
-	}
-	href, err := repo.ResolveReferenceURL(c.base.String(), cv.URLs[0])
-	if err != nil {
-		return b, buildErr(ReasonChartPull, "failed to resolve chart URL: %w", err)
-	}
-	file, _, err := c.FetchToFile(ctx, href, o.Dir, "chart-*.tgz", o.MaxSize, digest.Canonical)
+	file, err := c.downloadChart(ctx, cv, o.Dir, o.MaxSize)
 	if err != nil {
 		return b, buildErr(ReasonChartPull, "failed to download chart for remote reference: %w", err)
 	}
@@ -228,13 +220,16 @@ type LocalBuildOptions struct {
 	// then the generation when values files are merged, dot-separated);
 	// the chart is then repackaged.
 	VersionMetadata string
+	// Dependencies fetch the remote dependencies of a chart directory.
+	Dependencies Dependencies
 }
 
 // BuildFromDirectory loads the chart at o.Chart in the source tree
 // sourceDir (a directory or a packaged chart), applies the version
-// metadata and values files, and packages it; a packaged chart that needs
-// neither is used as it is. Failures are *BuildError.
-func BuildFromDirectory(sourceDir string, o LocalBuildOptions) (*Build, error) {
+// metadata and values files, adds a chart directory's missing
+// dependencies, and packages it; a packaged chart that needs neither is
+// used as it is. Failures are *BuildError.
+func BuildFromDirectory(ctx context.Context, sourceDir string, o LocalBuildOptions) (*Build, error) {
 	rel := filepath.Clean(o.Chart)
 	if !filepath.IsLocal(rel) {
 		return nil, buildErr(ReasonChartReference, "chart path '%s' is not inside the source", o.Chart)
@@ -284,7 +279,7 @@ func BuildFromDirectory(sourceDir string, o LocalBuildOptions) (*Build, error) {
 	}
 	ch.Metadata.Version = b.Version
 	if fi.IsDir() {
-		if err := addLocalDependencies(ch, chartPath, sourceDir); err != nil {
+		if err := addDependencies(ctx, ch, chartPath, sourceDir, o.Dependencies, o.Dir); err != nil {
 			return b, buildErr(ReasonDependencyBuild, "failed to build dependencies: %w", err)
 		}
 	}
@@ -405,43 +400,6 @@ func setValues(ch *chart.Chart, merged map[string]any) error {
 		}
 	}
 	ch.Raw = append(ch.Raw, &chart.File{Name: chartutil.ValuesfileName, Data: data})
-	return nil
-}
-
-// addLocalDependencies loads the chart's missing file:// dependencies
-// from the source tree, as Flux's dependency manager does for local
-// paths. Dependencies in remote repositories must be vendored under
-// charts/: sourceraft does not download them.
-func addLocalDependencies(ch *chart.Chart, chartDir, sourceDir string) error {
-	have := map[string]bool{}
-	for _, d := range ch.Dependencies() {
-		have[d.Name()] = true
-	}
-	var missing []string
-	for _, dep := range ch.Metadata.Dependencies {
-		if have[dep.Name] {
-			continue
-		}
-		rel, ok := strings.CutPrefix(dep.Repository, "file://")
-		if !ok {
-			missing = append(missing, fmt.Sprintf("'%s' from '%s'", dep.Name, dep.Repository))
-			continue
-		}
-		p := filepath.Clean(filepath.Join(chartDir, rel))
-		if r, err := filepath.Rel(sourceDir, p); err != nil || !filepath.IsLocal(r) {
-			return fmt.Errorf("dependency '%s' at '%s' is outside the source", dep.Name, dep.Repository)
-		}
-		sub, err := loader.Load(p)
-		if err != nil {
-			return fmt.Errorf("failed to load dependency '%s' from '%s': %w", dep.Name, dep.Repository, err)
-		}
-		ch.AddDependency(sub)
-		have[dep.Name] = true
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("chart dependencies %s are not vendored under charts/ and sourceraft does not download them yet",
-			strings.Join(missing, ", "))
-	}
 	return nil
 }
 

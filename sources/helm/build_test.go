@@ -165,30 +165,3 @@ func TestPackageDeterministic(t *testing.T) {
 		t.Fatalf("loaded %s values %v deps %d files %d", ch.Metadata.Version, ch.Values, len(ch.Dependencies()), len(ch.Files))
 	}
 }
-
-func TestAddLocalDependencies(t *testing.T) {
-	src := t.TempDir()
-	if err := chartutil.SaveDir(testChart("lib", "0.2.0"), filepath.Join(src, "charts")); err != nil {
-		t.Fatal(err)
-	}
-	parentDir := filepath.Join(src, "charts", "app")
-	ch := testChart("app", "1.0.0")
-	ch.Metadata.Dependencies = []*chart.Dependency{{Name: "lib", Version: "0.2.0", Repository: "file://../lib"}}
-	if err := addLocalDependencies(ch, parentDir, src); err != nil {
-		t.Fatal(err)
-	}
-	if len(ch.Dependencies()) != 1 || ch.Dependencies()[0].Name() != "lib" {
-		t.Fatalf("dependencies %v", ch.Dependencies())
-	}
-
-	escape := testChart("app", "1.0.0")
-	escape.Metadata.Dependencies = []*chart.Dependency{{Name: "lib", Repository: "file://../../../etc"}}
-	if err := addLocalDependencies(escape, parentDir, src); err == nil {
-		t.Fatal("dependency outside the source accepted")
-	}
-	remote := testChart("app", "1.0.0")
-	remote.Metadata.Dependencies = []*chart.Dependency{{Name: "redis", Repository: "https://charts.example.com"}}
-	if err := addLocalDependencies(remote, parentDir, src); err == nil {
-		t.Fatal("missing remote dependency accepted")
-	}
-}

@@ -30,7 +30,7 @@ func FuzzChartArchive(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(src, "override.yaml"), []byte("fuzzed: marker\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		b, err := BuildFromDirectory(src, LocalBuildOptions{
+		b, err := BuildFromDirectory(t.Context(), src, LocalBuildOptions{
 			BuildOptions:    BuildOptions{ValuesFiles: []string{"override.yaml"}, Dir: out},
 			Chart:           "chart.tgz",
 			SourceKind:      "GitRepository",

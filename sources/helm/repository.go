@@ -2,7 +2,7 @@
 // pulls charts from OCI registries with Helm's registry client (oci.go),
 // and builds charts the way Flux's HelmRepository and HelmChart do:
 // streamed downloads within size limits, Helm's index loader, versions
-// with build metadata, merged values files, local dependencies and
+// with build metadata, merged values files, local and remote dependencies and
 // deterministic packages. It knows Helm and nothing of Kubernetes:
 // credentials and TLS come in as options, and failures carry a
 // BuildErrorReason (or the errors below) the caller maps to conditions.

@@ -144,7 +144,7 @@ func TestBuildFromDirectory(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	b, err := BuildFromDirectory(src, LocalBuildOptions{
+	b, err := BuildFromDirectory(t.Context(), src, LocalBuildOptions{
 		BuildOptions: BuildOptions{Dir: dir, ValuesFiles: []string{"extra.yaml"}},
 		Chart:        "./charts/app", SourceKind: "GitRepository", VersionMetadata: ShortRevision("main@sha1:0123456789abcdef0123456789abcdef01234567"),
 	})
@@ -170,7 +170,7 @@ func TestBuildFromDirectory(t *testing.T) {
 		"bad version metadata": {LocalBuildOptions{Chart: "charts/app", VersionMetadata: "bad_meta"}, ReasonMetadataPatch},
 	} {
 		tt.o.Dir = dir
-		if _, err := BuildFromDirectory(src, tt.o); !errors.As(err, &be) || be.Reason != tt.reason {
+		if _, err := BuildFromDirectory(t.Context(), src, tt.o); !errors.As(err, &be) || be.Reason != tt.reason {
 			t.Errorf("%s: error %v, want reason %s", name, err, tt.reason)
 		}
 	}
