@@ -69,6 +69,9 @@ type HelmChartReconciler struct {
 	// ChartMaxSize a downloaded chart; zero is Flux's default.
 	IndexMaxSize int64
 	ChartMaxSize int64
+
+	// indexes shares the parsed index artifacts between reconciles.
+	indexes *helmIndexCache
 }
 
 // helmChartState is what the sub-reconcilers of one reconcile share.
@@ -85,6 +88,7 @@ type helmChartStep = step[*sourcev1.HelmChart, helmChartState]
 // by the reconcile.fluxcd.io/requestedAt annotation, and by a new
 // artifact revision of the source.
 func (r *HelmChartReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, concurrent int) error {
+	r.indexes = newHelmIndexCache(helmIndexCacheSize, r.loadIndexArtifact)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &sourcev1.HelmChart{}, helmChartSourceIndexKey, func(o client.Object) []string {
 		hc := o.(*sourcev1.HelmChart)
 		return []string{hc.Spec.SourceRef.Kind + "/" + hc.Spec.SourceRef.Name}
@@ -327,7 +331,7 @@ func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *
 	}
 	defer hc.Close()
 
-	idx, err := r.loadIndexArtifact(ctx, repoObj.GetArtifact(), dir)
+	idx, err := r.indexes.get(ctx, repoObj.GetArtifact())
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil, NewWaiting(fmt.Errorf("index artifact of HelmRepository '%s' is not in storage: %w", repoObj.Name, err),
@@ -350,8 +354,9 @@ func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *
 }
 
 // loadIndexArtifact reads a HelmRepository's index artifact from the
-// store, bounded by the index size limit.
-func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Artifact, dir string) (*helmsrc.Index, error) {
+// store, bounded by the index size limit, into the lookups charts need;
+// the copy it parses, one chart at a time, is on disk.
+func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Artifact) (*helmsrc.Index, error) {
 	a, err := fromStatus(m)
 	if err != nil {
 		return nil, err
@@ -361,10 +366,11 @@ func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Art
 		return nil, err
 	}
 	defer rc.Close()
-	f, err := os.CreateTemp(dir, "index-*.json")
+	f, err := os.CreateTemp("", "helmchart-index-*.json")
 	if err != nil {
 		return nil, err
 	}
+	defer os.Remove(f.Name())
 	max := helmsrc.Limits{IndexMaxSize: r.IndexMaxSize}.Index()
 	n, err := io.Copy(f, io.LimitReader(rc, max+1))
 	if cerr := f.Close(); err == nil {

@@ -10,7 +10,6 @@ package helm
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +21,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"helm.sh/helm/v3/pkg/repo"
 )
 
 // Flux's --helm-* defaults.
@@ -192,26 +190,4 @@ func (c *Client) FetchToFile(ctx context.Context, href, dir, pattern string, max
 		return "", "", err
 	}
 	return f.Name(), d.Digest().String(), nil
-}
-
-// Index is a loaded repository index.
-type Index struct {
-	idx *repo.IndexFile
-}
-
-// LoadIndex loads and normalises a repository index (YAML or JSON) with
-// Helm's loader: invalid entries are dropped and the entries sorted,
-// newest version first.
-func LoadIndex(file string) (*Index, error) {
-	idx, err := repo.LoadIndexFile(file)
-	if err != nil {
-		return nil, err
-	}
-	idx.SortEntries()
-	return &Index{idx: idx}, nil
-}
-
-// JSON is the normalised index as Flux stores it: indented JSON.
-func (x *Index) JSON() ([]byte, error) {
-	return json.MarshalIndent(x.idx, "", "  ")
 }
