@@ -99,12 +99,13 @@ func (x *Index) Get(name, version string) (*ChartVersion, error) {
 	rng := version
 	if rng == "" {
 		rng = "*"
-	} else if i := slices.IndexFunc(vs, func(cv ChartVersion) bool { return cv.Version == version }); i >= 0 {
-		return &vs[i], nil
 	}
 	constraint, err := semver.NewConstraint(rng)
 	if err != nil {
 		return nil, err
+	}
+	if i := slices.IndexFunc(vs, func(cv ChartVersion) bool { return cv.Version == version }); version != "" && i >= 0 {
+		return &vs[i], nil
 	}
 	for i := range vs {
 		if v, err := semver.NewVersion(vs[i].Version); err == nil && constraint.Check(v) {
