@@ -62,7 +62,7 @@ func LoadIndex(file string) (*Index, error) {
 			clear(x.entries)
 			return nil
 		},
-	}, true)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +130,7 @@ func NormalizeIndexFile(src, dst string) (err error) {
 		}
 	}()
 	w := &indexJSONWriter{f: f, w: bufio.NewWriterSize(f, 256<<10)}
-	if err := walkIndex(src, w, false); err != nil {
+	if err := walkIndex(src, w); err != nil {
 		return err
 	}
 	return w.w.Flush()
@@ -138,10 +138,8 @@ func NormalizeIndexFile(src, dst string) (err error) {
 
 // indexSink receives a normalised index: head once (the index with
 // Entries nil when they are null, else empty), then every chart in name
-// order, then done. From a JSON index, which only sinks that need neither
-// the head nor the order take (walkIndex's anyOrder), head is not called.
-// reset discards everything received: the walk starts again with Helm's
-// loader.
+// order, then done. reset discards everything received: the walk starts
+// again with Helm's loader.
 type indexSink interface {
 	head(x *repo.IndexFile) error
 	entry(name string, cvs repo.ChartVersions) error
@@ -166,26 +164,14 @@ func (s indexSinkFuncs) reset() error { return s.onReset() }
 var errUnrecognised = errors.New("index layout not recognised")
 
 // walkIndex feeds the normalised index at file to s, chart by chart when
-// it can (block YAML; JSON too when anyOrder, as sinks that need no name
-// order can take JSON's), else from Helm's loader.
-func walkIndex(file string, s indexSink, anyOrder bool) error {
+// it can, else from Helm's loader.
+func walkIndex(file string, s indexSink) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	first, err := firstByte(f)
-	if err != nil {
-		return err
-	}
-	switch {
-	case first == '{' && anyOrder:
-		err = walkJSON(f, s)
-	case first != '{':
-		err = walkBlockYAML(f, s)
-	default:
-		err = errUnrecognised
-	}
+	err = walkChartByChart(f, s)
 	if err == nil || !errors.Is(err, errUnrecognised) {
 		return err
 	}
@@ -193,6 +179,19 @@ func walkIndex(file string, s indexSink, anyOrder bool) error {
 		return err
 	}
 	return walkHelm(file, s)
+}
+
+// walkChartByChart feeds s from a JSON index (as Helm, an index whose
+// first character is '{' is tried as JSON) or a block-style YAML one.
+func walkChartByChart(f *os.File, s indexSink) error {
+	first, err := firstByte(f)
+	if err != nil {
+		return err
+	}
+	if first == '{' {
+		return walkJSON(f, s)
+	}
+	return walkBlockYAML(f, s)
 }
 
 // firstByte is the first byte of f that is not white space, 0 for none,
@@ -281,10 +280,12 @@ func skippableValidationError(err error) bool {
 	return ok && strings.HasPrefix(verr.Error(), "validation: more than one dependency with name or alias")
 }
 
-// walkJSON streams a JSON index: the entries one chart at a time, the
-// other top-level fields decoded as json.Unmarshal would. Duplicate or
-// case-folded keys, which json.Unmarshal resolves by position, and
-// anything else unusual are errUnrecognised.
+// walkJSON reads a JSON index in two passes: the first decodes the
+// top-level fields but entries as json.Unmarshal would and notes where
+// each chart's versions are, the second decodes those one chart at a
+// time in name order. Duplicate or case-folded keys, which
+// json.Unmarshal resolves by position, and anything else unusual are
+// errUnrecognised.
 func walkJSON(f *os.File, s indexSink) error {
 	dec := json.NewDecoder(bufio.NewReaderSize(f, 64<<10))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
@@ -292,6 +293,7 @@ func walkJSON(f *os.File, s indexSink) error {
 	}
 	headFields := map[string]json.RawMessage{}
 	folded := map[string]bool{}
+	var blocks map[string]chartBlock
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
@@ -313,7 +315,7 @@ func walkJSON(f *os.File, s indexSink) error {
 		if key != "entries" {
 			return errUnrecognised
 		}
-		if err := streamJSONEntries(dec, s); err != nil {
+		if blocks, err = scanJSONEntries(dec); err != nil {
 			return err
 		}
 	}
@@ -331,44 +333,76 @@ func walkJSON(f *os.File, s indexSink) error {
 	if err := json.Unmarshal(raw, head); err != nil || head.APIVersion == "" {
 		return errUnrecognised
 	}
-	return s.done()
+	if blocks != nil {
+		head.Entries = map[string]repo.ChartVersions{}
+	}
+	if err := s.head(head); err != nil {
+		return err
+	}
+	return walkBlocks(f, blocks, s, func(_ string, b []byte) (repo.ChartVersions, error) {
+		var cvs repo.ChartVersions
+		// The block starts at the colon after the chart's name.
+		err := json.Unmarshal(bytes.TrimLeft(b, " \t\r\n:"), &cvs)
+		return cvs, err
+	})
 }
 
-// streamJSONEntries feeds the entries object (or null) dec is at to s.
-func streamJSONEntries(dec *json.Decoder, s indexSink) error {
+// scanJSONEntries notes where the versions of each chart of the entries
+// object dec is at are: nil for null.
+func scanJSONEntries(dec *json.Decoder) (map[string]chartBlock, error) {
 	t, err := dec.Token()
 	if err != nil {
-		return errUnrecognised
+		return nil, errUnrecognised
 	}
 	if t == nil {
-		return nil
+		return nil, nil
 	}
 	if t != json.Delim('{') {
-		return errUnrecognised
+		return nil, errUnrecognised
 	}
-	seen := map[string]bool{}
+	blocks := map[string]chartBlock{}
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
-			return errUnrecognised
+			return nil, errUnrecognised
 		}
 		name, _ := t.(string)
-		if seen[name] {
-			return errUnrecognised
+		if _, dup := blocks[name]; dup {
+			return nil, errUnrecognised
 		}
-		seen[name] = true
-		var cvs repo.ChartVersions
-		if err := dec.Decode(&cvs); err != nil {
+		start := dec.InputOffset()
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, errUnrecognised
+		}
+		blocks[name] = chartBlock{off: start, n: dec.InputOffset() - start}
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, errUnrecognised
+	}
+	return blocks, nil
+}
+
+// walkBlocks parses each chart's block with parse, in name order, and
+// feeds its normalised versions to s; a block that does not parse is
+// errUnrecognised.
+func walkBlocks(f *os.File, blocks map[string]chartBlock, s indexSink, parse func(name string, b []byte) (repo.ChartVersions, error)) error {
+	var buf []byte
+	for _, name := range sortedKeys(blocks) {
+		b := blocks[name]
+		buf = slices.Grow(buf[:0], int(b.n))[:b.n]
+		if _, err := f.ReadAt(buf, b.off); err != nil {
+			return err
+		}
+		cvs, err := parse(name, buf)
+		if err != nil {
 			return errUnrecognised
 		}
 		if err := s.entry(name, normalizeVersions(cvs)); err != nil {
 			return err
 		}
 	}
-	if _, err := dec.Token(); err != nil {
-		return errUnrecognised
-	}
-	return nil
+	return s.done()
 }
 
 // chartBlock is where one chart's block under entries is in the file.
@@ -397,26 +431,18 @@ func walkBlockYAML(f *os.File, s indexSink) error {
 	if err := s.head(x); err != nil {
 		return err
 	}
-	var buf []byte
-	for _, name := range sortedKeys(blocks) {
-		b := blocks[name]
-		buf = slices.Grow(buf[:0], int(b.n))[:b.n]
-		if _, err := f.ReadAt(buf, b.off); err != nil {
-			return err
-		}
+	return walkBlocks(f, blocks, s, func(name string, b []byte) (repo.ChartVersions, error) {
+		// A block is its chart's name and versions: a mapping of one key.
 		var m map[string]repo.ChartVersions
-		if err := yaml.UnmarshalStrict(buf, &m); err != nil || len(m) != 1 {
-			return errUnrecognised
+		if err := yaml.UnmarshalStrict(b, &m); err != nil {
+			return nil, err
 		}
 		cvs, ok := m[name]
-		if !ok {
-			return errUnrecognised
+		if len(m) != 1 || !ok {
+			return nil, errUnrecognised
 		}
-		if err := s.entry(name, normalizeVersions(cvs)); err != nil {
-			return err
-		}
-	}
-	return s.done()
+		return cvs, nil
+	})
 }
 
 // scanBlockYAML splits a block-style YAML index into the text of its

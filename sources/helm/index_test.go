@@ -185,7 +185,7 @@ func chartByChart(t *testing.T, data []byte) bool {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	return walkBlockYAML(f, indexSinkFuncs{onEntry: func(string, repo.ChartVersions) error { return nil }}) == nil
+	return walkChartByChart(f, indexSinkFuncs{onEntry: func(string, repo.ChartVersions) error { return nil }}) == nil
 }
 
 func TestIndexSameAsHelm(t *testing.T) {
@@ -196,6 +196,18 @@ func TestIndexSameAsHelm(t *testing.T) {
 	srv.Publish(helmserver.ChartSpec{Name: "db", Version: "0.1.0"})
 	var big strings.Builder
 	writeBenchLikeIndex(&big, 40, 30)
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "index.yaml"), filepath.Join(dir, "index.json")
+	if err := os.WriteFile(src, []byte(helmIndexYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := NormalizeIndexFile(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	for name, tt := range map[string]struct {
 		data         string
@@ -219,8 +231,13 @@ func TestIndexSameAsHelm(t *testing.T) {
 		"case-folded entries":   {"apiVersion: v1\nEntries:\n  a: []\n", false},
 		"tab indentation":       {"apiVersion: v1\nentries:\n\ta: []\n", false},
 		"less indented line":    {"apiVersion: v1\nentries:\n    a:\n    - {name: a, version: 1.0.0}\n  b: []\n", false},
-		"json":                  {`{"apiVersion":"v1","entries":{"b":[{"name":"b","version":"1.0.0"},{"name":"b","version":"2.0.0"}],"a":null}}`, false},
+		"json":                  {`{"apiVersion":"v1","entries":{"b":[{"name":"b","version":"1.0.0"},{"name":"b","version":"2.0.0"}],"a":null}, "generated": "2024-01-02T03:04:05Z"}`, true},
+		"json stored form":      {string(stored), true},
+		"json null entries":     {`{"apiVersion":"v1","entries":null}`, true},
+		"json empty entries":    {` {"apiVersion":"v1","entries":{}}`, true},
+		"json duplicate chart":  {`{"apiVersion":"v1","entries":{"a":[{"name":"a","version":"1.0.0"}],"a":[]}}`, false},
 		"json trailing data":    {`{"apiVersion":"v1","entries":{}} x`, false},
+		"yaml flow mapping":     {`{apiVersion: v1, entries: {a: [{name: a, version: 1.0.0}]}}`, false},
 		"empty":                 {"", false},
 		"not an index":          {"- 1\n- 2\n", false},
 	} {
