@@ -1,7 +1,8 @@
 // Package helm fetches Helm repository indexes and charts over HTTP(S)
 // and builds charts the way Flux's HelmRepository and HelmChart do:
-// streamed downloads within size limits, Helm's index loader, versions
-// with build metadata, merged values files, local dependencies and
+// streamed downloads within size limits, indexes read as Helm's loader
+// reads them but one chart at a time (index.go), versions with build
+// metadata, merged values files, local dependencies and
 // deterministic packages. It knows Helm and nothing of Kubernetes:
 // credentials and TLS come in as options, and failures carry a
 // BuildErrorReason (or the errors below) the caller maps to conditions.
