@@ -78,6 +78,9 @@ type HelmChartReconciler struct {
 	// ChartMaxSize a downloaded chart; zero is Flux's default.
 	IndexMaxSize int64
 	ChartMaxSize int64
+
+	// indexes shares the parsed index artifacts between reconciles.
+	indexes *helmIndexCache
 }
 
 // helmChartState is what the sub-reconcilers of one reconcile share.
@@ -94,6 +97,7 @@ type helmChartStep = step[*sourcev1.HelmChart, helmChartState]
 // by the reconcile.fluxcd.io/requestedAt annotation, and by a new
 // artifact revision of the source.
 func (r *HelmChartReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, concurrent int) error {
+	r.indexes = newHelmIndexCache(helmIndexCacheSize, r.loadIndexArtifact)
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &sourcev1.HelmChart{}, helmChartSourceIndexKey, func(o client.Object) []string {
 		hc := o.(*sourcev1.HelmChart)
 		return []string{hc.Spec.SourceRef.Kind + "/" + hc.Spec.SourceRef.Name}
@@ -350,7 +354,7 @@ func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *
 	}
 	defer hc.Close()
 
-	idx, err := r.loadIndexArtifact(ctx, repoObj.GetArtifact(), dir)
+	idx, err := r.indexes.get(ctx, repoObj.GetArtifact())
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil, NewWaiting(fmt.Errorf("index artifact of HelmRepository '%s' is not in storage: %w", repoObj.Name, err),
@@ -373,8 +377,9 @@ func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *
 }
 
 // loadIndexArtifact reads a HelmRepository's index artifact from the
-// store, bounded by the index size limit.
-func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Artifact, dir string) (*helmsrc.Index, error) {
+// store, bounded by the index size limit, into the lookups charts need;
+// the copy it parses, one chart at a time, is on disk.
+func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Artifact) (*helmsrc.Index, error) {
 	a, err := fromStatus(m)
 	if err != nil {
 		return nil, err
@@ -384,10 +389,11 @@ func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Art
 		return nil, err
 	}
 	defer rc.Close()
-	f, err := os.CreateTemp(dir, "index-*.json")
+	f, err := os.CreateTemp("", "helmchart-index-*.json")
 	if err != nil {
 		return nil, err
 	}
+	defer os.Remove(f.Name())
 	max := helmsrc.Limits{IndexMaxSize: r.IndexMaxSize}.Index()
 	n, err := io.Copy(f, io.LimitReader(rc, max+1))
 	if cerr := f.Close(); err == nil {
@@ -427,7 +433,7 @@ func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *source
 	if len(obj.GetValuesFiles()) > 0 {
 		metadata = append(metadata, strconv.FormatInt(obj.Generation, 10))
 	}
-	deps := helmsrc.NewHTTPFetcher(r.dependencyRepository(obj.Namespace, dir),
+	deps := helmsrc.NewHTTPFetcher(r.dependencyRepository(obj.Namespace),
 		helmsrc.Limits{IndexMaxSize: r.IndexMaxSize, ChartMaxSize: r.ChartMaxSize})
 	defer deps.Close()
 	b, err := helmsrc.BuildFromDirectory(ctx, sourceDir, helmsrc.LocalBuildOptions{
@@ -445,9 +451,10 @@ func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *source
 // dependencyRepository opens the repository of a chart dependency as
 // Flux's namespacedChartRepositoryCallback does: the HelmRepository in
 // namespace ns with the same URL (the first by name when several) gives
-// its credentials and its index artifact, read into dir; without one the
-// repository is anonymous and its index fetched.
-func (r *HelmChartReconciler) dependencyRepository(ns, dir string) helmsrc.RepositoryOpener {
+// its credentials and its index artifact (shared with the HelmCharts of
+// that repository); without one the repository is anonymous and its index
+// fetched.
+func (r *HelmChartReconciler) dependencyRepository(ns string) helmsrc.RepositoryOpener {
 	return func(ctx context.Context, base *url.URL) (*helmsrc.Client, *helmsrc.Index, error) {
 		var list sourcev1.HelmRepositoryList
 		if err := r.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{helmRepositoryURLIndexKey: base.String()}); err != nil {
@@ -462,7 +469,7 @@ func (r *HelmChartReconciler) dependencyRepository(ns, dir string) helmsrc.Repos
 			return nil, nil, fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err)
 		}
 		if a := repoObj.GetArtifact(); a != nil {
-			idx, err := r.loadIndexArtifact(ctx, a, dir)
+			idx, err := r.indexes.get(ctx, a)
 			switch {
 			case err == nil:
 				return hc, idx, nil

@@ -5,8 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"os"
-	"strings"
+	"path/filepath"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
@@ -29,7 +28,9 @@ import (
 // an artifact of the repository's normalised index, as Flux does: the
 // revision is the sha256 digest of the fetched index.yaml, the artifact
 // index-<hex of that digest>.yaml holds the index with its entries sorted,
-// as JSON. Objects of type oci are static (Flux v1): they have no
+// as JSON. The index is read and written one chart at a time (see
+// helmsrc.NormalizeIndexFile), through files in the working directory,
+// so a large index is never held whole. Objects of type oci are static (Flux v1): they have no
 // artifact and no status, and any left from the default type is removed.
 type HelmRepositoryReconciler struct {
 	// Client writes only while this replica leads (see leaderclient.go).
@@ -47,13 +48,15 @@ type HelmRepositoryReconciler struct {
 
 // helmRepoState is what the sub-reconcilers of one reconcile share.
 type helmRepoState struct {
+	// dir is the temporary working directory.
+	dir string
 	// url is the repository URL the index was fetched from.
 	url string
 	// revision is the digest of the fetched index, set by reconcileSource.
 	revision string
-	// index is the normalised index as stored, set by reconcileSource
-	// unless the revision is the stored artifact's.
-	index []byte
+	// indexFile holds the normalised index as stored, set by
+	// reconcileSource unless the revision is the stored artifact's.
+	indexFile string
 }
 
 type helmRepoStep = step[*sourcev1.HelmRepository, helmRepoState]
@@ -77,7 +80,7 @@ func (r *HelmRepositoryReconciler) SetupWithManager(mgr ctrl.Manager, concurrent
 	return setupSource(mgr, &sourcev1.HelmRepository{}, concurrent, r)
 }
 
-// Reconcile runs the shared flow (source.go), without a working
+// Reconcile runs the shared flow (source.go) in a fresh working
 // directory: reconcileStorage, then reconcileSource and reconcileArtifact.
 // An object of type oci is made static instead.
 func (r *HelmRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -89,7 +92,8 @@ func (r *HelmRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 			}
 			return true, r.makeStatic(ctx, sp, obj)
 		},
-		newState: func(string) *helmRepoState { return &helmRepoState{} },
+		workDir:  true,
+		newState: func(dir string) *helmRepoState { return &helmRepoState{dir: dir} },
 		steps:    []helmRepoStep{r.reconcileSource, r.reconcileArtifact},
 		notify: func(ctx context.Context, oldObj, obj *sourcev1.HelmRepository, st *helmRepoState) {
 			if obj.GetArtifact() == nil {
@@ -158,22 +162,18 @@ func (r *HelmRepositoryReconciler) reconcileSource(ctx context.Context, sp *patc
 
 	fetchCtx, cancel := context.WithTimeout(ctx, helmTimeout(obj))
 	defer cancel()
-	file, revision, err := hc.FetchToFile(fetchCtx, hc.IndexURL(), "", "helmrepository-index-*.yaml", helmsrc.Limits{IndexMaxSize: r.IndexMaxSize}.Index(), r.DigestAlgorithm)
+	file, revision, err := hc.FetchToFile(fetchCtx, hc.IndexURL(), st.dir, "index-*.yaml", helmsrc.Limits{IndexMaxSize: r.IndexMaxSize}.Index(), r.DigestAlgorithm)
 	if err != nil {
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to fetch Helm repository index: %w", err), meta.FailedReason))
 	}
-	defer os.Remove(file)
 	st.revision = revision
 
 	if obj.GetArtifact().HasRevision(revision) {
 		conditions.Delete(obj, sourcev1.FetchFailedCondition)
 		return ResultSuccess, nil
 	}
-	idx, err := helmsrc.LoadIndex(file)
-	if err == nil {
-		st.index, err = idx.JSON()
-	}
-	if err != nil {
+	st.indexFile = filepath.Join(st.dir, "index.json")
+	if err := helmsrc.NormalizeIndexFile(file, st.indexFile); err != nil {
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to load Helm repository from index YAML: %w", err), sourcev1.IndexationFailedReason))
 	}
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
@@ -206,7 +206,7 @@ func (r *HelmRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *pat
 	}
 
 	art := newArtifactFor(sourcev1.HelmRepositoryKind, obj, st.revision, "index-"+digest.Digest(st.revision).Encoded()+".yaml")
-	if err := r.store.Store(ctx, &art, strings.NewReader(string(st.index))); err != nil {
+	if err := r.store.storeFile(ctx, &art, st.indexFile); err != nil {
 		e := NewGeneric(fmt.Errorf("unable to save artifact to storage: %w", err), sourcev1.ArchiveOperationFailedReason)
 		conditions.MarkTrue(obj, sourcev1.StorageOperationFailedCondition, e.Reason, "%s", e)
 		return ResultEmpty, e

@@ -29,6 +29,7 @@ import (
 	"github.com/sourceraft/sourceraft/metrics"
 	"github.com/sourceraft/sourceraft/raftstore"
 	"github.com/sourceraft/sourceraft/reconcilers"
+	"github.com/sourceraft/sourceraft/sources/helm"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -61,6 +62,8 @@ type options struct {
 	sourceMaxSize      int64
 	sourceMaxEntries   int
 	reconcileGraceTime time.Duration
+	helmIndexMaxSize   int64
+	helmChartMaxSize   int64
 }
 
 func main() {
@@ -118,6 +121,8 @@ func main() {
 	flag.Int64Var(&o.sourceMaxSize, "source-max-size", 1<<30, "Largest uncompressed source (sum of file sizes) archived into an artifact, in bytes; 0 is unbounded.")
 	flag.IntVar(&o.sourceMaxEntries, "source-max-entries", 100000, "Most files and directories archived into one artifact; 0 is unbounded.")
 	flag.DurationVar(&o.reconcileGraceTime, "reconcile-shutdown-timeout", 10*time.Second, "How long reconciles in flight may finish after leadership is lost.")
+	flag.Int64Var(&o.helmIndexMaxSize, "helm-index-max-size", helm.DefaultIndexMaxSize, "The max allowed size in bytes of a HelmRepository index file.")
+	flag.Int64Var(&o.helmChartMaxSize, "helm-chart-max-size", helm.DefaultChartMaxSize, "The max allowed size in bytes of a HelmChart artifact.")
 	flag.Parse()
 
 	log := newLogger(o.logLevel)
@@ -225,6 +230,8 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, cfg rafts
 		RequeueDependency:       o.requeueDependency,
 		ArchiveMaxSize:          o.sourceMaxSize,
 		ArchiveMaxEntries:       o.sourceMaxEntries,
+		HelmIndexMaxSize:        o.helmIndexMaxSize,
+		HelmChartMaxSize:        o.helmChartMaxSize,
 		GracefulShutdownTimeout: o.reconcileGraceTime,
 		// Reconcile only once every entry earlier leaders committed is applied here.
 		CatchUp: func(context.Context) error {

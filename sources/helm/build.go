@@ -127,7 +127,7 @@ type RemoteBuildOptions struct {
 // and repackages it. Failures are *BuildError; b is returned as far as it
 // got, so the caller can report the version it was building.
 func BuildFromRepository(ctx context.Context, c *Client, idx *Index, o RemoteBuildOptions) (*Build, error) {
-	cv, err := idx.idx.Get(o.Chart, o.Version)
+	cv, err := idx.Get(o.Chart, o.Version)
 	if err != nil {
 		return nil, buildErr(ReasonChartPull, "failed to get chart version for remote reference: %w", noVersionErr(o.Chart, o.Version, err))
 	}

@@ -83,7 +83,7 @@ func (f *HTTPFetcher) FetchChart(ctx context.Context, repoURL, name, constraint,
 	if err != nil {
 		return "", err
 	}
-	cv, err := r.idx.idx.Get(name, constraint)
+	cv, err := r.idx.Get(name, constraint)
 	if err != nil {
 		return "", noVersionErr(name, constraint, err)
 	}
@@ -127,7 +127,7 @@ func (c *Client) fetchIndex(ctx context.Context, dir string, max int64) (*Index,
 
 // downloadChart downloads the package of cv, at most max bytes, into a
 // new file in dir.
-func (c *Client) downloadChart(ctx context.Context, cv *repo.ChartVersion, dir string, max int64) (string, error) {
+func (c *Client) downloadChart(ctx context.Context, cv *ChartVersion, dir string, max int64) (string, error) {
 	if len(cv.URLs) == 0 {
 		return "", fmt.Errorf("chart '%s' has no downloadable URLs", cv.Name)
 	}

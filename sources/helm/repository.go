@@ -1,8 +1,9 @@
 // Package helm fetches Helm repository indexes and charts over HTTP(S),
 // pulls charts from OCI registries with Helm's registry client (oci.go),
 // and builds charts the way Flux's HelmRepository and HelmChart do:
-// streamed downloads within size limits, Helm's index loader, versions
-// with build metadata, merged values files, local and remote dependencies and
+// streamed downloads within size limits, indexes read as Helm's loader
+// reads them but one chart at a time (index.go), versions with build
+// metadata, merged values files, local and remote dependencies and
 // deterministic packages. It knows Helm and nothing of Kubernetes:
 // credentials and TLS come in as options, and failures carry a
 // BuildErrorReason (or the errors below) the caller maps to conditions.
@@ -11,7 +12,6 @@ package helm
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"helm.sh/helm/v3/pkg/repo"
 )
 
 // Flux's --helm-* defaults.
@@ -193,26 +192,4 @@ func (c *Client) FetchToFile(ctx context.Context, href, dir, pattern string, max
 		return "", "", err
 	}
 	return f.Name(), d.Digest().String(), nil
-}
-
-// Index is a loaded repository index.
-type Index struct {
-	idx *repo.IndexFile
-}
-
-// LoadIndex loads and normalises a repository index (YAML or JSON) with
-// Helm's loader: invalid entries are dropped and the entries sorted,
-// newest version first.
-func LoadIndex(file string) (*Index, error) {
-	idx, err := repo.LoadIndexFile(file)
-	if err != nil {
-		return nil, err
-	}
-	idx.SortEntries()
-	return &Index{idx: idx}, nil
-}
-
-// JSON is the normalised index as Flux stores it: indented JSON.
-func (x *Index) JSON() ([]byte, error) {
-	return json.MarshalIndent(x.idx, "", "  ")
 }

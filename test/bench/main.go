@@ -1,7 +1,9 @@
 // Command bench measures sourceraft against plain baselines on the same
 // machine in the same run: serving from a follower against http.FileServer,
 // a replicated store against a local write+fsync, the leader's memory while
-// it stores a large artifact, and failover time. `make bench` runs it with
+// it stores a large artifact and while it reconciles a 100 MiB Helm index
+// (beside upstream Flux's when -upstream-bin names it), and failover time.
+// `make bench` runs it with
 // SOURCERAFT_BIN and BENCH_OUT set; it prints a table and writes JSON.
 //
 // Targets are reported, never enforced: a miss exits 0 because the numbers
@@ -51,9 +53,12 @@ type config struct {
 	deadline time.Duration
 	// profile is where replicas' profiles go; empty: none are taken.
 	profile string
+	// upstream, when set, is Flux's source-controller, measured beside
+	// sourceraft in the helmindex phase.
+	upstream string
 }
 
-var allPhases = []string{"serve", "replicate", "rss", "failover", "disk"}
+var allPhases = []string{"serve", "replicate", "rss", "failover", "disk", "helmindex"}
 
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == fileServerCommand {
@@ -73,8 +78,9 @@ func main() {
 	flag.StringVar(&phases, "phases", strings.Join(allPhases, ","), "comma-separated phases to run")
 	flag.BoolVar(&cfg.verbose, "v", false, "copy replica logs to stderr")
 	replicaArgs := flag.String("replica-args", "", "extra space-separated flags for every replica, for experiments (recorded in the JSON)")
-	flag.DurationVar(&cfg.deadline, "deadline", 15*time.Minute, "abort the whole run after this long")
+	flag.DurationVar(&cfg.deadline, "deadline", 25*time.Minute, "abort the whole run after this long")
 	flag.StringVar(&cfg.profile, "profile", "", "run replicas with --pprof and save profiles into this directory: the follower's CPU in each size's first serving round, the leader's CPU while it stores 100 MiB, and the leader's and a follower's heap after each memory measurement")
+	flag.StringVar(&cfg.upstream, "upstream-bin", os.Getenv("UPSTREAM_SOURCE_CONTROLLER"), "Flux source-controller binary to measure beside sourceraft in the helmindex phase (default $UPSTREAM_SOURCE_CONTROLLER; none: skipped)")
 	flag.Parse()
 
 	cfg.args = strings.Fields(*replicaArgs)
@@ -255,6 +261,9 @@ func (b *bench) runPhases(ctx context.Context) (failed bool) {
 			fmt.Fprintln(os.Stderr, "cluster-c:", err)
 		}
 	}
+	// The cluster of the helmindex phase reconciles against an API server
+	// of its own (envtest).
+	phase("helmindex", func() error { return b.helmIndex(ctx) })
 	if ctx.Err() != nil {
 		b.res.errors["run"] = ctx.Err().Error()
 		failed = true
@@ -366,6 +375,7 @@ var targets = []target{
 	{key: "store_1gib_peak_rss_mib", label: "leader peak RSS increase storing 1 GiB", unit: "MiB", op: "<=", limit: 1.1, of: "store_200mib_peak_rss_mib"},
 	{key: "failover_seconds", label: "SIGKILL leader -> next write accepted", unit: "s", op: "<=", limit: 3},
 	{key: "disk_per_replica_ratio", label: "replica volume bytes / live artifact bytes", unit: "x", op: "<=", limit: 2.5},
+	{key: "helm_index_rss_ratio_vs_index_size", label: "leader peak RSS increase / index size, 100 MiB index + 4 charts", unit: "x", op: "<=", limit: 2.0},
 }
 
 // bound is the target's limit in this run; false when it depends on a

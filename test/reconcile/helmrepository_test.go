@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/sourceraft/sourceraft/internal/helmserver"
+	helmsrc "github.com/sourceraft/sourceraft/sources/helm"
 )
 
 // helmIndexRevision is Flux's revision of an index: the sha256 of the
@@ -187,5 +191,37 @@ func TestHelmRepositoryOCIIsStatic(t *testing.T) {
 	}
 	if len(fresh.Finalizers) != 0 || len(fresh.Status.Conditions) != 0 {
 		t.Fatalf("oci HelmRepository got finalizers %v or conditions %v", fresh.Finalizers, fresh.Status.Conditions)
+	}
+}
+
+// TestHelmRepositoryIndexTooLarge refuses an index over
+// --helm-index-max-size (Flux's default, 50 MiB) with FetchFailed, both
+// when the server declares its length and when the body is cut off
+// while streaming, and keeps no artifact.
+func TestHelmRepositoryIndexTooLarge(t *testing.T) {
+	ns := helmNamespace(t)
+	line := []byte("# padding of an index over the limit\n")
+	size := int(helmsrc.DefaultIndexMaxSize) + len(line)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/declared/index.yaml" {
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+		}
+		w.Write([]byte("apiVersion: v1\nentries: {}\n"))
+		for n := 0; n < size; n += len(line) {
+			if _, err := w.Write(line); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	for _, name := range []string{"declared", "streamed"} {
+		obj := newHelmRepository(t, ns, name, srv.URL+"/"+name, nil)
+		o := helmFailedWith(t, obj, sourcev1.FetchFailedCondition, meta.FailedReason)
+		if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "exceeds the maximum size") {
+			t.Errorf("%s: FetchFailed message %q", name, msg)
+		}
+		if o.Status.Artifact != nil {
+			t.Errorf("%s: artifact of an index over the limit: %+v", name, o.Status.Artifact)
+		}
 	}
 }
