@@ -503,6 +503,13 @@ func (r *HelmChartReconciler) dependencyRegistry(ns string) helmsrc.OCIOpener {
 		}
 		oc, err := newHelmOCIClient(ctx, r.Client, &repoObj)
 		if err != nil {
+			// A dependency's repository fails the build, as a
+			// DependencyBuildError: not with the reason it has as a
+			// chart's source.
+			var e *Error
+			if errors.As(err, &e) {
+				err = e.Err
+			}
 			return nil, fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err)
 		}
 		return oc, nil

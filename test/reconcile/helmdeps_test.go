@@ -200,8 +200,9 @@ func TestHelmChartRemoteDependencies(t *testing.T) {
 // it fails; with the credentials of the oci HelmRepository of its URL
 // (spelt with a trailing slash) in the namespace, the SemVer range
 // resolves to the newest matching tag and the packaged chart is served
-// digest-checked by every replica. Wrong credentials afterwards are a
-// BuildFailed DependencyBuildError that keeps the previous artifact.
+// digest-checked by every replica. Wrong credentials or a missing
+// secret afterwards are a BuildFailed DependencyBuildError that keeps
+// the previous artifact.
 func TestHelmChartOCIDependencies(t *testing.T) {
 	ns := helmNamespace(t)
 	reg := ociregistry.Shared(t).Private
@@ -234,35 +235,40 @@ func TestHelmChartOCIDependencies(t *testing.T) {
 	fetchFromEveryReplica(t, o.Status.Artifact)
 	prev := o.Status.Artifact.DeepCopy()
 
-	updateSpec(t, registry, func(o *sourcev1.HelmRepository) {
-		o.Spec.SecretRef = &meta.LocalObjectReference{Name: "wrong"}
-	})
-	// The manager's cache may still hold the old HelmRepository for a
-	// reconcile: rebuild until a generation fails.
-	for i := 0; ; i++ {
-		updateSpec(t, hc, func(o *sourcev1.HelmChart) { o.Spec.Interval.Duration += time.Minute })
-		o = helmWaitFor(t, hc, 60*time.Second, "the new generation reconciled", func(o *sourcev1.HelmChart) bool {
-			ready := conditions.Get(o, meta.ReadyCondition)
-			return ready != nil && ready.ObservedGeneration == o.Generation &&
-				(ready.Status == metav1.ConditionTrue || conditions.IsTrue(o, sourcev1.BuildFailedCondition))
-		})
-		if conditions.IsTrue(o, sourcev1.BuildFailedCondition) || i == 5 {
-			break
+	// The manager's cache may still hold the previous HelmRepository or
+	// secret for a reconcile: rebuild until a generation fails with msg.
+	failsWith := func(msg string) {
+		t.Helper()
+		var o *sourcev1.HelmChart
+		for range 5 {
+			updateSpec(t, hc, func(o *sourcev1.HelmChart) { o.Spec.Interval.Duration += time.Minute })
+			o = helmWaitFor(t, hc, 60*time.Second, "the new generation reconciled", func(o *sourcev1.HelmChart) bool {
+				ready := conditions.Get(o, meta.ReadyCondition)
+				return ready != nil && ready.ObservedGeneration == o.Generation &&
+					(ready.Status == metav1.ConditionTrue || conditions.IsTrue(o, sourcev1.BuildFailedCondition))
+			})
+			if strings.Contains(conditions.GetMessage(o, sourcev1.BuildFailedCondition), msg) {
+				break
+			}
 		}
+		if conditions.GetReason(o, sourcev1.BuildFailedCondition) != string(helmsrc.ReasonDependencyBuild) ||
+			!strings.Contains(conditions.GetMessage(o, sourcev1.BuildFailedCondition), msg) ||
+			!conditions.IsFalse(o, meta.ReadyCondition) || conditions.Has(o, meta.StalledCondition) {
+			t.Fatalf("want a DependencyBuildError with %q: BuildFailed %q %q, Ready %v, Stalled %v", msg,
+				conditions.GetReason(o, sourcev1.BuildFailedCondition), conditions.GetMessage(o, sourcev1.BuildFailedCondition),
+				conditions.Get(o, meta.ReadyCondition), conditions.Get(o, meta.StalledCondition))
+		}
+		if o.Status.Artifact == nil || o.Status.Artifact.Digest != prev.Digest {
+			t.Fatalf("%s: previous artifact not kept: %+v", msg, o.Status.Artifact)
+		}
+		download(t, o.Status.Artifact)
 	}
-	if conditions.GetReason(o, sourcev1.BuildFailedCondition) != string(helmsrc.ReasonDependencyBuild) ||
-		!strings.Contains(conditions.GetMessage(o, sourcev1.BuildFailedCondition), "authentication failed") ||
-		!conditions.IsFalse(o, meta.ReadyCondition) {
-		t.Fatalf("with wrong credentials: BuildFailed %q %q, Ready %v", conditions.GetReason(o, sourcev1.BuildFailedCondition),
-			conditions.GetMessage(o, sourcev1.BuildFailedCondition), conditions.Get(o, meta.ReadyCondition))
+	for secret, msg := range map[string]string{"wrong": "authentication failed", "absent": "failed to get secret"} {
+		updateSpec(t, registry, func(o *sourcev1.HelmRepository) {
+			o.Spec.SecretRef = &meta.LocalObjectReference{Name: secret}
+		})
+		failsWith(msg)
 	}
-	if conditions.Has(o, meta.StalledCondition) {
-		t.Fatal("wrong dependency credentials stalled the chart")
-	}
-	if o.Status.Artifact == nil || o.Status.Artifact.Digest != prev.Digest {
-		t.Fatalf("previous artifact not kept: %+v", o.Status.Artifact)
-	}
-	download(t, o.Status.Artifact)
 	for _, a := range storedOf[*sourcev1.HelmChart](t, ns, "umbrella") {
 		if a.Revision != "0.1.0" {
 			t.Fatalf("a failed build stored %s", a.Path())
