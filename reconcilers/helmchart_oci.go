@@ -53,11 +53,11 @@ func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, ob
 
 // newHelmOCIClient configures the registry client of an oci HelmRepository
 // from its URL, insecure (plain HTTP), timeout, secretRef and
-// certSecretRef as Flux does: a kubernetes.io/dockerconfigjson secret must hold the
-// credentials of the URL's host, any other secret username and password;
-// certSecretRef's ca.crt is added to the system's CAs. A URL that is not
-// oci:// stalls; a secret that cannot be read or used is an
-// authentication failure.
+// certSecretRef as Flux does: a kubernetes.io/dockerconfigjson secret
+// must hold the credentials of the URL's host, any other secret
+// username and password; certSecretRef's ca.crt is added to the
+// system's CAs. A URL that is not oci:// stalls; a secret that cannot be
+// read or used is an authentication failure.
 func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRepository) (*helmsrc.OCIClient, error) {
 	u, err := helmsrc.ParseOCIURL(obj.Spec.URL)
 	if err != nil {
