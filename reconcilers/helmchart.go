@@ -53,7 +53,8 @@ var helmChartKind = sourceKind[*sourcev1.HelmChart]{
 const helmChartSourceIndexKey = ".spec.sourceRef"
 
 // helmRepositoryURLIndexKey indexes HelmRepositories by their normalised
-// http(s) URL, to find the one a chart dependency's repository is (Flux's
+// URL (http(s) with a trailing slash, oci:// of an oci HelmRepository
+// without), to find the one a chart dependency's repository is (Flux's
 // .metadata.helmRepositoryURL).
 const helmRepositoryURLIndexKey = ".spec.url"
 
@@ -105,7 +106,12 @@ func (r *HelmChartReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 		return fmt.Errorf("index HelmCharts by source: %w", err)
 	}
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &sourcev1.HelmRepository{}, helmRepositoryURLIndexKey, func(o client.Object) []string {
-		if u, err := helmsrc.ParseRepositoryURL(o.(*sourcev1.HelmRepository).Spec.URL); err == nil {
+		repo := o.(*sourcev1.HelmRepository)
+		parse := helmsrc.ParseRepositoryURL
+		if repo.Spec.Type == sourcev1.HelmRepositoryTypeOCI {
+			parse = helmsrc.ParseOCIURL
+		}
+		if u, err := parse(repo.Spec.URL); err == nil {
 			return []string{u.String()}
 		}
 		return nil
@@ -411,8 +417,8 @@ func (r *HelmChartReconciler) loadIndexArtifact(ctx context.Context, m *meta.Art
 // buildFromArtifact extracts a GitRepository or Bucket artifact from the
 // store, loads the chart at spec.chart (a directory or a packaged chart),
 // applies the reconcile strategy and values files, adds a directory's
-// missing dependencies (remote ones through dependencyRepository), and
-// packages it.
+// missing dependencies (remote ones through dependencyRepository and
+// dependencyRegistry), and packages it.
 func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *sourcev1.HelmChart, src *meta.Artifact, dir string) (*helmsrc.Build, error) {
 	sourceDir := filepath.Join(dir, "source")
 	if err := os.Mkdir(sourceDir, 0o700); err != nil {
@@ -433,14 +439,16 @@ func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *source
 	if len(obj.GetValuesFiles()) > 0 {
 		metadata = append(metadata, strconv.FormatInt(obj.Generation, 10))
 	}
-	deps := helmsrc.NewHTTPFetcher(r.dependencyRepository(obj.Namespace),
-		helmsrc.Limits{IndexMaxSize: r.IndexMaxSize, ChartMaxSize: r.ChartMaxSize})
+	limits := helmsrc.Limits{IndexMaxSize: r.IndexMaxSize, ChartMaxSize: r.ChartMaxSize}
+	deps := helmsrc.NewHTTPFetcher(r.dependencyRepository(obj.Namespace), limits)
 	defer deps.Close()
+	ociDeps := helmsrc.NewOCIFetcher(r.dependencyRegistry(obj.Namespace), limits)
+	defer ociDeps.Close()
 	b, err := helmsrc.BuildFromDirectory(ctx, sourceDir, helmsrc.LocalBuildOptions{
 		BuildOptions: helmBuildOptions(obj, dir),
 		Chart:        obj.Spec.Chart, SourceKind: obj.Spec.SourceRef.Kind,
 		VersionMetadata: strings.Join(metadata, "."),
-		Dependencies:    helmsrc.Dependencies{"http": deps, "https": deps},
+		Dependencies:    helmsrc.Dependencies{"http": deps, "https": deps, "oci": ociDeps},
 	})
 	if b != nil && b.UpToDate {
 		b.ValuesFiles = obj.Status.ObservedValuesFiles
@@ -479,6 +487,39 @@ func (r *HelmChartReconciler) dependencyRepository(ns string) helmsrc.Repository
 			}
 		}
 		return hc, nil, nil
+	}
+}
+
+// dependencyRegistry opens the registry of an oci:// chart dependency as
+// Flux's namespacedChartRepositoryCallback does: the oci HelmRepository
+// in namespace ns with the same URL (the first by name when several)
+// gives its secretRef, certSecretRef, insecure and timeout; without one
+// the registry is asked anonymously over HTTPS.
+func (r *HelmChartReconciler) dependencyRegistry(ns string) helmsrc.OCIOpener {
+	return func(ctx context.Context, u *url.URL) (*helmsrc.OCIClient, error) {
+		var list sourcev1.HelmRepositoryList
+		if err := r.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{helmRepositoryURLIndexKey: u.String()}); err != nil {
+			return nil, fmt.Errorf("unable to retrieve HelmRepositoryList: %w", err)
+		}
+		if len(list.Items) == 0 {
+			return helmsrc.NewOCIClient(u, helmsrc.OCIOptions{Timeout: helmsrc.AnonymousTimeout}), nil
+		}
+		repoObj := slices.MinFunc(list.Items, func(a, b sourcev1.HelmRepository) int { return strings.Compare(a.Name, b.Name) })
+		if err := unsupportedHelmRepoSpec(&repoObj); err != nil {
+			return nil, fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err)
+		}
+		oc, err := newHelmOCIClient(ctx, r.Client, &repoObj)
+		if err != nil {
+			// A dependency's repository fails the build, as a
+			// DependencyBuildError: not with the reason it has as a
+			// chart's source.
+			var e *Error
+			if errors.As(err, &e) {
+				err = e.Err
+			}
+			return nil, fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err)
+		}
+		return oc, nil
 	}
 }
 

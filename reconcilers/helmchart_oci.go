@@ -52,18 +52,18 @@ func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, ob
 }
 
 // newHelmOCIClient configures the registry client of an oci HelmRepository
-// from its URL, insecure (plain HTTP), secretRef and certSecretRef as
-// Flux does: a kubernetes.io/dockerconfigjson secret must hold the
-// credentials of the URL's host, any other secret username and password;
-// certSecretRef's ca.crt is added to the system's CAs. A URL that is not
-// oci:// stalls; a secret that cannot be read or used is an
-// authentication failure.
+// from its URL, insecure (plain HTTP), timeout, secretRef and
+// certSecretRef as Flux does: a kubernetes.io/dockerconfigjson secret
+// must hold the credentials of the URL's host, any other secret
+// username and password; certSecretRef's ca.crt is added to the
+// system's CAs. A URL that is not oci:// stalls; a secret that cannot be
+// read or used is an authentication failure.
 func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRepository) (*helmsrc.OCIClient, error) {
 	u, err := helmsrc.ParseOCIURL(obj.Spec.URL)
 	if err != nil {
 		return nil, NewStalling(err, sourcev1.URLInvalidReason)
 	}
-	o := helmsrc.OCIOptions{PlainHTTP: obj.Spec.Insecure}
+	o := helmsrc.OCIOptions{PlainHTTP: obj.Spec.Insecure, Timeout: helmTimeout(obj)}
 	if ref := obj.Spec.SecretRef; ref != nil {
 		secret, err := helmGetSecret(ctx, c, obj.Namespace, ref.Name)
 		if err != nil {

@@ -110,6 +110,60 @@ func (f *HTTPFetcher) repository(ctx context.Context, base *url.URL, dir string)
 	return r, nil
 }
 
+// OCIOpener returns the client of the registry of charts at u (from
+// ParseOCIURL).
+type OCIOpener func(ctx context.Context, u *url.URL) (*OCIClient, error)
+
+// OCIFetcher is the ChartFetcher of oci:// repositories: the chart
+// <name> of oci://<host>/<path> is the registry repository
+// <host>/<path>/<name>, its versions its tags. It opens each registry
+// URL once per build; it is not safe for concurrent use.
+type OCIFetcher struct {
+	open    OCIOpener
+	limits  Limits
+	clients map[string]*OCIClient
+}
+
+// NewOCIFetcher pulls from the registries open returns (nil: anonymous
+// clients over HTTPS), with charts bounded by limits.
+func NewOCIFetcher(open OCIOpener, limits Limits) *OCIFetcher {
+	if open == nil {
+		open = func(_ context.Context, u *url.URL) (*OCIClient, error) {
+			return NewOCIClient(u, OCIOptions{Timeout: AnonymousTimeout}), nil
+		}
+	}
+	return &OCIFetcher{open: open, limits: limits, clients: map[string]*OCIClient{}}
+}
+
+// Close releases the clients of the registries opened.
+func (f *OCIFetcher) Close() {
+	for _, c := range f.clients {
+		c.Close()
+	}
+}
+
+// FetchChart resolves the constraint against the chart's tags with
+// Flux's rules (see ResolveVersion) and pulls that tag within the chart
+// size limit.
+func (f *OCIFetcher) FetchChart(ctx context.Context, repoURL, name, constraint, dir string) (string, error) {
+	u, err := ParseOCIURL(repoURL)
+	if err != nil {
+		return "", err
+	}
+	c, ok := f.clients[u.String()]
+	if !ok {
+		if c, err = f.open(ctx, u); err != nil {
+			return "", err
+		}
+		f.clients[u.String()] = c
+	}
+	tag, err := c.ResolveVersion(ctx, name, constraint)
+	if err != nil {
+		return "", err
+	}
+	return c.Pull(ctx, name, tag, dir, f.limits.Chart())
+}
+
 // fetchIndex downloads the repository's index.yaml, at most max bytes,
 // and loads it.
 func (c *Client) fetchIndex(ctx context.Context, dir string, max int64) (*Index, error) {
@@ -250,10 +304,7 @@ func remoteDependency(ctx context.Context, dep *chart.Dependency, constraint str
 		return nil, fmt.Errorf("invalid dependency repository URL '%s': %w", dep.Repository, err)
 	}
 	f := deps[u.Scheme]
-	switch {
-	case f == nil && u.Scheme == "oci":
-		return nil, fmt.Errorf("oci:// dependencies are not supported yet: %s", dep.Repository)
-	case f == nil:
+	if f == nil {
 		return nil, fmt.Errorf("invalid dependency repository URL: %s", dep.Repository)
 	}
 	file, err := f.FetchChart(ctx, dep.Repository, dep.Name, constraint, dir)

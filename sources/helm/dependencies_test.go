@@ -38,15 +38,24 @@ func depSource(t *testing.T, deps []*chart.Dependency, lock *chart.Lock) string 
 	return src
 }
 
-// buildDeps builds charts/app of src with the HTTP(S) fetcher of open.
+// buildDeps builds charts/app of src with the HTTP(S) fetcher of open
+// and an anonymous OCI fetcher.
 func buildDeps(t *testing.T, src string, open RepositoryOpener, limits Limits) (*Build, error) {
 	t.Helper()
 	f := NewHTTPFetcher(open, limits)
 	defer f.Close()
+	o := NewOCIFetcher(nil, limits)
+	defer o.Close()
+	return buildWith(t, src, Dependencies{"http": f, "https": f, "oci": o})
+}
+
+// buildWith builds charts/app of src with deps.
+func buildWith(t *testing.T, src string, deps Dependencies) (*Build, error) {
+	t.Helper()
 	return BuildFromDirectory(t.Context(), src, LocalBuildOptions{
 		BuildOptions: BuildOptions{Dir: t.TempDir()},
 		Chart:        "charts/app", SourceKind: "GitRepository",
-		Dependencies: Dependencies{"http": f, "https": f},
+		Dependencies: deps,
 	})
 }
 
@@ -191,7 +200,7 @@ func TestRemoteDependencyFailures(t *testing.T) {
 		"chart gone":           {dep("redis", "1.0.0", noCharts.URL), Limits{}, "404"},
 		"chart too large":      {dep("redis", "1.0.0", public.URL()), Limits{ChartMaxSize: 100}, "exceeds the maximum size"},
 		"no credentials":       {dep("common", "0.5.0", private.URL()), Limits{}, "401"},
-		"oci":                  {dep("redis", "1.0.0", "oci://127.0.0.1:1/charts"), Limits{}, "oci:// dependencies are not supported yet"},
+		"oci unreachable":      {dep("redis", "1.0.0", "oci://"+closed[len("http://"):]+"/charts"), Limits{}, "connection refused"},
 		"repository alias @":   {dep("redis", "1.0.0", "@stable"), Limits{}, "aliased repository dependency is not supported"},
 		"repository alias:":    {dep("redis", "1.0.0", "alias:stable"), Limits{}, "aliased repository dependency is not supported"},
 		"unsupported scheme":   {dep("redis", "1.0.0", "ftp://127.0.0.1/charts"), Limits{}, "invalid dependency repository URL"},

@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/Masterminds/semver/v3"
 	"helm.sh/helm/v3/pkg/registry"
@@ -42,6 +43,8 @@ type OCIOptions struct {
 	TLS *tls.Config
 	// PlainHTTP talks HTTP instead of HTTPS (Flux's spec.insecure).
 	PlainHTTP bool
+	// Timeout bounds each request; zero is none.
+	Timeout time.Duration
 }
 
 // OCIClient pulls charts from the repositories under one oci:// URL with
@@ -56,7 +59,9 @@ type OCIClient struct {
 }
 
 // ParseOCIURL accepts the URL of a registry of charts,
-// oci://<host>[/<path>]; anything else fails with ErrInvalidURL.
+// oci://<host>[/<path>], and returns it without a trailing slash, as
+// Flux normalises it to match a dependency's repository with a
+// HelmRepository; anything else fails with ErrInvalidURL.
 func ParseOCIURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -68,6 +73,8 @@ func ParseOCIURL(raw string) (*url.URL, error) {
 	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("%w '%s': want oci://<host>[/<path>]", ErrInvalidURL, raw)
 	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = strings.TrimRight(u.RawPath, "/")
 	return u, nil
 }
 
@@ -75,7 +82,7 @@ func ParseOCIURL(raw string) (*url.URL, error) {
 func NewOCIClient(u *url.URL, o OCIOptions) *OCIClient {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = o.TLS
-	return &OCIClient{base: u.Host + strings.TrimRight(u.Path, "/"), host: u.Host, o: o, tr: tr}
+	return &OCIClient{base: u.Host + u.Path, host: u.Host, o: o, tr: tr}
 }
 
 // Close releases the client's idle connections.
@@ -93,7 +100,7 @@ func (c *OCIClient) RepositoryURL(name string) string {
 // when max is positive, so that a pull stops at the size limit instead
 // of buffering a whole oversized layer.
 func (c *OCIClient) registryClient(ctx context.Context, max int64) (*registry.Client, error) {
-	hc := &http.Client{Transport: &boundTransport{ctx: ctx, max: max, next: c.tr}}
+	hc := &http.Client{Transport: &boundTransport{ctx: ctx, max: max, next: c.tr}, Timeout: c.o.Timeout}
 	authorizer := auth.Client{
 		Client: hc,
 		Header: http.Header{"User-Agent": {userAgent}},

@@ -15,8 +15,10 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sourceraft/sourceraft/internal/helmserver"
+	"github.com/sourceraft/sourceraft/internal/ociregistry"
 	helmsrc "github.com/sourceraft/sourceraft/sources/helm"
 )
 
@@ -168,7 +170,9 @@ func TestHelmChartRemoteDependencies(t *testing.T) {
 		{"- name: app\n  repository: file://.\n", "dependency cycle"},
 		{"- name: lib\n  repository: file://../lib\n", "no chart found at '../lib'"},
 		{"- name: redis\n  version: 1.0.0\n  repository: '@stable'\n", "aliased repository dependency is not supported"},
-		{"- name: redis\n  version: 1.0.0\n  repository: oci://127.0.0.1:1/charts\n", "oci:// dependencies"},
+		// An oci:// dependency without an oci HelmRepository of its URL:
+		// asked anonymously.
+		{"- name: redis\n  version: 1.0.0\n  repository: oci://" + strings.TrimPrefix(closed, "http://") + "/charts\n", "connection refused"},
 	} {
 		sha := gitRepo.commit("bad dependency", helmDepsChart(fmt.Sprintf("0.%d.0", i+2), bad.deps))
 		helmRequestReconcile(t, gr)
@@ -188,5 +192,86 @@ func TestHelmChartRemoteDependencies(t *testing.T) {
 	o = helmReady(t, hc, "0.9.0")
 	if got := helmSubcharts(t, o); got["redis"] != "1.4.0" || got["base"] != "0.5.0" {
 		t.Fatalf("subcharts %v, want redis 1.4.0 and base 0.5.0", got)
+	}
+}
+
+// TestHelmChartOCIDependencies packages a GitRepository chart with an
+// oci:// dependency in a registry behind basic auth: asked anonymously
+// it fails; with the credentials of the oci HelmRepository of its URL
+// (spelt with a trailing slash) in the namespace, the SemVer range
+// resolves to the newest matching tag and the packaged chart is served
+// digest-checked by every replica. Wrong credentials or a missing
+// secret afterwards are a BuildFailed DependencyBuildError that keeps
+// the previous artifact.
+func TestHelmChartOCIDependencies(t *testing.T) {
+	ns := helmNamespace(t)
+	reg := ociregistry.Shared(t).Private
+	repo := "helmdeps/" + ns
+	for _, v := range []string{"1.0.0", "1.2.0", "1.3.0-rc.1", "2.0.0"} {
+		helmPushChart(t, reg, repo, v, helmserver.ChartSpec{Name: "redis", Version: v})
+	}
+	gitRepo := gitSrv.newRepo(t, "public", "helm-oci-deps-"+ns)
+	sha := gitRepo.commit("chart", helmDepsChart("0.1.0",
+		"- name: redis\n  version: ^1.0.0\n  repository: "+reg.URL(repo)+"\n"))
+	newGitRepository(t, ns, "source", gitRepo.URL, nil)
+	readyAt(t, ns, "source", "master@sha1:"+sha)
+
+	// Without an oci HelmRepository of its URL the registry is asked
+	// anonymously, over HTTPS, which this plain HTTP registry cannot answer.
+	hc := newHelmChart(t, ns, "umbrella", sourcev1.GitRepositoryKind, "source", "charts/app", nil)
+	helmFailedWithMessage(t, hc, sourcev1.BuildFailedCondition, string(helmsrc.ReasonDependencyBuild), "HTTP response to HTTPS client")
+
+	newHelmSecret(t, ns, "creds", map[string]string{"username": ociregistry.User, "password": ociregistry.Password})
+	newHelmSecret(t, ns, "wrong", map[string]string{"username": ociregistry.User, "password": "wrong"})
+	registry := helmOCIRepository(t, ns, "registry", reg.URL(repo)+"/", func(o *sourcev1.HelmRepository) {
+		o.Spec.SecretRef = &meta.LocalObjectReference{Name: "creds"}
+	})
+	helmRequestReconcile(t, hc)
+	o := helmReady(t, hc, "0.1.0")
+	helmCheckChartArtifact(t, o, "app", "0.1.0")
+	if got := helmSubcharts(t, o); len(got) != 1 || got["redis"] != "1.2.0" {
+		t.Fatalf("subcharts %v, want redis 1.2.0", got)
+	}
+	fetchFromEveryReplica(t, o.Status.Artifact)
+	prev := o.Status.Artifact.DeepCopy()
+
+	// The manager's cache may still hold the previous HelmRepository or
+	// secret for a reconcile: rebuild until a generation fails with msg.
+	failsWith := func(msg string) {
+		t.Helper()
+		var o *sourcev1.HelmChart
+		for range 5 {
+			updateSpec(t, hc, func(o *sourcev1.HelmChart) { o.Spec.Interval.Duration += time.Minute })
+			o = helmWaitFor(t, hc, 60*time.Second, "the new generation reconciled", func(o *sourcev1.HelmChart) bool {
+				ready := conditions.Get(o, meta.ReadyCondition)
+				return ready != nil && ready.ObservedGeneration == o.Generation &&
+					(ready.Status == metav1.ConditionTrue || conditions.IsTrue(o, sourcev1.BuildFailedCondition))
+			})
+			if strings.Contains(conditions.GetMessage(o, sourcev1.BuildFailedCondition), msg) {
+				break
+			}
+		}
+		if conditions.GetReason(o, sourcev1.BuildFailedCondition) != string(helmsrc.ReasonDependencyBuild) ||
+			!strings.Contains(conditions.GetMessage(o, sourcev1.BuildFailedCondition), msg) ||
+			!conditions.IsFalse(o, meta.ReadyCondition) || conditions.Has(o, meta.StalledCondition) {
+			t.Fatalf("want a DependencyBuildError with %q: BuildFailed %q %q, Ready %v, Stalled %v", msg,
+				conditions.GetReason(o, sourcev1.BuildFailedCondition), conditions.GetMessage(o, sourcev1.BuildFailedCondition),
+				conditions.Get(o, meta.ReadyCondition), conditions.Get(o, meta.StalledCondition))
+		}
+		if o.Status.Artifact == nil || o.Status.Artifact.Digest != prev.Digest {
+			t.Fatalf("%s: previous artifact not kept: %+v", msg, o.Status.Artifact)
+		}
+		download(t, o.Status.Artifact)
+	}
+	for secret, msg := range map[string]string{"wrong": "authentication failed", "absent": "failed to get secret"} {
+		updateSpec(t, registry, func(o *sourcev1.HelmRepository) {
+			o.Spec.SecretRef = &meta.LocalObjectReference{Name: secret}
+		})
+		failsWith(msg)
+	}
+	for _, a := range storedOf[*sourcev1.HelmChart](t, ns, "umbrella") {
+		if a.Revision != "0.1.0" {
+			t.Fatalf("a failed build stored %s", a.Path())
+		}
 	}
 }
