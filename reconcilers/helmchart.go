@@ -370,16 +370,22 @@ func (r *HelmChartReconciler) buildFromHelmRepository(ctx context.Context, obj *
 	}
 	fetchCtx, cancel := context.WithTimeout(ctx, helmTimeout(repoObj))
 	defer cancel()
-	b, err := helmsrc.BuildFromRepository(fetchCtx, hc, idx, helmsrc.RemoteBuildOptions{
-		BuildOptions: helmBuildOptions(obj, dir),
-		Chart:        obj.Spec.Chart, Version: obj.Spec.Version,
-		VersionMetadata: strconv.FormatInt(obj.Generation, 10),
-		MaxSize:         helmsrc.Limits{ChartMaxSize: r.ChartMaxSize}.Chart(),
-	})
+	b, err := helmsrc.BuildFromRepository(fetchCtx, hc, idx, r.remoteBuildOptions(obj, dir))
 	if b != nil && b.UpToDate {
 		b.ValuesFiles = obj.Status.ObservedValuesFiles
 	}
 	return b, err
+}
+
+// remoteBuildOptions are the options of a build of obj's chart from a
+// repository (HTTP or OCI), building into dir.
+func (r *HelmChartReconciler) remoteBuildOptions(obj *sourcev1.HelmChart, dir string) helmsrc.RemoteBuildOptions {
+	return helmsrc.RemoteBuildOptions{
+		BuildOptions: helmBuildOptions(obj, dir),
+		Chart:        obj.Spec.Chart, Version: obj.Spec.Version,
+		VersionMetadata: strconv.FormatInt(obj.Generation, 10),
+		MaxSize:         helmsrc.Limits{ChartMaxSize: r.ChartMaxSize}.Chart(),
+	}
 }
 
 // loadIndexArtifact reads a HelmRepository's index artifact from the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"github.com/fluxcd/pkg/runtime/secrets"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
@@ -35,12 +34,7 @@ func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, ob
 
 	fetchCtx, cancel := context.WithTimeout(ctx, helmTimeout(repoObj))
 	defer cancel()
-	b, err := helmsrc.BuildFromOCI(fetchCtx, oc, helmsrc.RemoteBuildOptions{
-		BuildOptions: helmBuildOptions(obj, dir),
-		Chart:        obj.Spec.Chart, Version: obj.Spec.Version,
-		VersionMetadata: strconv.FormatInt(obj.Generation, 10),
-		MaxSize:         helmsrc.Limits{ChartMaxSize: r.ChartMaxSize}.Chart(),
-	})
+	b, err := helmsrc.BuildFromOCI(fetchCtx, oc, r.remoteBuildOptions(obj, dir))
 	if b != nil && b.UpToDate {
 		b.ValuesFiles = obj.Status.ObservedValuesFiles
 	}
