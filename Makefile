@@ -12,6 +12,7 @@ include mk/envtest.mk
 include mk/minio.mk
 include mk/image.mk
 include mk/flux.mk
+include mk/upstream.mk
 
 build:
 	$(GO) build -o $(BIN)/source-controller ./cmd/source-controller
@@ -79,8 +80,10 @@ soak: build envtest-bins
 	SOURCERAFT_BIN=$(BIN)/source-controller SOAK_DURATION=$(SOAK_DURATION) \
 		$(GO) test -count=1 -timeout $${SOAK_TIMEOUT:-3h} -v ./test/soak/ 2>&1 | tee $(BIN)/soak.log; exit $${PIPESTATUS[0]}
 
-bench: build
-	SOURCERAFT_BIN=$(BIN)/source-controller BENCH_OUT=$${BENCH_OUT:-bench-results.json} $(GO) run ./test/bench
+# The helmindex phase reconciles HelmRepositories against envtest and
+# measures Flux's own source-controller beside sourceraft.
+bench: build envtest-bins $(UPSTREAM_BIN)
+	SOURCERAFT_BIN=$(BIN)/source-controller UPSTREAM_SOURCE_CONTROLLER=$(UPSTREAM_BIN) BENCH_OUT=$${BENCH_OUT:-bench-results.json} $(GO) run ./test/bench
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1; }
