@@ -6,14 +6,16 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/sourceraft/sourceraft/metrics"
 	"github.com/sourceraft/sourceraft/storage"
-	bolt "go.etcd.io/bbolt"
 )
 
 // SmallBlobSize is the largest blob served from memory. Most Flux
@@ -243,6 +245,12 @@ func (f *FSM) loadSmall(c *Content) error {
 // Artifact returns the artifact at k (its object's current artifact when k
 // is the alias), or storage.ErrNotFound.
 func (f *FSM) Artifact(k storage.Key) (storage.Artifact, error) {
+	// Loaded before the transaction: a change committed meanwhile has
+	// replaced it, and what this lookup puts into it is never read.
+	cache := f.arts.Load()
+	if a, ok := cache.get(k); ok {
+		return a, nil
+	}
 	var a storage.Artifact
 	err := f.view(func(tx *bolt.Tx) error {
 		path := resolve(tx, k)
@@ -258,7 +266,43 @@ func (f *FSM) Artifact(k storage.Key) (storage.Artifact, error) {
 	if err != nil {
 		return storage.Artifact{}, fmt.Errorf("artifact %s: %w", k, err)
 	}
+	cache.put(k, a)
 	return a, nil
+}
+
+// artifactCacheEntries bounds an artifact cache; it only holds keys that
+// name a stored artifact (a path, or an object's alias).
+const artifactCacheEntries = 1 << 16
+
+// artifactCache holds the artifact records decoded since artifacts last
+// changed, so that serving a key is a map lookup rather than a read
+// transaction and a JSON decode per request. It is never updated: every
+// commit that changes an artifact replaces it with an empty one.
+type artifactCache struct {
+	mu sync.RWMutex
+	m  map[string]storage.Artifact // by key path
+}
+
+func newArtifactCache() *artifactCache {
+	return &artifactCache{m: map[string]storage.Artifact{}}
+}
+
+// get returns a copy callers may change.
+func (c *artifactCache) get(k storage.Key) (storage.Artifact, bool) {
+	c.mu.RLock()
+	a, ok := c.m[k.String()]
+	c.mu.RUnlock()
+	a.Metadata = maps.Clone(a.Metadata)
+	return a, ok
+}
+
+func (c *artifactCache) put(k storage.Key, a storage.Artifact) {
+	a.Metadata = maps.Clone(a.Metadata)
+	c.mu.Lock()
+	if len(c.m) < artifactCacheEntries {
+		c.m[k.String()] = a
+	}
+	c.mu.Unlock()
 }
 
 // Repair replaces the blob file of digest with content read from r (a

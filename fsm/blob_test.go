@@ -141,3 +141,36 @@ func equalStrings(a, b []string) bool {
 	}
 	return true
 }
+
+// TestArtifactLookupsFollowChanges reads an artifact through the cache of
+// decoded records between every kind of change: a new version of it, a
+// delete, a restore; each lookup sees the change, and a caller that
+// changes what it got does not change what the next one gets.
+func TestArtifactLookupsFollowChanges(t *testing.T) {
+	f := newFSM(t)
+	fd := &feeder{f: f}
+	fd.ok(t, storeCmds(t, "u1", pathA, pattern(1, 100))...)
+	for range 2 {
+		wantArtifact(t, f, pathA, pattern(1, 100))
+	}
+	a, err := f.Artifact(mustKey(t, pathA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Digest = "changed by a caller"
+	wantArtifact(t, f, pathA, pattern(1, 100))
+
+	fd.ok(t, storeCmds(t, "u2", pathA, pattern(2, 200))...)
+	wantArtifact(t, f, pathA, pattern(2, 200))
+	fd.ok(t, EncodeDeleteArtifacts([]string{pathA}))
+	wantMissing(t, f, pathA)
+	fd.ok(t, storeCmds(t, "u3", pathA, pattern(3, 300))...)
+	wantArtifact(t, f, pathA, pattern(3, 300))
+
+	src := newFSM(t)
+	(&feeder{f: src}).ok(t, storeCmds(t, "v1", pathA, pattern(4, 400))...)
+	if err := f.Restore(io.NopCloser(bytes.NewReader(snapshotOf(t, src).Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	wantArtifact(t, f, pathA, pattern(4, 400))
+}

@@ -58,6 +58,8 @@ type FSM struct {
 	// apply's unlinks. Taken inside f.mu's read lock, never around it.
 	filesMu sync.Mutex
 	blobs   blobState
+	// arts holds the artifact records read since artifacts last changed.
+	arts atomic.Pointer[artifactCache]
 
 	// Retry backoff and fault hooks, replaced by tests.
 	retryMin, retryMax time.Duration
@@ -109,6 +111,7 @@ func Open(path string, opts Options) (*FSM, error) {
 		retryMax: 5 * time.Second,
 	}
 	f.blobs.init()
+	f.arts.Store(newArtifactCache())
 	f.applied.Store(applied)
 	return f, nil
 }
@@ -237,6 +240,8 @@ func (f *FSM) Close() error {
 		err = f.db.Close()
 		f.db = nil
 	}
+	// Lookups then reach the closed database and fail.
+	f.arts.Store(newArtifactCache())
 	f.mu.Unlock()
 	f.broadcast() // waiters recheck and see ErrClosed
 	if err != nil {
@@ -384,6 +389,11 @@ func (f *FSM) tryUpdate(fn func(*applyCtx) error) error {
 	}
 	if err != nil {
 		return err
+	}
+	if a.cntChanged {
+		// Before afterCommit unlinks the files of what changed, so no
+		// cached record outlives its blob file.
+		f.arts.Store(newArtifactCache())
 	}
 	a.afterCommit()
 	return nil

@@ -601,6 +601,8 @@ func (f *FSM) swap(tmp string) error {
 		}
 		f.db = nil
 	}
+	// Before openDB removes the files the restored state does not reference.
+	f.arts.Store(newArtifactCache())
 	renameErr := os.Rename(tmp, f.path)
 	if renameErr == nil {
 		if err := syncDir(filepath.Dir(f.path)); err != nil {

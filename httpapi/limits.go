@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sourceraft/sourceraft/metrics"
@@ -211,7 +212,11 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			}
 		}
 		metrics.HTTPConnections.WithLabelValues(l.name).Inc()
-		return &limitConn{Conn: c, l: l}, nil
+		lc := &limitConn{Conn: c, l: l}
+		if sc, ok := c.(syscall.Conn); ok {
+			lc.raw, _ = sc.SyscallConn()
+		}
+		return lc, nil
 	}
 }
 
@@ -251,6 +256,8 @@ func (l *limitListener) reject(c net.Conn) {
 // sending them in chunks with the deadline renewed between them.
 type limitConn struct {
 	net.Conn
+	// raw asks the kernel about the send queue; nil where it cannot.
+	raw    syscall.RawConn
 	l      *limitListener
 	closed sync.Once
 	cut    atomic.Bool
@@ -296,7 +303,7 @@ type progressMark struct {
 
 func (c *limitConn) mark() progressMark {
 	m := progressMark{queued: -1, sent: c.sent.Load()}
-	if q, ok := unacked(c.Conn); ok {
+	if q, ok := unacked(c.raw); ok {
 		m.queued = q
 	}
 	return m
@@ -313,7 +320,7 @@ func (c *limitConn) progressed(m progressMark, err error) bool {
 		return false
 	}
 	moved := c.sent.Load() - m.sent
-	if q, ok := unacked(c.Conn); ok && m.queued >= 0 {
+	if q, ok := unacked(c.raw); ok && m.queued >= 0 {
 		moved += int64(m.queued - q)
 	}
 	if moved >= MinProgress {

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"net"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -12,13 +11,8 @@ import (
 // these be acknowledged, so a shrinking queue is progress even while
 // writes stay blocked: Linux wakes a blocked writer only once a third or
 // more of a possibly multi-megabyte send buffer drained.
-func unacked(conn net.Conn) (int, bool) {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return 0, false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+func unacked(rc syscall.RawConn) (int, bool) {
+	if rc == nil {
 		return 0, false
 	}
 	var (

@@ -2,7 +2,7 @@
 
 package httpapi
 
-import "net"
+import "syscall"
 
 // unacked is unknown here: progress is what writes return.
-func unacked(net.Conn) (int, bool) { return 0, false }
+func unacked(syscall.RawConn) (int, bool) { return 0, false }

@@ -14,10 +14,12 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	"github.com/go-logr/logr"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chartutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/sourceraft/sourceraft/internal/cluster"
 	"github.com/sourceraft/sourceraft/internal/freeport"
@@ -76,6 +78,9 @@ func (b *bench) withHelmIndexEnv(ctx context.Context, fn func(*helmIndexEnv) err
 		return err
 	}
 	defer fs.stop()
+	// The bench reads objects only; controller-runtime's own logs would
+	// be noise (and it warns, with a stack, when it has no logger).
+	ctrllog.SetLogger(logr.Discard())
 	env, err := testenv.StartEnv()
 	if err != nil {
 		return err
