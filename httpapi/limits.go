@@ -268,6 +268,11 @@ type limitConn struct {
 	// under way, which Read leaves to their own deadlines.
 	sent    atomic.Int64
 	writing atomic.Int32
+	// emptyAt is the value of sent when the kernel last reported nothing
+	// unacknowledged (or nothing was sent yet). Until more is sent the
+	// queue stays empty, so a mark needs no system call: per request, the
+	// reads and the response's first write ask once instead of three times.
+	emptyAt atomic.Int64
 }
 
 // sendChunk is how much of a file one sendfile call may send before the
@@ -303,8 +308,15 @@ type progressMark struct {
 
 func (c *limitConn) mark() progressMark {
 	m := progressMark{queued: -1, sent: c.sent.Load()}
+	if c.emptyAt.Load() == m.sent {
+		m.queued = 0
+		return m
+	}
 	if q, ok := unacked(c.raw); ok {
 		m.queued = q
+		if q == 0 {
+			c.emptyAt.Store(m.sent)
+		}
 	}
 	return m
 }

@@ -54,7 +54,11 @@ type releasingWriter struct {
 }
 
 func (s *releasingWriter) Append(entries []types.LogEntry) error {
-	// raft-wal never appends to a sealed segment, so w is set.
+	if s.w == nil {
+		// A segment whose rotation failed (a full disk) stays the tail;
+		// its appends fail as raft-wal's own writer's do, and walLog reopens.
+		return types.ErrSealed
+	}
 	return s.w.Append(entries)
 }
 
