@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,16 +199,23 @@ func TestHelmRepositoryOCIIsStatic(t *testing.T) {
 // TestHelmRepositoryIndexTooLarge refuses an index over
 // --helm-index-max-size (Flux's default, 50 MiB) with FetchFailed, both
 // when the server declares its length and when the body is cut off
-// while streaming, and keeps no artifact.
+// while streaming, and keeps no artifact; a repository whose index grows
+// over the limit keeps its previous artifact, still served.
 func TestHelmRepositoryIndexTooLarge(t *testing.T) {
 	ns := helmNamespace(t)
 	line := []byte("# padding of an index over the limit\n")
 	size := int(helmsrc.DefaultIndexMaxSize) + len(line)
+	small := []byte("apiVersion: v1\nentries: {}\n")
+	var grown atomic.Bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/declared/index.yaml" {
 			w.Header().Set("Content-Length", strconv.Itoa(size))
 		}
-		w.Write([]byte("apiVersion: v1\nentries: {}\n"))
+		if r.URL.Path == "/grows/index.yaml" && !grown.Load() {
+			w.Write(small)
+			return
+		}
+		w.Write(small)
 		for n := 0; n < size; n += len(line) {
 			if _, err := w.Write(line); err != nil {
 				return
@@ -223,5 +232,21 @@ func TestHelmRepositoryIndexTooLarge(t *testing.T) {
 		if o.Status.Artifact != nil {
 			t.Errorf("%s: artifact of an index over the limit: %+v", name, o.Status.Artifact)
 		}
+	}
+
+	obj := newHelmRepository(t, ns, "grows", srv.URL+"/grows", nil)
+	before := helmReady(t, obj, helmIndexRevision(small))
+	served := download(t, before.Status.Artifact)
+	grown.Store(true)
+	helmRequestReconcile(t, before)
+	o := helmFailedWith(t, obj, sourcev1.FetchFailedCondition, meta.FailedReason)
+	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "exceeds the maximum size") {
+		t.Errorf("grown index: FetchFailed message %q", msg)
+	}
+	if o.Status.Artifact == nil || o.Status.Artifact.Digest != before.Status.Artifact.Digest {
+		t.Fatalf("grown index: status artifact %+v, want the previous %+v", o.Status.Artifact, before.Status.Artifact)
+	}
+	if !bytes.Equal(download(t, o.Status.Artifact), served) {
+		t.Error("grown index: the previous artifact is no longer served as it was")
 	}
 }
