@@ -61,6 +61,13 @@ const (
 	LimitDepth   = "depth"
 )
 
+// MaxEntryDepth bounds the directories above one entry of a source that
+// is written out (an OCI layer, a Bucket's objects): far beyond any real
+// source tree, and it keeps one entry from making thousands of
+// directories, which cost time quadratic in their depth to create, walk
+// and remove.
+const MaxEntryDepth = 128
+
 // Filter reports whether the entry at the slash-separated path relative
 // to the archived directory is left out. Leaving out a directory leaves
 // out everything below it.

@@ -141,7 +141,8 @@ func (x *Index) Revision(algo digest.Algorithm) string {
 // object is written: its key without leading slashes (as Flux, which joins
 // the key to the directory). A key with empty, "." or ".." segments, a
 // backslash or a NUL byte is refused: it could name a file outside the
-// directory or two keys could land on one file.
+// directory or two keys could land on one file. So is one more than
+// archive.MaxEntryDepth directories deep.
 func ObjectPath(key string) (string, error) {
 	p := strings.TrimLeft(key, "/")
 	if p == "" || strings.ContainsAny(p, "\\\x00") || path.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../") {
@@ -151,6 +152,9 @@ func ObjectPath(key string) (string, error) {
 		if s == "." || s == ".." {
 			return "", fmt.Errorf("%w '%s': not a relative path inside the bucket (exclude it with the ignore rules)", ErrObjectKey, key)
 		}
+	}
+	if depth := strings.Count(p, "/"); depth > archive.MaxEntryDepth {
+		return "", fmt.Errorf("%w '%s': %d directories deep, more than %d (exclude it with the ignore rules)", ErrObjectKey, key, depth, archive.MaxEntryDepth)
 	}
 	return p, nil
 }

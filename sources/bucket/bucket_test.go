@@ -106,8 +106,10 @@ func TestBucketRevisionIsFluxIndexDigest(t *testing.T) {
 }
 
 func TestBucketObjectPath(t *testing.T) {
+	deep := func(depth int) string { return strings.Repeat("d/", depth) + "f" }
 	for key, want := range map[string]string{
 		"a.yaml": "a.yaml", "dir/a.yaml": "dir/a.yaml", "/etc/x": "etc/x", "//etc/x": "etc/x", "a..b/c": "a..b/c",
+		deep(archive.MaxEntryDepth): deep(archive.MaxEntryDepth),
 	} {
 		if got, err := ObjectPath(key); err != nil || got != want {
 			t.Errorf("ObjectPath(%q) = %q, %v; want %q", key, got, err, want)
@@ -115,6 +117,7 @@ func TestBucketObjectPath(t *testing.T) {
 	}
 	for _, key := range []string{
 		"../../x", "..", "a/../../x", "a/..", "./a", "a/./b", "a//b", "/", "", "..\\..\\x", "a\x00b", "/../x",
+		deep(archive.MaxEntryDepth + 1),
 	} {
 		if got, err := ObjectPath(key); !errors.Is(err, ErrObjectKey) {
 			t.Errorf("ObjectPath(%q) = %q, %v; want an invalid key error", key, got, err)

@@ -44,11 +44,6 @@ type PullOptions struct {
 	Limits
 }
 
-// maxEntryDepth bounds the directories above one entry of a layer: far
-// beyond any real source tree, and it keeps one entry from making
-// thousands of directories to create, walk and remove.
-const maxEntryDepth = 128
-
 // untarLimitMessage is how fluxcd/pkg/tar reports its size limit, which it
 // does not type; oci_test.go pins it.
 const untarLimitMessage = "is bigger than max archive size"
@@ -136,7 +131,7 @@ func selectLayer(img gcrv1.Image, mediaType string) (gcrv1.Layer, error) {
 
 // extractLayer extracts a tar.gz layer into dir with fluxcd/pkg/tar,
 // dropping symlinks, within the uncompressed size and entry limits and
-// maxEntryDepth, then drains the stream so the layer digest is verified.
+// archive.MaxEntryDepth, then drains the stream so the layer digest is verified.
 func extractLayer(r io.Reader, dir string, lim Limits) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -155,8 +150,8 @@ func extractLayer(r io.Reader, dir string, lim Limits) error {
 			if lim.Entries > 0 && entries > lim.Entries {
 				entryErr = &archive.LimitError{Limit: archive.LimitEntries, Max: int64(lim.Entries), Actual: int64(entries)}
 			}
-			if depth := strings.Count(strings.Trim(path.Clean("/"+name), "/"), "/"); entryErr == nil && depth > maxEntryDepth {
-				entryErr = &archive.LimitError{Limit: archive.LimitDepth, Max: maxEntryDepth, Actual: int64(depth)}
+			if depth := strings.Count(strings.Trim(path.Clean("/"+name), "/"), "/"); entryErr == nil && depth > archive.MaxEntryDepth {
+				entryErr = &archive.LimitError{Limit: archive.LimitDepth, Max: archive.MaxEntryDepth, Actual: int64(depth)}
 			}
 			// Once over the limit nothing more is written.
 			return entryErr != nil

@@ -186,14 +186,14 @@ func TestExtractLayerLimits(t *testing.T) {
 	}
 	deep := func(depth int) string { return strings.Repeat("d/", depth) + "f" }
 	dir := t.TempDir()
-	if err := extractLayer(bytes.NewReader(ociregistry.TarGz(t, map[string]string{deep(maxEntryDepth): "x"})), dir, Limits{}); err != nil {
-		t.Fatalf("an entry %d directories deep: %v", maxEntryDepth, err)
+	if err := extractLayer(bytes.NewReader(ociregistry.TarGz(t, map[string]string{deep(archive.MaxEntryDepth): "x"})), dir, Limits{}); err != nil {
+		t.Fatalf("an entry %d directories deep: %v", archive.MaxEntryDepth, err)
 	}
 	dir = t.TempDir()
-	err := extractLayer(bytes.NewReader(ociregistry.TarGz(t, map[string]string{"a": "x", deep(maxEntryDepth + 1): "x"})), dir, Limits{})
+	err := extractLayer(bytes.NewReader(ociregistry.TarGz(t, map[string]string{"a": "x", deep(archive.MaxEntryDepth + 1): "x"})), dir, Limits{})
 	var le *archive.LimitError
-	if !errors.As(err, &le) || le.Limit != archive.LimitDepth || le.Actual != maxEntryDepth+1 {
-		t.Fatalf("an entry %d directories deep: %v, want a depth LimitError", maxEntryDepth+1, err)
+	if !errors.As(err, &le) || le.Limit != archive.LimitDepth || le.Actual != archive.MaxEntryDepth+1 {
+		t.Fatalf("an entry %d directories deep: %v, want a depth LimitError", archive.MaxEntryDepth+1, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "d")); !os.IsNotExist(err) {
 		t.Errorf("the refused entry's directories were created: %v", err)
