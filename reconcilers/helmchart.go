@@ -470,15 +470,14 @@ func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *source
 // fetched.
 func (r *HelmChartReconciler) dependencyRepository(ns string) helmsrc.RepositoryOpener {
 	return func(ctx context.Context, base *url.URL) (*helmsrc.Client, *helmsrc.Index, error) {
-		var list sourcev1.HelmRepositoryList
-		if err := r.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{helmRepositoryURLIndexKey: base.String()}); err != nil {
-			return nil, nil, fmt.Errorf("unable to retrieve HelmRepositoryList: %w", err)
+		repoObj, err := r.repositoryOfURL(ctx, ns, base)
+		if err != nil {
+			return nil, nil, err
 		}
-		if len(list.Items) == 0 {
+		if repoObj == nil {
 			return helmsrc.NewClient(base, helmsrc.ClientOptions{Timeout: helmsrc.AnonymousTimeout}), nil, nil
 		}
-		repoObj := slices.MinFunc(list.Items, func(a, b sourcev1.HelmRepository) int { return strings.Compare(a.Name, b.Name) })
-		hc, err := newHelmRepoClient(ctx, r.Client, &repoObj, base)
+		hc, err := newHelmRepoClient(ctx, r.Client, repoObj, base)
 		if err != nil {
 			return nil, nil, fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err)
 		}
@@ -503,18 +502,17 @@ func (r *HelmChartReconciler) dependencyRepository(ns string) helmsrc.Repository
 // the registry is asked anonymously over HTTPS.
 func (r *HelmChartReconciler) dependencyRegistry(ns string) helmsrc.OCIOpener {
 	return func(ctx context.Context, u *url.URL) (*helmsrc.OCIClient, error) {
-		var list sourcev1.HelmRepositoryList
-		if err := r.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{helmRepositoryURLIndexKey: u.String()}); err != nil {
-			return nil, fmt.Errorf("unable to retrieve HelmRepositoryList: %w", err)
+		repoObj, err := r.repositoryOfURL(ctx, ns, u)
+		if err != nil {
+			return nil, err
 		}
-		if len(list.Items) == 0 {
+		if repoObj == nil {
 			return helmsrc.NewOCIClient(u, helmsrc.OCIOptions{Timeout: helmsrc.AnonymousTimeout}), nil
 		}
-		repoObj := slices.MinFunc(list.Items, func(a, b sourcev1.HelmRepository) int { return strings.Compare(a.Name, b.Name) })
-		if err := unsupportedHelmRepoSpec(&repoObj); err != nil {
+		if err := unsupportedHelmRepoSpec(repoObj); err != nil {
 			return nil, fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err)
 		}
-		oc, err := newHelmOCIClient(ctx, r.Client, &repoObj)
+		oc, err := newHelmOCIClient(ctx, r.Client, repoObj)
 		if err != nil {
 			// A dependency's repository fails the build, as a
 			// DependencyBuildError: not with the reason it has as a
@@ -527,6 +525,20 @@ func (r *HelmChartReconciler) dependencyRegistry(ns string) helmsrc.OCIOpener {
 		}
 		return oc, nil
 	}
+}
+
+// repositoryOfURL is the HelmRepository in namespace ns whose URL is u,
+// the first by name when several are (Flux takes any one); nil when none is.
+func (r *HelmChartReconciler) repositoryOfURL(ctx context.Context, ns string, u *url.URL) (*sourcev1.HelmRepository, error) {
+	var list sourcev1.HelmRepositoryList
+	if err := r.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{helmRepositoryURLIndexKey: u.String()}); err != nil {
+		return nil, fmt.Errorf("unable to retrieve HelmRepositoryList: %w", err)
+	}
+	if len(list.Items) == 0 {
+		return nil, nil
+	}
+	repoObj := slices.MinFunc(list.Items, func(a, b sourcev1.HelmRepository) int { return strings.Compare(a.Name, b.Name) })
+	return &repoObj, nil
 }
 
 // extractArtifact untars a source artifact from the store into dir,
