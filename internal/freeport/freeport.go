@@ -4,28 +4,52 @@ package freeport
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 )
 
 var (
 	mu sync.Mutex
-	// given holds every port Addr returned in this process: the kernel
-	// may hand a closed port out again at once, and two servers of one
-	// test cluster told the same address fail (raft: "duplicate address
-	// in configuration").
+	// given holds every port Addr returned in this process: two servers
+	// of one test cluster told the same address fail (raft: "duplicate
+	// address in configuration").
 	given = map[int]bool{}
 )
+
+// lowestPort is the bottom of the range Addr draws from when the kernel's
+// ephemeral range leaves room below it.
+const lowestPort = 10000
 
 // Addr returns a 127.0.0.1 address that was free a moment ago and that no
 // earlier call in this process returned; it is closed again before Addr
 // returns, so another process may still take it.
+//
+// The port lies below the kernel's ephemeral range where that leaves room:
+// a test server restarted on its old address (a replica keeps its
+// addresses across restarts) must not find it taken by the local end of
+// some outgoing connection in the meantime, and the kernel picks those
+// only from the ephemeral range.
 func Addr() (string, error) {
 	mu.Lock()
 	defer mu.Unlock()
+	lo, hi := lowestPort, ephemeralLow()-1
 	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		port := 0
+		if hi-lo >= 1000 {
+			port = lo + rand.IntN(hi-lo+1)
+			if given[port] {
+				continue
+			}
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
+			if port != 0 {
+				continue // in use: draw again
+			}
 			return "", fmt.Errorf("find a free port: %w", err)
 		}
 		addr := l.Addr().(*net.TCPAddr)
@@ -35,5 +59,23 @@ func Addr() (string, error) {
 			return addr.String(), nil
 		}
 	}
-	return "", fmt.Errorf("find a free port: 100 tries gave only ports handed out before")
+	return "", fmt.Errorf("find a free port: 100 tries found none free that was not handed out before")
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range, or 0
+// where it cannot be read (Addr then lets the kernel choose).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0
+	}
+	return low
 }

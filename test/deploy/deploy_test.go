@@ -665,10 +665,17 @@ func checkRBAC(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 		access{"coordination.k8s.io", "leases", "", "create", ns},
 		access{"", "pods", "", "list", ns},
 	)
-	for _, a := range allowed {
-		if !can(a.group, a.resource, a.sub, a.verb, a.namespace) {
-			t.Errorf("%s cannot %s %s/%s %s in %q, which the reconcilers need", user, a.verb, a.resource, a.sub, a.group, a.namespace)
+	// The authorizer learns of new bindings from its informers, a moment
+	// after they are created: a grant may lag, never a denial.
+	missing := allowed
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		missing = slices.DeleteFunc(missing, func(a access) bool { return can(a.group, a.resource, a.sub, a.verb, a.namespace) })
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
 		}
+	}
+	for _, a := range missing {
+		t.Errorf("%s cannot %s %s/%s %s in %q, which the reconcilers need", user, a.verb, a.resource, a.sub, a.group, a.namespace)
 	}
 	for _, a := range denied {
 		if can(a.group, a.resource, a.sub, a.verb, a.namespace) {
