@@ -24,6 +24,14 @@ var (
 // ephemeral range leaves room below it.
 const lowestPort = 10000
 
+// drawRange is the range [lo, hi] Addr draws ports from; ok is false where
+// the kernel's ephemeral range leaves fewer than 1000 ports above
+// lowestPort or cannot be read, and Addr lets the kernel choose.
+func drawRange() (lo, hi int, ok bool) {
+	lo, hi = lowestPort, ephemeralLow()-1
+	return lo, hi, hi-lo >= 1000
+}
+
 // Addr returns a 127.0.0.1 address that was free a moment ago and that no
 // earlier call in this process returned; it is closed again before Addr
 // returns, so another process may still take it.
@@ -36,10 +44,10 @@ const lowestPort = 10000
 func Addr() (string, error) {
 	mu.Lock()
 	defer mu.Unlock()
-	lo, hi := lowestPort, ephemeralLow()-1
+	lo, hi, ok := drawRange()
 	for range 100 {
 		port := 0
-		if hi-lo >= 1000 {
+		if ok {
 			port = lo + rand.IntN(hi-lo+1)
 			if given[port] {
 				continue
@@ -63,8 +71,8 @@ func Addr() (string, error) {
 }
 
 // ephemeralLow is the first port of the kernel's ephemeral range, or 0
-// where it cannot be read (Addr then lets the kernel choose).
-func ephemeralLow() int {
+// where it cannot be read; the setting is read once per process.
+var ephemeralLow = sync.OnceValue(func() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
 		return 0
@@ -78,4 +86,4 @@ func ephemeralLow() int {
 		return 0
 	}
 	return low
-}
+})
