@@ -3,7 +3,6 @@ package git
 import (
 	"bytes"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,171 +11,72 @@ import (
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
-	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
-	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/hiddeco/sshsig"
 
 	"github.com/sourceraft/sourceraft/internal/gitserver"
 )
 
-// pgpKey is an OpenPGP key generated for a test, with the time it signs at.
-type pgpKey struct {
-	entity *openpgp.Entity
-	config *packet.Config
-}
-
-// newPGPKey generates an OpenPGP key; created and lifetime, when set, date
-// its creation and bound its validity, and it signs as of its creation.
-func newPGPKey(t *testing.T, created time.Time, lifetime time.Duration) *pgpKey {
+func newPGPKey(t *testing.T, created time.Time, lifetime time.Duration) *gitserver.PGPKey {
 	t.Helper()
-	cfg := &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA, KeyLifetimeSecs: uint32(lifetime / time.Second)}
-	if !created.IsZero() {
-		cfg.Time = func() time.Time { return created }
-	}
-	e, err := openpgp.NewEntity("test", "", "test@example.com", cfg)
+	k, err := gitserver.NewPGPKey(created, lifetime)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &pgpKey{entity: e, config: cfg}
+	return k
 }
 
-// Sign makes the key a go-git commit signer.
-func (k *pgpKey) Sign(r io.Reader) ([]byte, error) {
-	var b bytes.Buffer
-	if err := openpgp.ArmoredDetachSign(&b, k.entity, r, k.config); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
-}
-
-// armoredPublic is the key's public key ring as a verification secret
-// holds it.
-func (k *pgpKey) armoredPublic(t *testing.T) string {
+func armoredPublic(t *testing.T, k *gitserver.PGPKey) string {
 	t.Helper()
-	var b bytes.Buffer
-	w, err := armor.Encode(&b, openpgp.PublicKeyType, nil)
+	pub, err := k.ArmoredPublic()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := k.entity.Serialize(w); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
+	return pub
 }
 
-func (k *pgpKey) id() string { return k.entity.PrimaryKey.KeyIdString() }
-
-// sshKey is an ed25519 key made by ssh-keygen, which git signs with.
-type sshKey struct {
-	private string
-	public  string
-}
-
-func newSSHKey(t *testing.T) sshKey {
+func newSSHKey(t *testing.T) gitserver.SSHKey {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "id_ed25519")
-	run(t, "", "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test@example.com", "-f", path)
-	pub, err := os.ReadFile(path + ".pub")
+	k, err := gitserver.NewSSHKey(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sshKey{private: path, public: string(pub)}
+	return k
 }
 
-// fingerprint is the key's SHA256 fingerprint as ssh-keygen prints it.
-func (k sshKey) fingerprint(t *testing.T) string {
+func fingerprint(t *testing.T, k gitserver.SSHKey) string {
 	t.Helper()
-	fields := strings.Fields(run(t, "", "ssh-keygen", "-l", "-E", "sha256", "-f", k.private+".pub"))
-	if len(fields) < 2 {
-		t.Fatalf("ssh-keygen -l printed %v", fields)
+	fp, err := k.Fingerprint()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return fields[1]
+	return fp
 }
 
-// sshSigning are the git options that sign with the key (git runs
-// ssh-keygen -Y sign -n git).
-func (k sshKey) sshSigning(args ...string) []string {
-	return append([]string{"-c", "gpg.format=ssh", "-c", "user.signingkey=" + k.private}, args...)
-}
-
-func run(t *testing.T, stdin string, name string, args ...string) string {
+func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
+	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return strings.TrimSpace(string(out))
 }
 
-// signedRepo is a served repository with its working tree's path, for
-// go-git to commit and tag in with an OpenPGP key.
-type signedRepo struct {
-	*gitserver.Repo
-	work string
-}
-
-func newSignedRepo(t *testing.T, s *gitserver.Server, name string) *signedRepo {
+// pgpCommit writes msg into file.txt, commits it with go-git signed by
+// signer (nil: unsigned), pushes it and returns its hash.
+func pgpCommit(t *testing.T, r *gitserver.Repo, msg string, signer git.Signer) string {
 	t.Helper()
-	work := t.TempDir()
-	r, err := s.NewRepo(name, work)
-	if err != nil {
+	if err := os.WriteFile(filepath.Join(r.WorkTree(), "file.txt"), []byte(msg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return &signedRepo{Repo: r, work: work}
-}
-
-// pgpCommit commits a file on master signed with signer (nil: unsigned)
-// through go-git, pushes it and returns its hash.
-func (r *signedRepo) pgpCommit(t *testing.T, msg string, signer git.Signer) string {
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(r.work, "file.txt"), []byte(msg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	repo, err := git.PlainOpen(r.work)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := repo.Worktree()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Add("file.txt"); err != nil {
-		t.Fatal(err)
-	}
-	who := &object.Signature{Name: "test", Email: "test@example.com", When: time.Now()}
-	h, err := w.Commit(msg, &git.CommitOptions{Author: who, Committer: who, Signer: signer})
+	h, err := gitserver.CommitSigned(r.WorkTree(), msg, signer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustOf(t)(r.Git("push", "-q", "origin", "master"))
-	return h.String()
-}
-
-// pgpTag creates an annotated tag of HEAD signed with key through go-git
-// and pushes it.
-func (r *signedRepo) pgpTag(t *testing.T, name string, key *pgpKey) {
-	t.Helper()
-	repo, err := git.PlainOpen(r.work)
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, err := repo.Head()
-	if err != nil {
-		t.Fatal(err)
-	}
-	who := &object.Signature{Name: "test", Email: "test@example.com", When: time.Now()}
-	if _, err := repo.CreateTag(name, head.Hash(), &git.CreateTagOptions{Tagger: who, Message: "release " + name, SignKey: key.entity}); err != nil {
-		t.Fatal(err)
-	}
-	mustOf(t)(r.Git("push", "-q", "origin", "refs/tags/"+name))
+	return h
 }
 
 func checkout(t *testing.T, url string, ref Reference) *Commit {
@@ -202,57 +102,57 @@ func wantVerifyError(t *testing.T, id string, err error, prefix string) {
 
 func TestVerifyOpenPGPCommit(t *testing.T) {
 	s := startServer(t)
-	r := newSignedRepo(t, s, "public/pgp")
+	r := newRepo(t, s, "public/pgp")
 	good, other := newPGPKey(t, time.Time{}, 0), newPGPKey(t, time.Time{}, 0)
-	head := r.pgpCommit(t, "signed", good)
+	head := pgpCommit(t, r, "signed", good)
 
 	c := checkout(t, r.URL, Reference{})
 	if c.Hash != head || c.SignatureType() != SignatureTypeOpenPGP || c.Tag != nil {
 		t.Fatalf("commit %s of signature type %s, tag %v; want %s, openpgp, no tag", c.Hash, c.SignatureType(), c.Tag, head)
 	}
 	// git itself must find the payload to be the commit without gpgsig.
-	if want := run(t, "", "git", "-C", r.work, "cat-file", "commit", head); !strings.Contains(want, "gpgsig ") || strings.Contains(string(c.Payload), "gpgsig") {
+	if want := run(t, "git", "-C", r.WorkTree(), "cat-file", "commit", head); !strings.Contains(want, "gpgsig ") || strings.Contains(string(c.Payload), "gpgsig") {
 		t.Errorf("payload %q carries the signature header", c.Payload)
 	}
 
-	id, err := c.Verify(PublicKeys{KeyRings: []string{good.armoredPublic(t)}})
-	if err != nil || id != good.id() {
-		t.Fatalf("verify with the signing key: %q, %v; want %s", id, err, good.id())
+	id, err := c.Verify(PublicKeys{KeyRings: []string{armoredPublic(t, good)}})
+	if err != nil || id != good.ID() {
+		t.Fatalf("verify with the signing key: %q, %v; want %s", id, err, good.ID())
 	}
 	// A malformed key ring does not hide a good one.
-	id, err = c.Verify(PublicKeys{KeyRings: []string{"not a key", other.armoredPublic(t), good.armoredPublic(t)}})
-	if err != nil || id != good.id() {
+	id, err = c.Verify(PublicKeys{KeyRings: []string{"not a key", armoredPublic(t, other), armoredPublic(t, good)}})
+	if err != nil || id != good.ID() {
 		t.Errorf("verify with a malformed, another and the signing key ring: %q, %v", id, err)
 	}
 
-	id, err = c.Verify(PublicKeys{KeyRings: []string{other.armoredPublic(t)}})
+	id, err = c.Verify(PublicKeys{KeyRings: []string{armoredPublic(t, other)}})
 	wantVerifyError(t, id, err, "unable to verify Git commit: unable to verify payload with any of the given key rings")
 	if !errors.Is(err, ErrNoMatchingKey) {
 		t.Errorf("error %v is not ErrNoMatchingKey", err)
 	}
 	id, err = c.Verify(PublicKeys{KeyRings: []string{"not a key"}})
 	wantVerifyError(t, id, err, "unable to verify Git commit: unable to read armored key ring")
-	id, err = c.Verify(PublicKeys{AuthorizedKeys: []string{newSSHKey(t).public}})
+	id, err = c.Verify(PublicKeys{AuthorizedKeys: []string{newSSHKey(t).Public}})
 	wantVerifyError(t, id, err, "PGP signature detected but no PGP public keys found in secret (keys with .asc suffix)")
 
 	// The signature covers the payload: a changed commit does not verify.
 	tampered := *c
 	tampered.Payload = bytes.Replace(c.Payload, []byte("signed"), []byte("forged"), 1)
-	id, err = tampered.Verify(PublicKeys{KeyRings: []string{good.armoredPublic(t)}})
+	id, err = tampered.Verify(PublicKeys{KeyRings: []string{armoredPublic(t, good)}})
 	wantVerifyError(t, id, err, "unable to verify Git commit: unable to verify payload")
 }
 
 func TestVerifyExpiredOpenPGPKey(t *testing.T) {
 	s := startServer(t)
-	r := newSignedRepo(t, s, "public/expired")
+	r := newRepo(t, s, "public/expired")
 	// Valid for an hour two days ago, and the commit signed back then.
 	created := time.Now().Add(-48 * time.Hour)
 	expired := newPGPKey(t, created, time.Hour)
-	r.pgpCommit(t, "signed while the key was valid", expired)
+	pgpCommit(t, r, "signed while the key was valid", expired)
 
 	c := checkout(t, r.URL, Reference{})
 	// The signature is good as of its making: only the expiry refuses it.
-	ring, err := openpgp.ReadArmoredKeyRing(strings.NewReader(expired.armoredPublic(t)))
+	ring, err := openpgp.ReadArmoredKeyRing(strings.NewReader(armoredPublic(t, expired)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,32 +160,32 @@ func TestVerifyExpiredOpenPGPKey(t *testing.T) {
 	if _, err := openpgp.CheckArmoredDetachedSignature(ring, bytes.NewReader(c.Payload), strings.NewReader(c.Signature), asOfSigning); err != nil {
 		t.Fatalf("the signature does not verify as of its making: %v", err)
 	}
-	id, err := c.Verify(PublicKeys{KeyRings: []string{expired.armoredPublic(t)}})
+	id, err := c.Verify(PublicKeys{KeyRings: []string{armoredPublic(t, expired)}})
 	wantVerifyError(t, id, err, "unable to verify Git commit: unable to verify payload with any of the given key rings")
 }
 
 func TestVerifyUnsignedCommit(t *testing.T) {
 	s := startServer(t)
-	r := newSignedRepo(t, s, "public/unsigned")
-	r.pgpCommit(t, "unsigned", nil)
+	r := newRepo(t, s, "public/unsigned")
+	pgpCommit(t, r, "unsigned", nil)
 	c := checkout(t, r.URL, Reference{})
 	if c.Signature != "" || c.SignatureType() != SignatureTypeEmpty {
 		t.Fatalf("unsigned commit has signature %q of type %s", c.Signature, c.SignatureType())
 	}
-	id, err := c.Verify(PublicKeys{KeyRings: []string{newPGPKey(t, time.Time{}, 0).armoredPublic(t)}})
+	id, err := c.Verify(PublicKeys{KeyRings: []string{armoredPublic(t, newPGPKey(t, time.Time{}, 0))}})
 	wantVerifyError(t, id, err, "unsupported signature type: empty")
 }
 
 func TestVerifySSHCommit(t *testing.T) {
 	s := startServer(t)
-	r := newSignedRepo(t, s, "public/ssh")
+	r := newRepo(t, s, "public/ssh")
 	key, other := newSSHKey(t), newSSHKey(t)
 	must := mustOf(t)
-	if err := os.WriteFile(filepath.Join(r.work, "file.txt"), []byte("ssh"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(r.WorkTree(), "file.txt"), []byte("ssh"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	must(r.Git("add", "-A"))
-	must(r.Git(key.sshSigning("commit", "-q", "-S", "-m", "ssh signed")...))
+	must(r.Git(key.Signing("commit", "-q", "-S", "-m", "ssh signed")...))
 	must(r.Git("push", "-q", "origin", "master"))
 
 	c := checkout(t, r.URL, Reference{Branch: "master"})
@@ -293,20 +193,20 @@ func TestVerifySSHCommit(t *testing.T) {
 		t.Fatalf("signature type %s, want ssh", c.SignatureType())
 	}
 	// One secret entry may list several keys, with comments.
-	authorized := "# trusted\n" + other.public + "\n" + key.public
+	authorized := "# trusted\n" + other.Public + "\n" + key.Public
 	fp, err := c.Verify(PublicKeys{AuthorizedKeys: []string{authorized}})
-	if err != nil || fp != key.fingerprint(t) {
-		t.Fatalf("verify: %q, %v; want %s", fp, err, key.fingerprint(t))
+	if err != nil || fp != fingerprint(t, key) {
+		t.Fatalf("verify: %q, %v; want %s", fp, err, fingerprint(t, key))
 	}
 
-	fp, err = c.Verify(PublicKeys{AuthorizedKeys: []string{other.public}})
+	fp, err = c.Verify(PublicKeys{AuthorizedKeys: []string{other.Public}})
 	wantVerifyError(t, fp, err, "unable to verify Git commit SSH signature: unable to verify payload with any of the given authorized keys")
 	if !errors.Is(err, ErrNoMatchingKey) || !errors.Is(err, sshsig.ErrPublicKeyMismatch) {
 		t.Errorf("error %v is not ErrNoMatchingKey and sshsig.ErrPublicKeyMismatch", err)
 	}
 	fp, err = c.Verify(PublicKeys{AuthorizedKeys: []string{"ssh-ed25519 garbage"}})
 	wantVerifyError(t, fp, err, "unable to verify Git commit SSH signature: unable to parse authorized keys")
-	fp, err = c.Verify(PublicKeys{KeyRings: []string{newPGPKey(t, time.Time{}, 0).armoredPublic(t)}})
+	fp, err = c.Verify(PublicKeys{KeyRings: []string{armoredPublic(t, newPGPKey(t, time.Time{}, 0))}})
 	wantVerifyError(t, fp, err, "SSH signature detected but no SSH public keys found in secret (keys with .sshpub suffix)")
 
 	// The same key's signature of the same bytes for another purpose (a
@@ -315,14 +215,14 @@ func TestVerifySSHCommit(t *testing.T) {
 	if err := os.WriteFile(payload, c.Payload, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "", "ssh-keygen", "-Y", "sign", "-q", "-n", "file", "-f", key.private, payload)
+	run(t, "ssh-keygen", "-Y", "sign", "-q", "-n", "file", "-f", key.Private, payload)
 	sig, err := os.ReadFile(payload + ".sig")
 	if err != nil {
 		t.Fatal(err)
 	}
 	other2 := *c
 	other2.Signature = string(sig)
-	fp, err = other2.Verify(PublicKeys{AuthorizedKeys: []string{key.public}})
+	fp, err = other2.Verify(PublicKeys{AuthorizedKeys: []string{key.Public}})
 	wantVerifyError(t, fp, err, "unable to verify Git commit SSH signature")
 	if !errors.Is(err, sshsig.ErrNamespaceMismatch) {
 		t.Errorf("error %v is not sshsig.ErrNamespaceMismatch", err)
@@ -331,16 +231,19 @@ func TestVerifySSHCommit(t *testing.T) {
 
 func TestVerifyTags(t *testing.T) {
 	s := startServer(t)
-	r := newSignedRepo(t, s, "public/tags")
+	r := newRepo(t, s, "public/tags")
 	pgp, ssh := newPGPKey(t, time.Time{}, 0), newSSHKey(t)
 	must := mustOf(t)
-	head := r.pgpCommit(t, "release", pgp)
-	must(r.Git(ssh.sshSigning("tag", "-s", "-m", "ssh release", "v1.0.0")...))
+	head := pgpCommit(t, r, "release", pgp)
+	must(r.Git(ssh.Signing("tag", "-s", "-m", "ssh release", "v1.0.0")...))
 	must(r.Git("tag", "-a", "-m", "unsigned release", "v1.1.0"))
 	must(r.Git("tag", "v1.2.0"))
 	must(r.Git("push", "-q", "origin", "--tags"))
-	r.pgpTag(t, "v2.0.0", pgp)
-	keys := PublicKeys{KeyRings: []string{pgp.armoredPublic(t)}, AuthorizedKeys: []string{ssh.public}}
+	if err := gitserver.TagSigned(r.WorkTree(), "v2.0.0", pgp); err != nil {
+		t.Fatal(err)
+	}
+	must(r.Git("push", "-q", "origin", "refs/tags/v2.0.0"))
+	keys := PublicKeys{KeyRings: []string{armoredPublic(t, pgp)}, AuthorizedKeys: []string{ssh.Public}}
 
 	c := checkout(t, r.URL, Reference{Tag: "v1.0.0"})
 	tagObject := must(r.Git("rev-parse", "v1.0.0"))
@@ -350,14 +253,14 @@ func TestVerifyTags(t *testing.T) {
 	if c.Tag.String() != "v1.0.0@"+tagObject || c.Tag.SignatureType() != SignatureTypeSSH {
 		t.Errorf("tag %s of signature type %s", c.Tag, c.Tag.SignatureType())
 	}
-	if fp, err := c.Tag.Verify(keys); err != nil || fp != ssh.fingerprint(t) {
+	if fp, err := c.Tag.Verify(keys); err != nil || fp != fingerprint(t, ssh) {
 		t.Errorf("verify SSH-signed tag: %q, %v", fp, err)
 	}
 	// The commit the tag points to has its own (OpenPGP) signature.
-	if id, err := c.Verify(keys); err != nil || id != pgp.id() {
+	if id, err := c.Verify(keys); err != nil || id != pgp.ID() {
 		t.Errorf("verify the tagged commit: %q, %v", id, err)
 	}
-	fp, err := c.Tag.Verify(PublicKeys{AuthorizedKeys: []string{newSSHKey(t).public}})
+	fp, err := c.Tag.Verify(PublicKeys{AuthorizedKeys: []string{newSSHKey(t).Public}})
 	wantVerifyError(t, fp, err, "unable to verify Git tag SSH signature: unable to verify payload with any of the given authorized keys")
 
 	// SemVer and a refs/tags/ name resolve through the tag too.
@@ -366,10 +269,10 @@ func TestVerifyTags(t *testing.T) {
 		if c.Tag == nil || c.Tag.Name != "v2.0.0" || c.Tag.SignatureType() != SignatureTypeOpenPGP {
 			t.Fatalf("%+v: tag %+v, want the OpenPGP-signed v2.0.0", ref, c.Tag)
 		}
-		if id, err := c.Tag.Verify(keys); err != nil || id != pgp.id() {
+		if id, err := c.Tag.Verify(keys); err != nil || id != pgp.ID() {
 			t.Errorf("%+v: verify OpenPGP-signed tag: %q, %v", ref, id, err)
 		}
-		id, err := c.Tag.Verify(PublicKeys{KeyRings: []string{newPGPKey(t, time.Time{}, 0).armoredPublic(t)}})
+		id, err := c.Tag.Verify(PublicKeys{KeyRings: []string{armoredPublic(t, newPGPKey(t, time.Time{}, 0))}})
 		wantVerifyError(t, id, err, "unable to verify Git tag: unable to verify payload with any of the given key rings")
 	}
 
@@ -402,11 +305,11 @@ func TestPublicKeysFromSecret(t *testing.T) {
 // git hashed it: re-adding the signature gives back the object's hash.
 func TestTagPayloadIsTheSignedObject(t *testing.T) {
 	s := startServer(t)
-	r := newSignedRepo(t, s, "public/payload")
+	r := newRepo(t, s, "public/payload")
 	ssh := newSSHKey(t)
 	must := mustOf(t)
 	must(r.Commit("c", map[string]string{"a": "a"}))
-	must(r.Git(ssh.sshSigning("tag", "-s", "-m", "release", "v1.0.0")...))
+	must(r.Git(ssh.Signing("tag", "-s", "-m", "release", "v1.0.0")...))
 	must(r.Git("push", "-q", "origin", "--tags"))
 	c := checkout(t, r.URL, Reference{Tag: "v1.0.0"})
 	obj := append(append([]byte{}, c.Tag.Payload...), c.Tag.Signature...)
