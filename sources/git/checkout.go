@@ -1,6 +1,8 @@
 // Package git checks out one reference of a Git repository with go-git
-// and names the commit it ended on the way Flux does. It knows Git (URLs,
-// references, auth methods, submodules, sparse checkouts) and nothing of
+// and names the commit it ended on the way Flux does, and verifies the
+// OpenPGP or SSH signatures of that commit and of the tag it was reached
+// through (verify.go). It knows Git (URLs, references, auth methods,
+// submodules, sparse checkouts, signatures) and nothing of
 // Kubernetes: the caller reads credentials from wherever they live and
 // maps the errors below to conditions.
 package git

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
@@ -114,7 +115,7 @@ func unverified(t *testing.T, ns, name, reason, want string) *sourcev1.GitReposi
 	for {
 		found := false
 		for _, ev := range eventSink.find(ns, name, reason) {
-			found = found || (ev.Severity == "error" && strings.Contains(ev.Message, want))
+			found = found || (ev.Severity == eventv1.EventSeverityError && strings.Contains(ev.Message, want))
 		}
 		if found {
 			break
