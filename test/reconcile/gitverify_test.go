@@ -307,7 +307,7 @@ func TestGitVerifyTags(t *testing.T) {
 		},
 		{
 			name: "tag signed by another key", mode: sourcev1.ModeGitTag, ref: tag("v1.3.0"), reason: reconcilers.InvalidTagSignatureReason,
-			message: "signature verification of tag 'v1.3.0@" + tagObject("v1.3.0") + "' failed: unable to verify Git tag SSH signature: unable to verify payload with any of the given authorized keys",
+			message: "signature verification of tag 'v1.3.0@" + tagObject("v1.3.0") + "' failed: unable to verify Git tag SSH signature: unable to verify payload with any of the given authorized keys: no matching key\npublic key does not match",
 		},
 		{
 			name: "signed tag of an unsigned commit", mode: sourcev1.ModeGitTagAndHEAD, ref: tag("v2.0.0"), reason: reconcilers.InvalidCommitSignatureReason,
