@@ -17,14 +17,15 @@ import (
 // Order matters: the first negative condition that is True gives Ready
 // its reason and message.
 var (
-	// gitRepositoryConditions is the condition set of GitRepository.
+	// gitRepositoryConditions is the condition set of GitRepository. Its
+	// SourceVerified is positive but bipolar: False is a failure.
 	gitRepositoryConditions = sourceConditions([]string{
 		sourcev1.StorageOperationFailedCondition,
 		sourcev1.FetchFailedCondition,
 		sourcev1.BuildFailedCondition,
 		sourcev1.IncludeUnavailableCondition,
 		sourcev1.ArtifactOutdatedCondition,
-	})
+	}, sourcev1.SourceVerifiedCondition)
 
 	// helmRepositoryConditions is the condition set of HelmRepository.
 	helmRepositoryConditions = sourceConditions([]string{
@@ -61,6 +62,11 @@ var (
 		sourcev1.ArtifactOutdatedCondition,
 	})
 )
+
+// biPolarConditions are the positive conditions whose False is a failure
+// (Flux's bipolarity): a False one gives Ready its reason and message,
+// ahead of every other condition, for the kinds that own it.
+var biPolarConditions = []string{sourcev1.SourceVerifiedCondition}
 
 // sourceConditions is the condition set of a source kind from its
 // kind-specific negative conditions, in summary order, and its positive

@@ -17,7 +17,8 @@
 //	metrics.go        gotk_reconcile_duration_seconds
 //	leaderclient.go   the leadership write gate
 //	runner.go         LeaderRunner and the manager it builds
-//	gitrepository.go  GitRepository, with git_include.go (checkout and auth: sources/git)
+//	gitrepository.go  GitRepository, with git_include.go and git_verify.go (checkout, auth
+//	                  and signatures: sources/git)
 //	helmrepository.go HelmRepository (index fetching: sources/helm)
 //	helmchart.go      HelmChart (chart fetching and building: sources/helm)
 //	ocirepository.go  OCIRepository (registry pulls and layers: sources/oci)

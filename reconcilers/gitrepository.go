@@ -101,9 +101,16 @@ func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // Sets FetchFailed (invalid URL or reference: also Stalled; missing
 // secret, Git failure) and IncludeUnavailable (an include without an
 // artifact, retried after --requeue-dependency); removes both on success.
+// Sets or removes SourceVerified (verifySignature, git_verify.go) and
+// removes a False one first.
 // Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
 // or the content configuration differs from the stored artifact's.
 func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository, st *gitState) (Result, error) {
+	// A failed verification is decided afresh on every reconcile; a
+	// successful one stays until a commit is verified or fails again.
+	if conditions.IsFalse(obj, sourcev1.SourceVerifiedCondition) {
+		conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
+	}
 	u, err := gitsrc.ParseURL(obj.Spec.URL)
 	if err != nil {
 		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
@@ -154,9 +161,12 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		}
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to checkout and determine revision: %w", err), sourcev1.GitOperationFailedReason))
 	}
-	st.commit = commit
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
 	ctrl.LoggerFrom(ctx).V(1).Info("git repository checked out", "url", obj.Spec.URL, "revision", commit.Revision())
+	if res, err := r.verifySignature(ctx, obj, commit); err != nil {
+		return res, err
+	}
+	st.commit = commit
 
 	cur := obj.GetArtifact()
 	var why string
@@ -277,9 +287,6 @@ func equalIncludes(a, b []sourcev1.GitRepositoryInclude) bool {
 // would fetch by another route or as another identity than asked for.
 func unsupportedGitSpec(obj *sourcev1.GitRepository) error {
 	var fields []string
-	if obj.Spec.Verification != nil {
-		fields = append(fields, "spec.verify")
-	}
 	if p := obj.GetProvider(); p != sourcev1.GitProviderGeneric {
 		fields = append(fields, "spec.provider '"+p+"'")
 	}

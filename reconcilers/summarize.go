@@ -3,6 +3,7 @@ package reconcilers
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
@@ -63,6 +64,14 @@ func (n *notifier) summarizeAndPatch(ctx context.Context, obj sourceObject, sp *
 		conditions.Set(obj, reconciling)
 	}
 	err = rreconcile.NewResultFinalizer(isSuccess, "reconciliation succeeded", conds).Finalize(obj, result, err)
+	// A failed bipolar condition is the cause of the failure, whatever
+	// else the summary found (Reconciling is still True at this point).
+	for _, c := range biPolarConditions {
+		if slices.Contains(conds.Owned, c) && conditions.IsFalse(obj, c) {
+			conditions.MarkFalse(obj, meta.ReadyCondition, conditions.GetReason(obj, c), "%s", conditions.GetMessage(obj, c))
+			break
+		}
+	}
 
 	opts := rreconcile.AddPatchOptions(obj, nil, conds.Owned, n.controllerName)
 	if perr := sp.Patch(ctx, obj, opts...); perr != nil {

@@ -65,6 +65,18 @@ func TestSummarizeAndPatch(t *testing.T) {
 			wantReconciling: meta.ProgressingWithRetryReason,
 		},
 		{
+			name: "failed source verification gives Ready its reason, ahead of Reconciling",
+			mark: func(o *sourcev1.GitRepository) {
+				conditions.MarkReconciling(o, meta.ProgressingReason, "reconciliation in progress")
+				conditions.MarkTrue(o, sourcev1.ArtifactInStorageCondition, meta.SucceededReason, "stored artifact for revision 'x'")
+				conditions.MarkFalse(o, sourcev1.SourceVerifiedCondition, InvalidCommitSignatureReason, "signature verification failed")
+			},
+			err:     NewGeneric(errors.New("signature verification failed"), InvalidCommitSignatureReason),
+			wantErr: true, wantReady: metav1.ConditionFalse, wantReason: InvalidCommitSignatureReason,
+			wantEvent:       "Warning InvalidCommitSignature signature verification failed",
+			wantReconciling: meta.ProgressingWithRetryReason,
+		},
+		{
 			name: "stalling error is not retried",
 			mark: func(o *sourcev1.GitRepository) {
 				conditions.MarkReconciling(o, meta.ProgressingReason, "building artifact")

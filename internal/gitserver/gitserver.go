@@ -85,6 +85,9 @@ func (s *Server) NewRepo(name, work string) (*Repo, error) {
 	return r, nil
 }
 
+// WorkTree is the path of the working tree.
+func (r *Repo) WorkTree() string { return r.work }
+
 // Git runs a git command in the working tree.
 func (r *Repo) Git(args ...string) (string, error) { return git(r.work, args...) }
 

@@ -1,6 +1,8 @@
 // Package git checks out one reference of a Git repository with go-git
-// and names the commit it ended on the way Flux does. It knows Git (URLs,
-// references, auth methods, submodules, sparse checkouts) and nothing of
+// and names the commit it ended on the way Flux does, and verifies the
+// OpenPGP or SSH signatures of that commit and of the tag it was reached
+// through (verify.go). It knows Git (URLs, references, auth methods,
+// submodules, sparse checkouts, signatures) and nothing of
 // Kubernetes: the caller reads credentials from wherever they live and
 // maps the errors below to conditions.
 package git
@@ -48,6 +50,15 @@ type Commit struct {
 	Reference string
 	// Message is the commit message.
 	Message string
+	// Signature is the commit's armored signature (gpgsig), empty when it
+	// is unsigned.
+	Signature string
+	// Payload is the commit without its signature: the bytes the
+	// signature is over.
+	Payload []byte
+	// Tag is the tag the reference resolved through (a tag, semver or
+	// refs/tags/ name reference), nil for any other reference.
+	Tag *Tag
 }
 
 // Revision is the commit's revision as Flux writes it:
@@ -173,7 +184,10 @@ func Checkout(ctx context.Context, dir string, o CheckoutOptions) (*Commit, erro
 		return nil, fmt.Errorf("fetch %s: %w", refspecSource(refspec), err)
 	}
 
-	var commit *object.Commit
+	var (
+		commit *object.Commit
+		tag    *Tag
+	)
 	if ref.Commit != "" {
 		commit, err = repo.CommitObject(plumbing.NewHash(ref.Commit))
 		if err != nil {
@@ -184,10 +198,14 @@ func Checkout(ctx context.Context, dir string, o CheckoutOptions) (*Commit, erro
 			return nil, fmt.Errorf("commit '%s' not found in %s: %w", ref.Commit, where, err)
 		}
 	} else {
-		commit, err = resolveCommit(repo, local)
+		commit, tag, err = resolveCommit(repo, local)
 		if err != nil {
 			return nil, err
 		}
+	}
+	payload, err := encodeWithoutSignature(commit.EncodeWithoutSignature)
+	if err != nil {
+		return nil, fmt.Errorf("encode commit %s: %w", commit.Hash, err)
 	}
 
 	w, err := repo.Worktree()
@@ -218,28 +236,40 @@ func Checkout(ctx context.Context, dir string, o CheckoutOptions) (*Commit, erro
 			return nil, fmt.Errorf("update submodules: %w", err)
 		}
 	}
-	return &Commit{Hash: commit.Hash.String(), Reference: name, Message: commit.Message}, nil
+	return &Commit{
+		Hash: commit.Hash.String(), Reference: name, Message: commit.Message,
+		Signature: commit.PGPSignature, Payload: payload, Tag: tag,
+	}, nil
 }
 
 // resolveCommit peels the fetched reference, through an annotated tag if
-// need be, to its commit.
-func resolveCommit(repo *git.Repository, name plumbing.ReferenceName) (*object.Commit, error) {
+// need be, to its commit. For a tag reference it also returns the Tag,
+// with the annotated tag object's signature and payload.
+func resolveCommit(repo *git.Repository, name plumbing.ReferenceName) (*object.Commit, *Tag, error) {
 	r, err := repo.Reference(name, true)
 	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", name, err)
+		return nil, nil, fmt.Errorf("resolve %s: %w", name, err)
 	}
-	if tag, err := repo.TagObject(r.Hash()); err == nil {
-		c, err := tag.Commit()
+	if to, err := repo.TagObject(r.Hash()); err == nil {
+		c, err := to.Commit()
 		if err != nil {
-			return nil, fmt.Errorf("tag %s does not point to a commit: %w", name.Short(), err)
+			return nil, nil, fmt.Errorf("tag %s does not point to a commit: %w", name.Short(), err)
 		}
-		return c, nil
+		payload, err := encodeWithoutSignature(to.EncodeWithoutSignature)
+		if err != nil {
+			return nil, nil, fmt.Errorf("encode tag %s: %w", name.Short(), err)
+		}
+		return c, &Tag{Name: to.Name, Hash: to.Hash.String(), Signature: to.PGPSignature, Payload: payload}, nil
 	}
 	c, err := repo.CommitObject(r.Hash())
 	if err != nil {
-		return nil, fmt.Errorf("%s does not point to a commit: %w", name, err)
+		return nil, nil, fmt.Errorf("%s does not point to a commit: %w", name, err)
 	}
-	return c, nil
+	var tag *Tag
+	if name.IsTag() {
+		tag = &Tag{Name: name.Short()}
+	}
+	return c, tag, nil
 }
 
 // latestTag lists the remote's tags and returns the highest version that
