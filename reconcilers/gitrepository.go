@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"reflect"
 	"time"
 
@@ -45,6 +46,9 @@ type GitRepositoryReconciler struct {
 	RequeueDependency time.Duration
 	ArchiveMaxSize    int64
 	ArchiveMaxEntries int
+
+	// gitHubApps caches the installation tokens of provider github.
+	gitHubApps gitsrc.GitHubAppTokens
 }
 
 // gitState is what the sub-reconcilers of one reconcile share.
@@ -99,7 +103,7 @@ func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // out spec.ref into the checkout directory.
 //
 // Sets FetchFailed (invalid URL or reference: also Stalled; missing
-// secret, Git failure) and IncludeUnavailable (an include without an
+// secret or proxy secret, a GitHub App token refused, Git failure) and IncludeUnavailable (an include without an
 // artifact, retried after --requeue-dependency); removes both on success.
 // Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
 // or the content configuration differs from the stored artifact's.
@@ -112,6 +116,10 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
 
+	proxy, err := proxyFromSecretRef(ctx, r.Client, obj.Namespace, obj.Spec.ProxySecretRef)
+	if err != nil {
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to configure proxy options: %w", err), sourcev1.AuthenticationFailedReason))
+	}
 	var data map[string][]byte
 	if ref := obj.Spec.SecretRef; ref != nil {
 		secret := &corev1.Secret{}
@@ -123,9 +131,9 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 			data = map[string][]byte{}
 		}
 	}
-	auth, err := gitsrc.AuthFromSecret(u, data)
-	if err != nil {
-		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason))
+	auth, e := r.gitAuth(ctx, obj, u, data, proxy)
+	if e != nil {
+		return fetchFailed(obj, e)
 	}
 
 	includes, err := r.fetchIncludes(ctx, obj)
@@ -147,6 +155,7 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	commit, err := gitsrc.Checkout(gitCtx, st.dir, gitsrc.CheckoutOptions{
 		URL: obj.Spec.URL, Auth: auth, Ref: gitReference(obj.Spec.Reference),
 		RecurseSubmodules: obj.Spec.RecurseSubmodules, SparseCheckout: obj.Spec.SparseCheckout,
+		Proxy: proxy,
 	})
 	if err != nil {
 		if errors.Is(err, gitsrc.ErrInvalidReference) {
@@ -172,6 +181,45 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		return ResultEmpty, err
 	}
 	return ResultSuccess, nil
+}
+
+// gitAuth is the auth of obj's checkout: the secret's credentials, or
+// for provider github an installation token of the GitHub App the secret
+// describes (through proxy, as the checkout). The failures are Flux's:
+// InvalidProviderConfiguration when the secret and the provider disagree,
+// AuthenticationFailed otherwise.
+func (r *GitRepositoryReconciler) gitAuth(ctx context.Context, obj *sourcev1.GitRepository, u *url.URL, data map[string][]byte, proxy *url.URL) (*gitsrc.Auth, *Error) {
+	authFailed := func(err error) *Error {
+		return NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason)
+	}
+	if obj.GetProvider() != sourcev1.GitProviderGitHub {
+		if len(data[gitsrc.KeyGitHubAppID]) > 0 {
+			return nil, NewGeneric(fmt.Errorf("secretRef '%s/%s' has github app data but provider is not set to github",
+				obj.Namespace, obj.Spec.SecretRef.Name), sourcev1.InvalidProviderConfigurationReason)
+		}
+		auth, err := gitsrc.AuthFromSecret(u, data)
+		if err != nil {
+			return nil, authFailed(err)
+		}
+		return auth, nil
+	}
+	noAppData := errors.New("secretRef with github app data must be specified when provider is set to github")
+	if obj.Spec.SecretRef == nil {
+		return nil, NewStalling(noAppData, sourcev1.InvalidProviderConfigurationReason)
+	}
+	// Flux reads a secret without an app ID or a key as no app data.
+	if len(data[gitsrc.KeyGitHubAppID]) == 0 || len(data[gitsrc.KeyGitHubAppPrivateKey]) == 0 {
+		return nil, NewGeneric(noAppData, sourcev1.InvalidProviderConfigurationReason)
+	}
+	app, err := gitsrc.GitHubAppFromSecret(data)
+	if err != nil {
+		return nil, authFailed(err)
+	}
+	auth, err := r.gitHubApps.Auth(ctx, app, proxy)
+	if err != nil {
+		return nil, authFailed(err)
+	}
+	return auth, nil
 }
 
 // reconcileInclude copies the included artifacts into the checkout.
@@ -280,11 +328,12 @@ func unsupportedGitSpec(obj *sourcev1.GitRepository) error {
 	if obj.Spec.Verification != nil {
 		fields = append(fields, "spec.verify")
 	}
-	if p := obj.GetProvider(); p != sourcev1.GitProviderGeneric {
+	if p := obj.GetProvider(); p != sourcev1.GitProviderGeneric && p != sourcev1.GitProviderGitHub {
 		fields = append(fields, "spec.provider '"+p+"'")
 	}
-	if obj.Spec.ProxySecretRef != nil {
-		fields = append(fields, "spec.proxySecretRef")
+	// go-git fetches submodules without the proxy options.
+	if obj.Spec.ProxySecretRef != nil && obj.Spec.RecurseSubmodules {
+		fields = append(fields, "spec.recurseSubmodules with spec.proxySecretRef")
 	}
 	if obj.Spec.ServiceAccountName != "" {
 		fields = append(fields, "spec.serviceAccountName")
