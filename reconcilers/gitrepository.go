@@ -103,8 +103,9 @@ func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // out spec.ref into the checkout directory.
 //
 // Sets FetchFailed (invalid URL or reference: also Stalled; missing
-// secret or proxy secret, a GitHub App token refused, Git failure) and IncludeUnavailable (an include without an
-// artifact, retried after --requeue-dependency); removes both on success.
+// secret or proxy secret, a GitHub App token refused, Git failure) and
+// IncludeUnavailable (an include without an artifact, retried after
+// --requeue-dependency); removes both on success.
 // Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
 // or the content configuration differs from the stored artifact's.
 func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.GitRepository, st *gitState) (Result, error) {
