@@ -211,8 +211,8 @@ func TestGitHubApp(t *testing.T) {
 	appSecret("wrong-key", otherKey, byID)
 	appSecret("no-key", nil, byID)
 	appSecret("both", gh.key, map[string]string{"githubAppInstallationID": strconv.Itoa(ghInstallationID), "githubAppInstallationOwner": ghOwner})
-	p := startProxy(t, proxyUser, proxyPass)
-	proxySecrets(t, ns, p)
+	p, refusing := startProxy(t, proxyUser, proxyPass), startProxy(t, proxyUser, proxyPass)
+	proxySecrets(t, ns, p, refusing)
 
 	github := func(secret string) func(*sourcev1.GitRepository) {
 		return func(o *sourcev1.GitRepository) {
@@ -234,8 +234,9 @@ func TestGitHubApp(t *testing.T) {
 		if !strings.Contains(msg, "github app token exchange failed") || !names407(msg) {
 			t.Errorf("FetchFailed message %q", msg)
 		}
-		if host := hostOf(t, gh.srv.URL); p.refusedTo(host) == 0 || gh.exchanged() != 0 {
-			t.Errorf("proxy refused %d requests to %s, %d tokens minted", p.refusedTo(host), host, gh.exchanged())
+		if host := hostOf(t, gh.srv.URL); refusing.refusedTo(host) == 0 || refusing.carriedTo(host) != 0 || gh.exchanged() != 0 {
+			t.Errorf("proxy refused %d and carried %d requests to %s, %d tokens minted",
+				refusing.refusedTo(host), refusing.carriedTo(host), host, gh.exchanged())
 		}
 		if o.Status.Artifact != nil {
 			t.Errorf("artifact %v", o.Status.Artifact)

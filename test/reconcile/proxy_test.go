@@ -173,12 +173,13 @@ func (p *testProxy) hosts() string {
 func proxyRef(name string) *meta.LocalObjectReference { return &meta.LocalObjectReference{Name: name} }
 
 // proxySecrets creates, in ns, the proxy secrets (Flux's keys) the proxy
-// tests share: "good" and "wrong" (the wrong password) for p, and the
-// invalid ones. bucketSecret makes any string-data Secret.
-func proxySecrets(t *testing.T, ns string, p *testProxy) {
+// tests share: "good" for p, "wrong" (the wrong password) for refusing,
+// and the invalid ones. Two proxies keep what each carried apart.
+// bucketSecret makes any string-data Secret.
+func proxySecrets(t *testing.T, ns string, p, refusing *testProxy) {
 	t.Helper()
 	bucketSecret(t, ns, "good", map[string]string{"address": p.URL(), "username": proxyUser, "password": proxyPass})
-	bucketSecret(t, ns, "wrong", map[string]string{"address": p.URL(), "username": proxyUser, "password": "not-" + proxyPass})
+	bucketSecret(t, ns, "wrong", map[string]string{"address": refusing.URL(), "username": proxyUser, "password": "not-" + proxyPass})
 	bucketSecret(t, ns, "no-address", map[string]string{"username": proxyUser, "password": proxyPass})
 	bucketSecret(t, ns, "ftp", map[string]string{"address": "ftp://127.0.0.1:21"})
 }
@@ -238,8 +239,8 @@ func proxySecretCases(ns string) []struct{ secret, message string } {
 
 func TestProxyGitRepository(t *testing.T) {
 	ns := newNamespace(t)
-	p := startProxy(t, proxyUser, proxyPass)
-	proxySecrets(t, ns, p)
+	p, refusing := startProxy(t, proxyUser, proxyPass), startProxy(t, proxyUser, proxyPass)
+	proxySecrets(t, ns, p, refusing)
 	repo := gitSrv.newRepo(t, "private", "proxied-"+ns)
 	sha := repo.commit("proxied", map[string]string{"app.yaml": "proxied"})
 	target := hostOf(t, repo.URL)
@@ -273,7 +274,7 @@ func TestProxyGitRepository(t *testing.T) {
 		}
 	})
 	t.Run("proxy refusing the credentials fails the fetch", func(t *testing.T) {
-		checkProxyRefused[*sourcev1.GitRepository](t, ns, "proxy-refuses", sourcev1.GitOperationFailedReason, p, target)
+		checkProxyRefused[*sourcev1.GitRepository](t, ns, "proxy-refuses", sourcev1.GitOperationFailedReason, refusing, target)
 	})
 	t.Run("submodules cannot go through the proxy", func(t *testing.T) {
 		o := waitFailed[*sourcev1.GitRepository](t, ns, "with-submodules", sourcev1.FetchFailedCondition, "UnsupportedField")
@@ -297,8 +298,8 @@ func TestProxyGitRepository(t *testing.T) {
 
 func TestProxyOCIRepository(t *testing.T) {
 	ns := newNamespace(t)
-	p := startProxy(t, proxyUser, proxyPass)
-	proxySecrets(t, ns, p)
+	p, refusing := startProxy(t, proxyUser, proxyPass), startProxy(t, proxyUser, proxyPass)
+	proxySecrets(t, ns, p, refusing)
 	regs := ociregistry.Shared(t)
 	repo := "proxy/" + ns
 	digest := regs.Open.PushFiles(t, repo, "v1", map[string]string{"a.yaml": "proxied"})
@@ -340,7 +341,7 @@ func TestProxyOCIRepository(t *testing.T) {
 		})
 	}
 	t.Run("proxy refusing the credentials fails the pull", func(t *testing.T) {
-		checkProxyRefused[*sourcev1.OCIRepository](t, ns, "proxy-refuses", sourcev1.OCIPullFailedReason, p, regs.TLS.Host)
+		checkProxyRefused[*sourcev1.OCIRepository](t, ns, "proxy-refuses", sourcev1.OCIPullFailedReason, refusing, regs.TLS.Host)
 	})
 	for _, c := range cases {
 		t.Run("proxy secret "+c.secret, func(t *testing.T) {
@@ -358,8 +359,8 @@ func TestProxyOCIRepository(t *testing.T) {
 func TestProxyBucket(t *testing.T) {
 	m := minioserver.Shared(t)
 	ns := newNamespace(t)
-	p := startProxy(t, proxyUser, proxyPass)
-	proxySecrets(t, ns, p)
+	p, refusing := startProxy(t, proxyUser, proxyPass), startProxy(t, proxyUser, proxyPass)
+	proxySecrets(t, ns, p, refusing)
 	bucket := m.NewBucket(t, map[string]string{"app.yaml": "proxied"})
 	withProxy := func(name string) func(*sourcev1.Bucket) {
 		return func(o *sourcev1.Bucket) { o.Spec.ProxySecretRef = proxyRef(name) }
@@ -381,7 +382,7 @@ func TestProxyBucket(t *testing.T) {
 		}
 	})
 	t.Run("proxy refusing the credentials fails the fetch", func(t *testing.T) {
-		checkProxyRefused[*sourcev1.Bucket](t, ns, "proxy-refuses", sourcev1.BucketOperationFailedReason, p, m.Endpoint)
+		checkProxyRefused[*sourcev1.Bucket](t, ns, "proxy-refuses", sourcev1.BucketOperationFailedReason, refusing, m.Endpoint)
 	})
 	for _, c := range cases {
 		t.Run("proxy secret "+c.secret, func(t *testing.T) {
