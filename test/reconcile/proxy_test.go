@@ -222,9 +222,11 @@ func checkProxyRefused[T sourceObject](t *testing.T, ns, name, reason string, p 
 }
 
 // names407 reports whether an error message names the proxy's refusal:
-// its status code, or its status text (Go's CONNECT error).
+// its status code, or its status text in any case (Go's CONNECT error,
+// minio-go's reading of the answer).
 func names407(msg string) bool {
-	return strings.Contains(msg, "407") || strings.Contains(msg, http.StatusText(http.StatusProxyAuthRequired))
+	return strings.Contains(msg, "407") ||
+		strings.Contains(strings.ToLower(msg), strings.ToLower(http.StatusText(http.StatusProxyAuthRequired)))
 }
 
 // proxySecretCases are the invalid proxy secrets, with the message Flux
