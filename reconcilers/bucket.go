@@ -99,10 +99,10 @@ func (r *BucketReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 // artifact's revision, downloads the objects into the working directory.
 //
 // Sets FetchFailed (unsupported provider or field, invalid endpoint: also
-// Stalled; missing or invalid secret, S3 errors, a missing bucket, a limit
-// exceeded, an unsafe object key); removes it on success. Sets
-// ArtifactOutdated, Reconciling and Ready=Unknown when the revision
-// differs from the stored artifact's.
+// Stalled; missing or invalid secret or proxy secret, S3 errors, a
+// missing bucket, a limit exceeded, an unsafe object key); removes it on
+// success. Sets ArtifactOutdated, Reconciling and Ready=Unknown when the
+// revision differs from the stored artifact's.
 func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.Bucket, st *bucketState) (Result, error) {
 	if err := unsupportedBucketSpec(obj); err != nil {
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
@@ -125,6 +125,11 @@ func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.Serial
 		}
 		opts.AccessKey, opts.SecretKey = string(s.Data["accesskey"]), string(s.Data["secretkey"])
 	}
+	proxy, err := proxyFromSecretRef(ctx, r.Client, obj.Namespace, obj.Spec.ProxySecretRef)
+	if err != nil {
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to get proxy URL: %w", err), sourcev1.AuthenticationFailedReason))
+	}
+	opts.Proxy = proxy
 	c, err := bucketsrc.NewS3(opts)
 	if err != nil {
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), sourcev1.AuthenticationFailedReason))
@@ -238,9 +243,6 @@ func unsupportedBucketSpec(obj *sourcev1.Bucket) error {
 	}
 	if obj.Spec.CertSecretRef != nil {
 		fields = append(fields, "spec.certSecretRef")
-	}
-	if obj.Spec.ProxySecretRef != nil {
-		fields = append(fields, "spec.proxySecretRef")
 	}
 	if obj.Spec.ServiceAccountName != "" {
 		fields = append(fields, "spec.serviceAccountName")

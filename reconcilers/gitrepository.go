@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"reflect"
 	"time"
 
@@ -45,6 +46,9 @@ type GitRepositoryReconciler struct {
 	RequeueDependency time.Duration
 	ArchiveMaxSize    int64
 	ArchiveMaxEntries int
+
+	// gitHubApps caches the installation tokens of provider github.
+	gitHubApps gitsrc.GitHubAppTokens
 }
 
 // gitState is what the sub-reconcilers of one reconcile share.
@@ -99,8 +103,9 @@ func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // out spec.ref into the checkout directory.
 //
 // Sets FetchFailed (invalid URL or reference: also Stalled; missing
-// secret, Git failure) and IncludeUnavailable (an include without an
-// artifact, retried after --requeue-dependency); removes both on success.
+// secret or proxy secret, a GitHub App token refused, Git failure) and
+// IncludeUnavailable (an include without an artifact, retried after
+// --requeue-dependency); removes both on success.
 // Sets or removes SourceVerified (verifySignature, git_verify.go) and
 // removes a False one first.
 // Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
@@ -119,6 +124,10 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
 
+	proxy, err := proxyFromSecretRef(ctx, r.Client, obj.Namespace, obj.Spec.ProxySecretRef)
+	if err != nil {
+		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to configure proxy options: %w", err), sourcev1.AuthenticationFailedReason))
+	}
 	var data map[string][]byte
 	if ref := obj.Spec.SecretRef; ref != nil {
 		secret := &corev1.Secret{}
@@ -130,9 +139,9 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 			data = map[string][]byte{}
 		}
 	}
-	auth, err := gitsrc.AuthFromSecret(u, data)
-	if err != nil {
-		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason))
+	auth, e := r.gitAuth(ctx, obj, u, data, proxy)
+	if e != nil {
+		return fetchFailed(obj, e)
 	}
 
 	includes, err := r.fetchIncludes(ctx, obj)
@@ -154,6 +163,7 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	commit, err := gitsrc.Checkout(gitCtx, st.dir, gitsrc.CheckoutOptions{
 		URL: obj.Spec.URL, Auth: auth, Ref: gitReference(obj.Spec.Reference),
 		RecurseSubmodules: obj.Spec.RecurseSubmodules, SparseCheckout: obj.Spec.SparseCheckout,
+		Proxy: proxy,
 	})
 	if err != nil {
 		if errors.Is(err, gitsrc.ErrInvalidReference) {
@@ -182,6 +192,45 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 		return ResultEmpty, err
 	}
 	return ResultSuccess, nil
+}
+
+// gitAuth is the auth of obj's checkout: the secret's credentials, or
+// for provider github an installation token of the GitHub App the secret
+// describes (through proxy, as the checkout). The failures are Flux's:
+// InvalidProviderConfiguration when the secret and the provider disagree,
+// AuthenticationFailed otherwise.
+func (r *GitRepositoryReconciler) gitAuth(ctx context.Context, obj *sourcev1.GitRepository, u *url.URL, data map[string][]byte, proxy *url.URL) (*gitsrc.Auth, *Error) {
+	authFailed := func(err error) *Error {
+		return NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason)
+	}
+	if obj.GetProvider() != sourcev1.GitProviderGitHub {
+		if len(data[gitsrc.KeyGitHubAppID]) > 0 {
+			return nil, NewGeneric(fmt.Errorf("secretRef '%s/%s' has github app data but provider is not set to github",
+				obj.Namespace, obj.Spec.SecretRef.Name), sourcev1.InvalidProviderConfigurationReason)
+		}
+		auth, err := gitsrc.AuthFromSecret(u, data)
+		if err != nil {
+			return nil, authFailed(err)
+		}
+		return auth, nil
+	}
+	noAppData := errors.New("secretRef with github app data must be specified when provider is set to github")
+	if obj.Spec.SecretRef == nil {
+		return nil, NewStalling(noAppData, sourcev1.InvalidProviderConfigurationReason)
+	}
+	// Flux reads a secret without an app ID or a key as no app data.
+	if len(data[gitsrc.KeyGitHubAppID]) == 0 || len(data[gitsrc.KeyGitHubAppPrivateKey]) == 0 {
+		return nil, NewGeneric(noAppData, sourcev1.InvalidProviderConfigurationReason)
+	}
+	app, err := gitsrc.GitHubAppFromSecret(data)
+	if err != nil {
+		return nil, authFailed(err)
+	}
+	auth, err := r.gitHubApps.Auth(ctx, app, proxy)
+	if err != nil {
+		return nil, authFailed(err)
+	}
+	return auth, nil
 }
 
 // reconcileInclude copies the included artifacts into the checkout.
@@ -282,16 +331,17 @@ func equalIncludes(a, b []sourcev1.GitRepositoryInclude) bool {
 }
 
 // unsupportedGitSpec names the spec fields this build cannot honour. They
-// stall the object instead of being ignored: ignoring spec.verify would
-// publish unverified commits, and ignoring a proxy or a cloud provider
-// would fetch by another route or as another identity than asked for.
+// stall the object instead of being ignored: ignoring a cloud provider or
+// a service account would fetch as another identity than asked for, and
+// submodules fetched beside the proxy would take another route.
 func unsupportedGitSpec(obj *sourcev1.GitRepository) error {
 	var fields []string
-	if p := obj.GetProvider(); p != sourcev1.GitProviderGeneric {
+	if p := obj.GetProvider(); p != sourcev1.GitProviderGeneric && p != sourcev1.GitProviderGitHub {
 		fields = append(fields, "spec.provider '"+p+"'")
 	}
-	if obj.Spec.ProxySecretRef != nil {
-		fields = append(fields, "spec.proxySecretRef")
+	// go-git fetches submodules without the proxy options.
+	if obj.Spec.ProxySecretRef != nil && obj.Spec.RecurseSubmodules {
+		fields = append(fields, "spec.recurseSubmodules with spec.proxySecretRef")
 	}
 	if obj.Spec.ServiceAccountName != "" {
 		fields = append(fields, "spec.serviceAccountName")

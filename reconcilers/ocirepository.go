@@ -300,7 +300,8 @@ func ociArtifactMessage(obj *sourcev1.OCIRepository) string {
 }
 
 // ociClient builds the registry client of obj from spec.url,
-// spec.secretRef, spec.certSecretRef and spec.insecure.
+// spec.secretRef, spec.proxySecretRef, spec.certSecretRef and
+// spec.insecure.
 func (r *OCIRepositoryReconciler) ociClient(ctx context.Context, obj *sourcev1.OCIRepository) (*ocisrc.Client, error) {
 	opts := ocisrc.Options{Insecure: obj.Spec.Insecure}
 	if ref := obj.Spec.SecretRef; ref != nil {
@@ -320,6 +321,12 @@ func (r *OCIRepositoryReconciler) ociClient(ctx context.Context, obj *sourcev1.O
 		}
 		opts.Credentials = creds
 	}
+	// After the credentials, before the TLS configuration, as in Flux.
+	proxy, err := proxyFromSecretRef(ctx, r.Client, obj.Namespace, obj.Spec.ProxySecretRef)
+	if err != nil {
+		return nil, NewGeneric(fmt.Errorf("failed to get proxy address: %w", err), sourcev1.AuthenticationFailedReason)
+	}
+	opts.Proxy = proxy
 	if ref := obj.Spec.CertSecretRef; ref != nil && ref.Name != "" {
 		secret := &corev1.Secret{}
 		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
@@ -356,9 +363,6 @@ func unsupportedOCISpec(obj *sourcev1.OCIRepository) error {
 	}
 	if p := obj.Spec.Provider; p != "" && p != sourcev1.GenericOCIProvider {
 		fields = append(fields, "spec.provider '"+p+"'")
-	}
-	if obj.Spec.ProxySecretRef != nil {
-		fields = append(fields, "spec.proxySecretRef")
 	}
 	if obj.Spec.ServiceAccountName != "" {
 		fields = append(fields, "spec.serviceAccountName")

@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"sort"
@@ -371,6 +373,11 @@ type S3Options struct {
 	// provider does.
 	AccessKey, SecretKey string
 	IAM                  bool
+	// Proxy, when set, carries every request (IAM credential requests
+	// included) through this HTTP(S) or SOCKS5 proxy, whatever the host:
+	// loopback endpoints too, which the environment's proxy rules would
+	// skip. User info in the URL is the proxy's basic auth.
+	Proxy *url.URL
 }
 
 // S3 is a Client for S3-compatible stores through minio-go.
@@ -384,11 +391,22 @@ func NewS3(o S3Options) (*S3, error) {
 		return nil, err
 	}
 	opts := &minio.Options{Region: o.Region, Secure: !o.Insecure}
+	var iamClient *http.Client
+	if o.Proxy != nil {
+		tr, err := minio.DefaultTransport(opts.Secure)
+		if err != nil {
+			return nil, fmt.Errorf("create the S3 transport: %w", err)
+		}
+		tr.Proxy = http.ProxyURL(o.Proxy)
+		opts.Transport = tr
+		iamClient = &http.Client{Transport: tr}
+	}
 	switch {
 	case o.AccessKey != "" || o.SecretKey != "":
 		opts.Creds = credentials.NewStaticV4(o.AccessKey, o.SecretKey, "")
 	case o.IAM:
-		opts.Creds = credentials.NewIAM("")
+		// A nil Client is minio-go's default, which is not proxied.
+		opts.Creds = credentials.New(&credentials.IAM{Client: iamClient})
 	}
 	c, err := minio.New(o.Endpoint, opts)
 	if err != nil {

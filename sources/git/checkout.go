@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,6 +40,10 @@ var (
 	ErrInvalidAuth = errors.New("invalid auth options")
 	// ErrEmptyRepository: the remote has no commits.
 	ErrEmptyRepository = errors.New("git repository is empty")
+	// ErrProxySubmodules: submodules cannot be fetched through a proxy
+	// (go-git's submodule update has no proxy option, so they would
+	// bypass it).
+	ErrProxySubmodules = errors.New("submodules cannot be fetched through a proxy")
 )
 
 // Commit is the commit a checkout ended on.
@@ -104,6 +109,22 @@ type CheckoutOptions struct {
 	RecurseSubmodules bool
 	// SparseCheckout lists the directories to check out; empty is all.
 	SparseCheckout []string
+	// Proxy, when set, carries every connection to the remote: an HTTP(S)
+	// CONNECT or plain-HTTP forward proxy for http(s) URLs (a SOCKS5 one
+	// also works), a SOCKS5 proxy for ssh URLs. User info in the URL is
+	// the proxy's basic auth. It is used whatever the host, loopback
+	// included, unlike the NO_PROXY rules of the environment. go-git
+	// cannot proxy submodule fetches, so Checkout refuses
+	// RecurseSubmodules with a Proxy (ErrProxySubmodules).
+	Proxy *url.URL
+}
+
+// proxyOptions is o.Proxy as go-git's options; the zero value is none.
+func (o *CheckoutOptions) proxyOptions() transport.ProxyOptions {
+	if o.Proxy == nil {
+		return transport.ProxyOptions{}
+	}
+	return transport.ProxyOptions{URL: o.Proxy.String()}
 }
 
 // Checkout fetches the one reference o.Ref selects into dir (shallowly,
@@ -115,6 +136,9 @@ func Checkout(ctx context.Context, dir string, o CheckoutOptions) (*Commit, erro
 	ref := o.Ref
 	if o.Auth == nil {
 		o.Auth = &Auth{}
+	}
+	if o.Proxy != nil && o.RecurseSubmodules {
+		return nil, ErrProxySubmodules
 	}
 	repo, err := git.PlainInit(dir, false)
 	if err != nil {
@@ -151,7 +175,7 @@ func Checkout(ctx context.Context, dir string, o CheckoutOptions) (*Commit, erro
 		name, local = ref.Name, plumbing.ReferenceName(ref.Name)
 		refspec = fmt.Sprintf("+%s:%s", ref.Name, ref.Name)
 	case ref.SemVer != "":
-		tag, err := latestTag(ctx, remote, o.Auth, ref.SemVer)
+		tag, err := latestTag(ctx, remote, o.Auth, o.proxyOptions(), ref.SemVer)
 		if err != nil {
 			return nil, err
 		}
@@ -170,12 +194,13 @@ func Checkout(ctx context.Context, dir string, o CheckoutOptions) (*Commit, erro
 	}
 
 	err = remote.FetchContext(ctx, &git.FetchOptions{
-		RemoteName: git.DefaultRemoteName,
-		RefSpecs:   []config.RefSpec{config.RefSpec(refspec)},
-		Depth:      depth,
-		Auth:       o.Auth.method,
-		CABundle:   o.Auth.caBundle,
-		Tags:       git.NoTags,
+		RemoteName:   git.DefaultRemoteName,
+		RefSpecs:     []config.RefSpec{config.RefSpec(refspec)},
+		Depth:        depth,
+		Auth:         o.Auth.method,
+		CABundle:     o.Auth.caBundle,
+		ProxyOptions: o.proxyOptions(),
+		Tags:         git.NoTags,
 	})
 	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
 		return nil, fmt.Errorf("%w: %w", ErrEmptyRepository, err)
@@ -274,12 +299,12 @@ func resolveCommit(repo *git.Repository, name plumbing.ReferenceName) (*object.C
 
 // latestTag lists the remote's tags and returns the highest version that
 // satisfies the semver range.
-func latestTag(ctx context.Context, remote *git.Remote, auth *Auth, rng string) (string, error) {
+func latestTag(ctx context.Context, remote *git.Remote, auth *Auth, proxy transport.ProxyOptions, rng string) (string, error) {
 	constraint, err := semver.NewConstraint(rng)
 	if err != nil {
 		return "", fmt.Errorf("%w: semver range '%s': %v", ErrInvalidReference, rng, err)
 	}
-	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: auth.method, CABundle: auth.caBundle})
+	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: auth.method, CABundle: auth.caBundle, ProxyOptions: proxy})
 	if errors.Is(err, transport.ErrEmptyRemoteRepository) {
 		return "", fmt.Errorf("%w: %w", ErrEmptyRepository, err)
 	}

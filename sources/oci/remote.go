@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 
@@ -99,6 +100,11 @@ type Options struct {
 	TLS *tls.Config
 	// Credentials authenticate per registry; nil is anonymous.
 	Credentials Credentials
+	// Proxy, when set, carries every request (token exchanges included)
+	// through this HTTP(S) or SOCKS5 proxy, whatever the host: loopback
+	// registries too, which the environment's proxy rules would skip.
+	// User info in the URL is the proxy's basic auth.
+	Proxy *url.URL
 }
 
 // Client talks to one repository within one context (its deadline
@@ -125,6 +131,9 @@ func NewClient(ctx context.Context, url string, o Options) (*Client, error) {
 		base.TLSClientConfig = o.TLS
 	case o.Insecure:
 		base.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for by Options.Insecure
+	}
+	if o.Proxy != nil {
+		base.Proxy = http.ProxyURL(o.Proxy)
 	}
 	var transport http.RoundTripper = base
 	if !o.Insecure {

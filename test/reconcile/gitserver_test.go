@@ -32,6 +32,9 @@ const (
 type gitServer struct {
 	root string
 	srv  *httptest.Server
+	// backend serves the repositories under root without any check, for
+	// servers in front of the same repositories (githubapp_test.go).
+	backend http.Handler
 }
 
 func startGitServer() (*gitServer, error) {
@@ -63,7 +66,7 @@ func startGitServer() (*gitServer, error) {
 		}
 		backend.ServeHTTP(w, r)
 	})
-	return &gitServer{root: root, srv: httptest.NewServer(h)}, nil
+	return &gitServer{root: root, srv: httptest.NewServer(h), backend: backend}, nil
 }
 
 func authorized(r *http.Request) bool {

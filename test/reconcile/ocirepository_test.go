@@ -319,8 +319,7 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 			o.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "cosign"}
 			o.Spec.Provider = sourcev1.AmazonOCIProvider
 			o.Spec.ServiceAccountName = "puller"
-			o.Spec.ProxySecretRef = &meta.LocalObjectReference{Name: "proxy"}
-		}, sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, true, "not supported by sourceraft yet: spec.verify, spec.provider 'aws', spec.proxySecretRef, spec.serviceAccountName"},
+		}, sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, true, "not supported by sourceraft yet: spec.verify, spec.provider 'aws', spec.serviceAccountName"},
 	}
 	for _, tt := range tests {
 		ociNew(t, ns, strings.ReplaceAll(tt.name, " ", "-"), url, tt.mutate)
