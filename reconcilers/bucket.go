@@ -229,8 +229,8 @@ func (r *BucketReconciler) limits() bucketsrc.Limits {
 
 // unsupportedBucketSpec names the providers and spec fields this build
 // cannot honour. They stall the object instead of being ignored: ignoring
-// a proxy, a client certificate, STS or a service account would fetch by
-// another route or as another identity than asked for.
+// a client certificate, STS or a service account would fetch as another
+// identity than asked for.
 func unsupportedBucketSpec(obj *sourcev1.Bucket) error {
 	var fields []string
 	switch p := obj.Spec.Provider; p {
