@@ -85,6 +85,11 @@ func NewCosignKeyless(trustedRootJSON []byte, identities []Identity, reg Registr
 // individual failures are appended after it.
 func (v *cosignVerifier) Verify(ctx context.Context, ref name.Digest) (Result, error) {
 	base := cosign.CheckOpts{
+		// As the cosign CLI checks, and Flux's verifier does not: the
+		// signed payload must name the manifest the signature is
+		// attached to, or a signature of one manifest could be copied
+		// to another.
+		ClaimVerifier: cosign.SimpleClaimVerifier,
 		RegistryClientOpts: []ociremote.Option{
 			ociremote.WithRemoteOptions(v.reg.remoteOptions(ctx)...),
 			ociremote.WithNameOptions(v.reg.nameOptions()...),

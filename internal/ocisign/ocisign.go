@@ -1,0 +1,337 @@
+// Package ocisign signs artifacts in a test registry the way the cosign
+// and notation CLIs do, with their own Go libraries: cosign
+// simple-signing payloads under the sha256-<hex>.sig tag (with a key, or
+// with a Fulcio-style certificate and a Rekor bundle for keyless), and
+// notation JWS signatures attached as OCI referrers. Tests of spec.verify
+// use it; nothing here talks to anything but the given registry.
+package ocisign
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/notaryproject/notation-go"
+	"github.com/notaryproject/notation-go/registry"
+	"github.com/notaryproject/notation-go/signer"
+	cbundle "github.com/sigstore/cosign/v2/pkg/cosign/bundle"
+	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
+	"github.com/sigstore/cosign/v2/pkg/oci/static"
+	rekorpki "github.com/sigstore/rekor/pkg/pki"
+	"github.com/sigstore/rekor/pkg/types"
+	"github.com/sigstore/rekor/pkg/types/hashedrekord"
+	_ "github.com/sigstore/rekor/pkg/types/hashedrekord/v0.0.1" // registers the hashedrekord version the bundle uses
+	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore-go/pkg/testing/ca"
+	"github.com/sigstore/sigstore-go/pkg/tlog"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/sigstore/sigstore/pkg/signature/payload"
+	orasremote "oras.land/oras-go/v2/registry/remote"
+	"oras.land/oras-go/v2/registry/remote/auth"
+
+	"github.com/sourceraft/sourceraft/internal/ociregistry"
+)
+
+// CosignKey is a cosign signing key and its PEM public key, the form
+// `cosign generate-key-pair` writes cosign.pub in.
+type CosignKey struct {
+	Signer signature.Signer
+	Public []byte
+}
+
+// NewCosignKey generates an ECDSA P-256 key, cosign's default.
+func NewCosignKey(t testing.TB) CosignKey {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return CosignKey{Signer: s, Public: pub}
+}
+
+// DigestRef is the reference of manifest digest in repo of reg.
+func DigestRef(t testing.TB, reg *ociregistry.Registry, repo, digest string) name.Digest {
+	t.Helper()
+	ref, err := name.NewDigest(reg.Host+"/"+repo+"@"+digest, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// CosignAttach signs, as `cosign sign --key` does, a simple-signing
+// payload that claims the manifest claimed, and attaches the signature
+// (with opts, such as a certificate) to the manifest signed. A valid
+// signature claims what it is attached to; claimed != signed is a
+// signature moved to another manifest.
+func CosignAttach(t testing.TB, reg *ociregistry.Registry, repo, signed, claimed string, s signature.Signer, opts ...static.Option) {
+	t.Helper()
+	pl, err := (&payload.Cosign{Image: DigestRef(t, reg, repo, claimed)}).MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := s.SignMessage(bytes.NewReader(pl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	attachSignature(t, reg, repo, signed, pl, sig, opts...)
+}
+
+// attachSignature attaches signature sig of payload pl to the manifest
+// signed, under its sha256-<hex>.sig tag.
+func attachSignature(t testing.TB, reg *ociregistry.Registry, repo, signed string, pl, sig []byte, opts ...static.Option) {
+	t.Helper()
+	ociSig, err := static.NewSignature(pl, base64.StdEncoding.EncodeToString(sig), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signedRef := DigestRef(t, reg, repo, signed)
+	ro := ociremote.WithRemoteOptions(remote.WithAuth(reg.Auth))
+	se, err := ociremote.SignedEntity(signedRef, ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withSig, err := mutate.AttachSignatureToEntity(se, ociSig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ociremote.WriteSignatures(signedRef.Repository, withSig, ro); err != nil {
+		t.Fatalf("push signature of %s: %v", signedRef, err)
+	}
+}
+
+// NotationPKI is a CA and a code-signing leaf it issued, as notation's
+// trust stores want them.
+type NotationPKI struct {
+	// CA is the PEM certificate of the CA, a trust store's content.
+	CA []byte
+	// Subject is the leaf's subject, for trustedIdentities.
+	Subject string
+	key     crypto.PrivateKey
+	chain   []*x509.Certificate
+}
+
+// NewNotationPKI issues a CA and a leaf of subject
+// C=US,ST=WA,O=sourceraft,CN=<cn> (notation's trusted identities need C,
+// ST and O).
+func NewNotationPKI(t testing.TB, cn string) NotationPKI {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn + " CA", Organization: []string{"sourceraft"}},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: cn, Organization: []string{"sourceraft"}, Country: []string{"US"}, Province: []string{"WA"}},
+		NotBefore:    now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, leafKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(leafDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NotationPKI{
+		CA:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		Subject: "C=US,ST=WA,O=sourceraft,CN=" + cn,
+		key:     leafKey, chain: []*x509.Certificate{leaf, ca},
+	}
+}
+
+// NotationSign signs manifest digest in repo of reg with p's leaf, as
+// `notation sign` does (JWS envelope, pushed as a referrer of the
+// manifest).
+func NotationSign(t testing.TB, reg *ociregistry.Registry, repo, digest string, p NotationPKI) {
+	t.Helper()
+	s, err := signer.NewGenericSigner(p.key, p.chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := orasremote.NewRepository(reg.Host + "/" + repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.PlainHTTP = true
+	cfg, err := reg.Auth.Authorization()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Client = &auth.Client{Credential: auth.StaticCredential(reg.Host, auth.Credential{Username: cfg.Username, Password: cfg.Password})}
+	ref := reg.Host + "/" + repo + "@" + digest
+	if _, err := notation.Sign(context.Background(), s, registry.NewRepository(r), notation.SignOptions{
+		SignerSignOptions: notation.SignerSignOptions{SignatureMediaType: "application/jose+json"},
+		ArtifactReference: ref,
+	}); err != nil {
+		t.Fatalf("notation sign %s: %v", ref, err)
+	}
+}
+
+// Sigstore is a self-contained Sigstore (Fulcio CA, Rekor and CT log
+// keys) of sigstore-go's test CA, for keyless signatures.
+type Sigstore struct {
+	vs *ca.VirtualSigstore
+}
+
+// NewSigstore creates a Sigstore of new keys.
+func NewSigstore(t testing.TB) *Sigstore {
+	t.Helper()
+	vs, err := ca.NewVirtualSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Sigstore{vs: vs}
+}
+
+// TrustedRoot is the trusted_root.json of s, what
+// spec.verify.trustedRootSecretRef holds.
+func (s *Sigstore) TrustedRoot(t testing.TB) []byte {
+	t.Helper()
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, s.vs.FulcioCertificateAuthorities(), rawLogIDs(t, s.vs.CTLogs()),
+		s.vs.TimestampingAuthorities(), rawLogIDs(t, s.vs.RekorLogs()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// rawLogIDs are logs with their IDs as the key-ID bytes a trusted root
+// holds: the test CA gives them as hex text, which a JSON round trip
+// would hex-encode once more.
+func rawLogIDs(t testing.TB, logs map[string]*root.TransparencyLog) map[string]*root.TransparencyLog {
+	t.Helper()
+	out := make(map[string]*root.TransparencyLog, len(logs))
+	for id, l := range logs {
+		raw, err := hex.DecodeString(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := *l
+		c.ID = raw
+		out[id] = &c
+	}
+	return out
+}
+
+// KeylessAttach signs manifest digest in repo of reg as `cosign sign`
+// without a key does, with a short-lived certificate of s for identity
+// (an email) from OIDC issuer, attached with its chain and the Rekor
+// bundle of log (nil: s). The certificate has no embedded SCT: s
+// issues certificates, it does not log them in a CT log.
+func (s *Sigstore) KeylessAttach(t testing.TB, reg *ociregistry.Registry, repo, digest, identity, issuer string, log *Sigstore) {
+	t.Helper()
+	if log == nil {
+		log = s
+	}
+	leaf, key, err := s.vs.GenerateLeafCert(identity, issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := signature.LoadSigner(key, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafPEM, err := cryptoutils.MarshalCertificateToPEM(leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fulcio := s.vs.FulcioCertificateAuthorities()[0].(*root.FulcioCertificateAuthority)
+	chainPEM, err := cryptoutils.MarshalCertificatesToPEM(append(fulcio.Intermediates, fulcio.Root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := (&payload.Cosign{Image: DigestRef(t, reg, repo, digest)}).MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := sv.SignMessage(bytes.NewReader(pl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	attachSignature(t, reg, repo, digest, pl, sig, static.WithCertChain(leafPEM, chainPEM), static.WithBundle(log.rekorBundle(t, pl, sig, leafPEM)))
+}
+
+// rekorBundle is the Rekor bundle `cosign sign` attaches: a hashedrekord
+// entry of the signature and certificate, with the signed entry
+// timestamp of s's transparency log, as if s had logged it now.
+func (s *Sigstore) rekorBundle(t testing.TB, pl, sig, certPEM []byte) *cbundle.RekorBundle {
+	t.Helper()
+	ctx := context.Background()
+	sum := sha256.Sum256(pl)
+	proposed, err := types.NewProposedEntry(ctx, hashedrekord.KIND, hashedrekord.New().DefaultVersion(), types.ArtifactProperties{
+		PublicKeyBytes: [][]byte{certPEM}, PKIFormat: string(rekorpki.X509),
+		ArtifactHash: hex.EncodeToString(sum[:]), SignatureBytes: sig,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := types.CreateVersionedEntry(proposed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canonical, err := types.CanonicalizeEntry(ctx, entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logID, err := s.vs.RekorLogID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := tlog.RekorPayload{Body: base64.StdEncoding.EncodeToString(canonical), IntegratedTime: time.Now().Unix(), LogIndex: 1, LogID: logID}
+	set, err := s.vs.RekorSignPayload(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cbundle.RekorBundle{SignedEntryTimestamp: set, Payload: cbundle.RekorPayload{
+		Body: p.Body, IntegratedTime: p.IntegratedTime, LogIndex: p.LogIndex, LogID: p.LogID,
+	}}
+}
