@@ -9,7 +9,9 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
 	rreconcile "github.com/fluxcd/pkg/runtime/reconcile"
+	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 )
 
@@ -63,6 +65,12 @@ func (n *notifier) summarizeAndPatch(ctx context.Context, obj sourceObject, sp *
 		conditions.Set(obj, reconciling)
 	}
 	err = rreconcile.NewResultFinalizer(isSuccess, "reconciliation succeeded", conds).Finalize(obj, result, err)
+	// SourceVerified is positive when True and the cause of the failure
+	// when False (Flux's bipolarity conditions): then Ready says so,
+	// rather than the Reconciling of the retry.
+	if v := conditions.Get(obj, sourcev1.SourceVerifiedCondition); v != nil && v.Status == metav1.ConditionFalse {
+		conditions.MarkFalse(obj, meta.ReadyCondition, v.Reason, "%s", v.Message)
+	}
 
 	opts := rreconcile.AddPatchOptions(obj, nil, conds.Owned, n.controllerName)
 	if perr := sp.Patch(ctx, obj, opts...); perr != nil {

@@ -1,13 +1,7 @@
 package reconcile
 
 import (
-	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/base64"
 	"strings"
 	"testing"
 	"time"
@@ -15,88 +9,12 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
-	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
-	"github.com/sigstore/cosign/v2/pkg/oci/static"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
-	"github.com/sigstore/sigstore/pkg/signature"
-	"github.com/sigstore/sigstore/pkg/signature/payload"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sourceraft/sourceraft/internal/ociregistry"
+	"github.com/sourceraft/sourceraft/internal/ocisign"
 )
-
-// cosignKey is a signing key of the tests and its PEM public key, the
-// form `cosign generate-key-pair` writes cosign.pub in.
-type cosignKey struct {
-	signer signature.Signer
-	pub    []byte
-}
-
-func newCosignKey(t *testing.T) cosignKey {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cosignKey{signer: signer, pub: pub}
-}
-
-// cosignDigestRef is the reference of digest in repo of reg.
-func cosignDigestRef(t *testing.T, reg *ociregistry.Registry, repo string, digest string) name.Digest {
-	t.Helper()
-	ref, err := name.NewDigest(reg.Host+"/"+repo+"@"+digest, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ref
-}
-
-// cosignAttach signs, as `cosign sign --key` does, a simple-signing
-// payload that claims the manifest claimed, and attaches the signature
-// to the manifest signed (its sha256-<hex>.sig tag). A valid signature
-// claims what it is attached to; claimed != signed is a signature moved
-// to another manifest.
-func cosignAttach(t *testing.T, reg *ociregistry.Registry, repo string, signed, claimed string, key cosignKey, opts ...static.Option) {
-	t.Helper()
-	claimedRef := cosignDigestRef(t, reg, repo, claimed)
-	pl, err := (&payload.Cosign{Image: claimedRef}).MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig, err := key.signer.SignMessage(bytes.NewReader(pl))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ociSig, err := static.NewSignature(pl, base64.StdEncoding.EncodeToString(sig), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signedRef := cosignDigestRef(t, reg, repo, signed)
-	ro := ociremote.WithRemoteOptions(remote.WithAuth(reg.Auth))
-	se, err := ociremote.SignedEntity(signedRef, ro)
-	if err != nil {
-		t.Fatal(err)
-	}
-	withSig, err := mutate.AttachSignatureToEntity(se, ociSig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ociremote.WriteSignatures(signedRef.Repository, withSig, ro); err != nil {
-		t.Fatalf("push signature of %s: %v", signedRef, err)
-	}
-}
 
 // verifySecretOf creates a Secret of data for spec.verify.
 func verifySecretOf(t *testing.T, ns, name string, data map[string][]byte) *corev1.Secret {
@@ -113,7 +31,7 @@ func verifySecretOf(t *testing.T, ns, name string, data map[string][]byte) *core
 // contains msg, and Ready=False with the same reason and message.
 func ociVerifyFailed(t *testing.T, ns, name, msg string) *sourcev1.OCIRepository {
 	t.Helper()
-	return ociWaitFor(t, ns, name, 60*time.Second, "SourceVerified=False with '"+msg+"'", func(o *sourcev1.OCIRepository) bool {
+	return ociWaitFor(t, ns, name, 20*time.Second, "SourceVerified=False with '"+msg+"'", func(o *sourcev1.OCIRepository) bool {
 		c := conditions.Get(o, sourcev1.SourceVerifiedCondition)
 		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == sourcev1.VerificationError &&
 			strings.Contains(c.Message, msg) &&
@@ -142,15 +60,15 @@ func TestOCIVerifyCosignKeys(t *testing.T) {
 	ns := newNamespace(t)
 	reg := ociregistry.Shared(t).Open
 	repo := "verify/" + ns
-	trusted, other := newCosignKey(t), newCosignKey(t)
+	trusted, other := ocisign.NewCosignKey(t), ocisign.NewCosignKey(t)
 	verifySecretOf(t, ns, "cosign-keys", map[string][]byte{
-		"other.pub": other.pub, "trusted.pub": trusted.pub, "readme.txt": []byte("not a key"),
+		"other.pub": other.Public, "trusted.pub": trusted.Public, "readme.txt": []byte("not a key"),
 	})
-	verifySecretOf(t, ns, "trusted-only", map[string][]byte{"cosign.pub": trusted.pub})
+	verifySecretOf(t, ns, "trusted-only", map[string][]byte{"cosign.pub": trusted.Public})
 	verifySecretOf(t, ns, "no-keys", map[string][]byte{"readme.txt": []byte("not a key")})
 
 	d1 := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 1"}).String()
-	cosignAttach(t, reg, repo, d1, d1, other)
+	ocisign.CosignAttach(t, reg, repo, d1, d1, other.Signer)
 	const name = "app"
 	ociNew(t, ns, name, reg.URL(repo), func(o *sourcev1.OCIRepository) {
 		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "app"}
@@ -183,7 +101,7 @@ func TestOCIVerifyCosignKeys(t *testing.T) {
 		}
 		download(t, o.Status.Artifact)
 	}
-	d1ref := cosignDigestRef(t, reg, repo, d1).String()
+	d1ref := ocisign.DigestRef(t, reg, repo, d1).String()
 	t.Run("signature by another key", func(t *testing.T) {
 		// A spec change verifies the stored revision again.
 		o := ociGet(t, ns, name)
@@ -210,19 +128,19 @@ func TestOCIVerifyCosignKeys(t *testing.T) {
 			d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: tampered"}).String()
 			// Signed by the trusted key, but for d1: cosign checks the
 			// payload names the manifest it is attached to.
-			cosignAttach(t, reg, repo, d, d1, trusted)
+			ocisign.CosignAttach(t, reg, repo, d, d1, trusted.Signer)
 			return d
 		}},
 		{"another key, new revision", func() string {
 			d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: other"}).String()
-			cosignAttach(t, reg, repo, d, d, other)
+			ocisign.CosignAttach(t, reg, repo, d, d, other.Signer)
 			return d
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := tc.push()
 			ociRequestReconcile(t, ns, name)
-			dref := cosignDigestRef(t, reg, repo, d).String()
+			dref := ocisign.DigestRef(t, reg, repo, d).String()
 			kept(t, ociVerifyFailed(t, ns, name, "no matching signatures were found for '"+dref+"'"))
 		})
 	}
@@ -236,7 +154,7 @@ func TestOCIVerifyCosignKeys(t *testing.T) {
 
 	t.Run("trusted signature recovers", func(t *testing.T) {
 		d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 2"}).String()
-		cosignAttach(t, reg, repo, d, d, trusted)
+		ocisign.CosignAttach(t, reg, repo, d, d, trusted.Signer)
 		updateSpec(t, ociGet(t, ns, name), trustedOnly)
 		o := ociReadyAt(t, ns, name, "app@"+d)
 		ociVerified(t, o, "app@"+d)
