@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -12,19 +13,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/sourceraft/sourceraft/internal/helmserver"
 	"github.com/sourceraft/sourceraft/internal/ociregistry"
 	"github.com/sourceraft/sourceraft/internal/ocisign"
 )
-
-// verifySecretOf creates a Secret of data for spec.verify.
-func verifySecretOf(t *testing.T, ns, name string, data map[string][]byte) *corev1.Secret {
-	t.Helper()
-	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: data}
-	if err := env.Client.Create(context.Background(), s); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
 
 // ociVerifyFailed waits for a failed verification as Flux reports it:
 // SourceVerified=False with reason VerificationError and a message that
@@ -61,11 +53,11 @@ func TestOCIVerifyCosignKeys(t *testing.T) {
 	reg := ociregistry.Shared(t).Open
 	repo := "verify/" + ns
 	trusted, other := ocisign.NewCosignKey(t), ocisign.NewCosignKey(t)
-	verifySecretOf(t, ns, "cosign-keys", map[string][]byte{
-		"other.pub": other.Public, "trusted.pub": trusted.Public, "readme.txt": []byte("not a key"),
+	newHelmSecret(t, ns, "cosign-keys", map[string]string{
+		"other.pub": string(other.Public), "trusted.pub": string(trusted.Public), "readme.txt": "not a key",
 	})
-	verifySecretOf(t, ns, "trusted-only", map[string][]byte{"cosign.pub": trusted.Public})
-	verifySecretOf(t, ns, "no-keys", map[string][]byte{"readme.txt": []byte("not a key")})
+	newHelmSecret(t, ns, "trusted-only", map[string]string{"cosign.pub": string(trusted.Public)})
+	newHelmSecret(t, ns, "no-keys", map[string]string{"readme.txt": "not a key"})
 
 	d1 := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 1"}).String()
 	ocisign.CosignAttach(t, reg, repo, d1, d1, other.Signer)
@@ -185,6 +177,145 @@ func TestOCIVerifyCosignKeys(t *testing.T) {
 	t.Run("verify unset removes SourceVerified", func(t *testing.T) {
 		updateSpec(t, ociGet(t, ns, name), func(o *sourcev1.OCIRepository) { o.Spec.Verify = nil })
 		o := ociReadyAt(t, ns, name, "")
+		if conditions.Has(o, sourcev1.SourceVerifiedCondition) {
+			t.Errorf("SourceVerified left without spec.verify: %v", o.Status.Conditions)
+		}
+	})
+}
+
+// TestOCIVerifyNotation verifies OCIRepository artifacts signed with
+// notation: a trust policy and CA of the secret that match the signature
+// verify it; a CA that did not issue the signing certificate, or a
+// trusted identity it does not have, fail with VerificationError and
+// keep the previous artifact.
+func TestOCIVerifyNotation(t *testing.T) {
+	ns := newNamespace(t)
+	reg := ociregistry.Shared(t).Open
+	repo := "verify-notation/" + ns
+	signer, other := ocisign.NewNotationPKI(t, "signer"), ocisign.NewNotationPKI(t, "other")
+	policy := func(identity string) string {
+		return fmt.Sprintf(`{"version":"1.0","trustPolicies":[{"name":"flux","registryScopes":["*"],
+			"signatureVerification":{"level":"strict"},"trustStores":["ca:flux"],"trustedIdentities":[%q]}]}`, identity)
+	}
+	newHelmSecret(t, ns, "good", map[string]string{"trustpolicy.json": policy("x509.subject: " + signer.Subject), "ca.pem": string(signer.CA)})
+	newHelmSecret(t, ns, "wrong-ca", map[string]string{"trustpolicy.json": policy("*"), "ca.crt": string(other.CA)})
+	newHelmSecret(t, ns, "other-identity", map[string]string{"trustpolicy.json": policy("x509.subject: " + other.Subject), "ca.pem": string(signer.CA)})
+	newHelmSecret(t, ns, "no-policy", map[string]string{"ca.pem": string(signer.CA)})
+
+	d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 1"}).String()
+	ocisign.NotationSign(t, reg, repo, d, signer)
+	const name = "app"
+	ociNew(t, ns, name, reg.URL(repo), func(o *sourcev1.OCIRepository) {
+		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "app"}
+		o.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "notation", SecretRef: &meta.LocalObjectReference{Name: "good"}}
+	})
+	o := ociReadyAt(t, ns, name, "app@"+d)
+	ociVerified(t, o, "app@"+d)
+	prev := o.Status.Artifact.DeepCopy()
+
+	for _, tc := range []struct{ secret, msg string }{
+		{"wrong-ca", "failed to verify the signature using provider 'notation': signature verification failed"},
+		{"other-identity", "failed to verify the signature using provider 'notation': signature verification failed"},
+		{"no-policy", "'trustpolicy.json' not found in secret '" + ns + "/no-policy'"},
+	} {
+		t.Run(tc.secret, func(t *testing.T) {
+			updateSpec(t, ociGet(t, ns, name), func(o *sourcev1.OCIRepository) {
+				o.Spec.Verify.SecretRef = &meta.LocalObjectReference{Name: tc.secret}
+			})
+			o := ociVerifyFailed(t, ns, name, tc.msg)
+			if o.Status.Artifact == nil || o.Status.Artifact.Digest != prev.Digest {
+				t.Fatalf("previous artifact not kept: %+v", o.Status.Artifact)
+			}
+		})
+	}
+
+	t.Run("unsigned", func(t *testing.T) {
+		d2 := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 2"}).String()
+		updateSpec(t, ociGet(t, ns, name), func(o *sourcev1.OCIRepository) {
+			o.Spec.Verify.SecretRef = &meta.LocalObjectReference{Name: "good"}
+		})
+		ociVerifyFailed(t, ns, name, "no signature is associated with \""+ocisign.DigestRef(t, reg, repo, d2).String())
+	})
+}
+
+// TestHelmChartOCIVerify verifies charts of an oci HelmRepository signed
+// with cosign, as Flux does: at every reconcile; a chart without a
+// trusted signature fails the build (BuildFailed=ChartVerificationError)
+// and SourceVerified, keeping the previous chart.
+func TestHelmChartOCIVerify(t *testing.T) {
+	ns := helmNamespace(t)
+	reg := ociregistry.Shared(t).Open
+	repo := "helmverify/" + ns
+	trusted, other := ocisign.NewCosignKey(t), ocisign.NewCosignKey(t)
+	newHelmSecret(t, ns, "cosign", map[string]string{"cosign.pub": string(trusted.Public)})
+	digests := map[string]string{}
+	for _, v := range []string{"1.0.0", "1.1.0", "1.2.0"} {
+		digests[v] = reg.PushChart(t, repo+"/app", v, helmserver.Package(t, helmserver.ChartSpec{Name: "app", Version: v}))
+	}
+	ocisign.CosignAttach(t, reg, repo+"/app", digests["1.0.0"], digests["1.0.0"], trusted.Signer)
+	ocisign.CosignAttach(t, reg, repo+"/app", digests["1.1.0"], digests["1.1.0"], other.Signer)
+	helmOCIRepository(t, ns, "repo", reg.URL(repo), nil)
+	hc := newHelmChart(t, ns, "app", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
+		o.Spec.Version = "1.0.0"
+		o.Spec.Verify = &sourcev1.HelmChartVerification{Provider: "cosign", SecretRef: &meta.LocalObjectReference{Name: "cosign"}}
+	})
+
+	o := helmReady(t, hc, "1.0.0")
+	helmCheckChartArtifact(t, o, "app", "1.0.0")
+	if c := conditions.Get(o, sourcev1.SourceVerifiedCondition); c == nil || c.Status != metav1.ConditionTrue ||
+		c.Reason != meta.SucceededReason || c.Message != "verified signature of version 1.0.0" {
+		t.Fatalf("SourceVerified %+v", c)
+	}
+	prev := o.Status.Artifact.DeepCopy()
+
+	for _, version := range []string{"1.1.0", "1.2.0"} {
+		t.Run("version "+version, func(t *testing.T) {
+			updateSpec(t, hc, func(o *sourcev1.HelmChart) { o.Spec.Version = version })
+			ref := ocisign.DigestRef(t, reg, repo+"/app", digests[version]).String()
+			msg := "chart verification error: failed to verify " + reg.URL(repo) + "/app:" + version +
+				": no matching signatures were found for '" + ref + "'"
+			o := helmWaitFor(t, hc, 20*time.Second, "SourceVerified=False", func(o *sourcev1.HelmChart) bool {
+				c := conditions.Get(o, sourcev1.SourceVerifiedCondition)
+				return c != nil && c.Status == metav1.ConditionFalse && c.Reason == sourcev1.VerificationError &&
+					strings.HasPrefix(c.Message, msg) &&
+					conditions.IsTrue(o, sourcev1.BuildFailedCondition) && conditions.GetReason(o, sourcev1.BuildFailedCondition) == "ChartVerificationError" &&
+					conditions.IsFalse(o, meta.ReadyCondition) && conditions.GetReason(o, meta.ReadyCondition) == sourcev1.VerificationError
+			})
+			if o.Status.Artifact == nil || o.Status.Artifact.Digest != prev.Digest {
+				t.Fatalf("previous chart not kept: %+v", o.Status.Artifact)
+			}
+		})
+	}
+
+	t.Run("verified at every reconcile", func(t *testing.T) {
+		updateSpec(t, hc, func(o *sourcev1.HelmChart) { o.Spec.Version = "1.0.0" })
+		o := helmReady(t, hc, "1.0.0")
+		if !conditions.IsTrue(o, sourcev1.SourceVerifiedCondition) || o.Status.Artifact.Digest != prev.Digest {
+			t.Fatalf("conditions %v, artifact %+v", o.Status.Conditions, o.Status.Artifact)
+		}
+		// The stored chart is up to date, but its signature is checked
+		// again: without the key secret it fails.
+		if err := env.Client.Delete(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "cosign"}}); err != nil {
+			t.Fatal(err)
+		}
+		helmRequestReconcile(t, hc)
+		helmWaitFor(t, hc, 20*time.Second, "SourceVerified=False without the secret", func(o *sourcev1.HelmChart) bool {
+			return conditions.IsFalse(o, sourcev1.SourceVerifiedCondition) &&
+				strings.Contains(conditions.GetMessage(o, sourcev1.SourceVerifiedCondition), "failed to verify the signature using provider 'cosign': failed to get secret")
+		})
+	})
+
+	t.Run("keyless without a trusted root stalls", func(t *testing.T) {
+		updateSpec(t, hc, func(o *sourcev1.HelmChart) { o.Spec.Verify.SecretRef = nil })
+		helmWaitFor(t, hc, 20*time.Second, "Stalled", func(o *sourcev1.HelmChart) bool {
+			return conditions.IsFalse(o, sourcev1.SourceVerifiedCondition) && conditions.IsTrue(o, meta.StalledCondition) &&
+				strings.Contains(conditions.GetMessage(o, sourcev1.SourceVerifiedCondition), "provider 'cosign keyless': keyless verification against the public Sigstore infrastructure is not supported")
+		})
+	})
+
+	t.Run("verify unset removes SourceVerified", func(t *testing.T) {
+		updateSpec(t, hc, func(o *sourcev1.HelmChart) { o.Spec.Verify = nil })
+		o := helmReady(t, hc, "1.0.0")
 		if conditions.Has(o, sourcev1.SourceVerifiedCondition) {
 			t.Errorf("SourceVerified left without spec.verify: %v", o.Status.Conditions)
 		}
