@@ -26,7 +26,7 @@ func ociVerifyFailed(t *testing.T, ns, name, msg string) *sourcev1.OCIRepository
 	return ociWaitFor(t, ns, name, 20*time.Second, "SourceVerified=False with '"+msg+"'", func(o *sourcev1.OCIRepository) bool {
 		c := conditions.Get(o, sourcev1.SourceVerifiedCondition)
 		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == sourcev1.VerificationError &&
-			strings.Contains(c.Message, msg) &&
+			strings.Contains(c.Message, msg) && c.ObservedGeneration == o.Generation &&
 			conditions.IsFalse(o, meta.ReadyCondition) && conditions.GetReason(o, meta.ReadyCondition) == sourcev1.VerificationError &&
 			conditions.GetMessage(o, meta.ReadyCondition) == c.Message
 	})
@@ -318,6 +318,61 @@ func TestHelmChartOCIVerify(t *testing.T) {
 		o := helmReady(t, hc, "1.0.0")
 		if conditions.Has(o, sourcev1.SourceVerifiedCondition) {
 			t.Errorf("SourceVerified left without spec.verify: %v", o.Status.Conditions)
+		}
+	})
+}
+
+// TestOCIVerifyKeyless verifies keyless cosign signatures offline
+// against the trusted root of spec.verify.trustedRootSecretRef: a
+// signature with a certificate of another CA, or one without the
+// embedded SCT the root's CT logs would have issued, fails with
+// VerificationError; keyless without a trusted root stalls (it would
+// need the public Sigstore infrastructure).
+func TestOCIVerifyKeyless(t *testing.T) {
+	ns := newNamespace(t)
+	reg := ociregistry.Shared(t).Open
+	repo := "verify-keyless/" + ns
+	trusted, untrusted := ocisign.NewSigstore(t), ocisign.NewSigstore(t)
+	newHelmSecret(t, ns, "root", map[string]string{"trusted_root.json": string(trusted.TrustedRoot(t))})
+	newHelmSecret(t, ns, "no-root", map[string]string{"root.json": "{}"})
+
+	d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 1"}).String()
+	untrusted.KeylessAttach(t, reg, repo, d, "ci@example.com", "https://issuer.example", trusted)
+	const name = "app"
+	ociNew(t, ns, name, reg.URL(repo), func(o *sourcev1.OCIRepository) {
+		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "app"}
+		o.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "cosign",
+			MatchOIDCIdentity:    []sourcev1.OIDCIdentityMatch{{Issuer: "^https://issuer\\.example$", Subject: "^ci@example\\.com$"}},
+			TrustedRootSecretRef: &meta.LocalObjectReference{Name: "root"}}
+	})
+	o := ociVerifyFailed(t, ns, name, "failed to verify the signature using provider 'cosign keyless': no matching signatures were found")
+	if o.Status.Artifact != nil || len(ociStored(t, ns, name)) != 0 {
+		t.Fatalf("an unverified artifact was stored: %+v", o.Status.Artifact)
+	}
+	if !strings.Contains(conditions.GetMessage(o, sourcev1.SourceVerifiedCondition), "leaf certificate verification failed") {
+		t.Errorf("SourceVerified message %q, want the chain failure", conditions.GetMessage(o, sourcev1.SourceVerifiedCondition))
+	}
+
+	t.Run("no embedded SCT", func(t *testing.T) {
+		d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 2"}).String()
+		trusted.KeylessAttach(t, reg, repo, d, "ci@example.com", "https://issuer.example", nil)
+		ociRequestReconcile(t, ns, name)
+		o := ociVerifyFailed(t, ns, name, "no matching signatures were found for '"+ocisign.DigestRef(t, reg, repo, d).String()+"'")
+		if msg := conditions.GetMessage(o, sourcev1.SourceVerifiedCondition); !strings.Contains(msg, "SCT") {
+			t.Errorf("SourceVerified message %q, want the missing SCT", msg)
+		}
+	})
+	t.Run("secret without trusted_root.json", func(t *testing.T) {
+		updateSpec(t, ociGet(t, ns, name), func(o *sourcev1.OCIRepository) {
+			o.Spec.Verify.TrustedRootSecretRef = &meta.LocalObjectReference{Name: "no-root"}
+		})
+		ociVerifyFailed(t, ns, name, "failed to read trusted root from secret '"+ns+"/no-root': 'trusted_root.json' not found in secret")
+	})
+	t.Run("no trusted root stalls", func(t *testing.T) {
+		updateSpec(t, ociGet(t, ns, name), func(o *sourcev1.OCIRepository) { o.Spec.Verify.TrustedRootSecretRef = nil })
+		o := ociVerifyFailed(t, ns, name, "keyless verification against the public Sigstore infrastructure is not supported")
+		if !conditions.IsTrue(o, meta.StalledCondition) || conditions.GetReason(o, meta.StalledCondition) != sourcev1.VerificationError {
+			t.Errorf("not stalled: %v", o.Status.Conditions)
 		}
 	})
 }
