@@ -376,3 +376,65 @@ func TestOCIVerifyKeyless(t *testing.T) {
 		}
 	})
 }
+
+// TestOCIVerifyRegistryAccess reads signatures with the pull's own
+// registry access: the credentials of secretRef on a registry that
+// requires them, and certSecretRef's CA on a TLS registry, for
+// OCIRepository and for charts of an oci HelmRepository.
+func TestOCIVerifyRegistryAccess(t *testing.T) {
+	ns := newNamespace(t)
+	regs := ociregistry.Shared(t)
+	repo := "verify-access/" + ns
+	key := ocisign.NewCosignKey(t)
+	pki := ocisign.NewNotationPKI(t, "signer")
+	newHelmSecret(t, ns, "cosign", map[string]string{"cosign.pub": string(key.Public)})
+	newHelmSecret(t, ns, "notation", map[string]string{"ca.pem": string(pki.CA), "trustpolicy.json": `{"version":"1.0","trustPolicies":[{"name":"all",
+		"registryScopes":["*"],"signatureVerification":{"level":"strict"},"trustStores":["ca:all"],"trustedIdentities":["*"]}]}`})
+	ociDockerConfigSecret(t, ns, "docker", regs.Private.Host, ociregistry.User, ociregistry.Password)
+	newHelmSecret(t, ns, "basic", map[string]string{"username": ociregistry.User, "password": ociregistry.Password})
+	newHelmSecret(t, ns, "ca", map[string]string{"ca.crt": string(regs.TLSCA)})
+
+	// Private: pushed and signed with the registry's credentials.
+	priv := regs.Private.PushFiles(t, repo, "v1", map[string]string{"a.yaml": "private"}).String()
+	ocisign.CosignAttach(t, regs.Private, repo, priv, priv, key.Signer)
+	// TLS: the TLS front serves the open registry's storage.
+	tlsDigest := regs.Open.PushFiles(t, repo+"/tls", "v1", map[string]string{"a.yaml": "tls"}).String()
+	ocisign.NotationSign(t, regs.Open, repo+"/tls", tlsDigest, pki)
+	chart := helmserver.Package(t, helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
+	privChart := regs.Private.PushChart(t, repo+"/charts/app", "1.0.0", chart)
+	ocisign.CosignAttach(t, regs.Private, repo+"/charts/app", privChart, privChart, key.Signer)
+	tlsChart := regs.Open.PushChart(t, repo+"/tlscharts/app", "1.0.0", chart)
+	ocisign.CosignAttach(t, regs.Open, repo+"/tlscharts/app", tlsChart, tlsChart, key.Signer)
+
+	ociNew(t, ns, "private", regs.Private.URL(repo), func(o *sourcev1.OCIRepository) {
+		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
+		o.Spec.SecretRef = &meta.LocalObjectReference{Name: "docker"}
+		o.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "cosign", SecretRef: &meta.LocalObjectReference{Name: "cosign"}}
+	})
+	ociNew(t, ns, "tls", regs.TLS.URL(repo+"/tls"), func(o *sourcev1.OCIRepository) {
+		o.Spec.Insecure = false
+		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "v1"}
+		o.Spec.CertSecretRef = &meta.LocalObjectReference{Name: "ca"}
+		o.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "notation", SecretRef: &meta.LocalObjectReference{Name: "notation"}}
+	})
+	ociVerified(t, ociReadyAt(t, ns, "private", "v1@"+priv), "v1@"+priv)
+	ociVerified(t, ociReadyAt(t, ns, "tls", "v1@"+tlsDigest), "v1@"+tlsDigest)
+
+	helmOCIRepository(t, ns, "private-charts", regs.Private.URL(repo+"/charts"), func(o *sourcev1.HelmRepository) {
+		o.Spec.SecretRef = &meta.LocalObjectReference{Name: "basic"}
+	})
+	helmOCIRepository(t, ns, "tls-charts", regs.TLS.URL(repo+"/tlscharts"), func(o *sourcev1.HelmRepository) {
+		o.Spec.Insecure = false
+		o.Spec.CertSecretRef = &meta.LocalObjectReference{Name: "ca"}
+	})
+	for _, source := range []string{"private-charts", "tls-charts"} {
+		hc := newHelmChart(t, ns, source, sourcev1.HelmRepositoryKind, source, "app", func(o *sourcev1.HelmChart) {
+			o.Spec.Version = "1.0.0"
+			o.Spec.Verify = &sourcev1.HelmChartVerification{Provider: "cosign", SecretRef: &meta.LocalObjectReference{Name: "cosign"}}
+		})
+		o := helmReady(t, hc, "1.0.0")
+		if c := conditions.Get(o, sourcev1.SourceVerifiedCondition); c == nil || c.Status != metav1.ConditionTrue {
+			t.Errorf("%s: SourceVerified %+v", source, c)
+		}
+	}
+}
