@@ -2,7 +2,8 @@
 // and notation CLIs do, with their own Go libraries: cosign
 // simple-signing payloads under the sha256-<hex>.sig tag (with a key, or
 // with a Fulcio-style certificate and a Rekor bundle for keyless), and
-// notation JWS signatures attached as OCI referrers. Tests of spec.verify
+// notation JWS signatures attached as OCI referrers; and a self-contained
+// Sigstore (CA, CT log, Rekor log keys) whose signatures verify offline. Tests of spec.verify
 // use it; nothing here talks to anything but the given registry.
 package ocisign
 
@@ -16,6 +17,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -24,6 +26,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cyberphone/json-canonicalization/go/src/webpki.org/jsoncanonicalizer"
+	ct "github.com/google/certificate-transparency-go"
+	cttls "github.com/google/certificate-transparency-go/tls"
+	ctx509util "github.com/google/certificate-transparency-go/x509util"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/notaryproject/notation-go"
@@ -38,8 +44,6 @@ import (
 	"github.com/sigstore/rekor/pkg/types/hashedrekord"
 	_ "github.com/sigstore/rekor/pkg/types/hashedrekord/v0.0.1" // registers the hashedrekord version the bundle uses
 	"github.com/sigstore/sigstore-go/pkg/root"
-	"github.com/sigstore/sigstore-go/pkg/testing/ca"
-	"github.com/sigstore/sigstore-go/pkg/tlog"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/payload"
@@ -212,28 +216,77 @@ func NotationSign(t testing.TB, reg *ociregistry.Registry, repo, digest string, 
 	}
 }
 
-// Sigstore is a self-contained Sigstore (Fulcio CA, Rekor and CT log
-// keys) of sigstore-go's test CA, for keyless signatures.
+// Sigstore is a self-contained Sigstore of new keys: a Fulcio-style CA,
+// a CT log and a Rekor log, for keyless signatures that verify offline
+// against its trusted root.
 type Sigstore struct {
-	vs *ca.VirtualSigstore
+	ca         *x509.Certificate
+	caKey      *ecdsa.PrivateKey
+	ctKey      *ecdsa.PrivateKey
+	rekorKey   *ecdsa.PrivateKey
+	start, end time.Time
 }
 
 // NewSigstore creates a Sigstore of new keys.
 func NewSigstore(t testing.TB) *Sigstore {
 	t.Helper()
-	vs, err := ca.NewVirtualSigstore()
+	s := &Sigstore{caKey: newKey(t), ctKey: newKey(t), rekorKey: newKey(t), start: time.Now().Add(-time.Hour), end: time.Now().Add(24 * time.Hour)}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sigstore", Organization: []string{"sourceraft"}},
+		NotBefore: s.start, NotAfter: s.end,
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	s.ca = createCert(t, tmpl, tmpl, s.caKey.Public(), s.caKey)
+	return s
+}
+
+func newKey(t testing.TB) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Sigstore{vs: vs}
+	return k
+}
+
+func createCert(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
+	t.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// logID is the ID of a log: the SHA-256 of its public key's DER.
+func logID(t testing.TB, k *ecdsa.PrivateKey) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	return sum[:]
 }
 
 // TrustedRoot is the trusted_root.json of s, what
 // spec.verify.trustedRootSecretRef holds.
 func (s *Sigstore) TrustedRoot(t testing.TB) []byte {
 	t.Helper()
-	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, s.vs.FulcioCertificateAuthorities(), rawLogIDs(t, s.vs.CTLogs()),
-		s.vs.TimestampingAuthorities(), rawLogIDs(t, s.vs.RekorLogs()))
+	tlog := func(k *ecdsa.PrivateKey) map[string]*root.TransparencyLog {
+		id := logID(t, k)
+		return map[string]*root.TransparencyLog{hex.EncodeToString(id): {
+			BaseURL: "https://log.invalid", ID: id, ValidityPeriodStart: s.start, ValidityPeriodEnd: s.end,
+			HashFunc: crypto.SHA256, PublicKey: k.Public(), SignatureHashFunc: crypto.SHA256,
+		}}
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01,
+		[]root.CertificateAuthority{&root.FulcioCertificateAuthority{Root: s.ca, ValidityPeriodStart: s.start, ValidityPeriodEnd: s.end, URI: "https://fulcio.invalid"}},
+		tlog(s.ctKey), nil, tlog(s.rekorKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,39 +297,73 @@ func (s *Sigstore) TrustedRoot(t testing.TB) []byte {
 	return data
 }
 
-// rawLogIDs are logs with their IDs as the key-ID bytes a trusted root
-// holds: the test CA gives them as hex text, which a JSON round trip
-// would hex-encode once more.
-func rawLogIDs(t testing.TB, logs map[string]*root.TransparencyLog) map[string]*root.TransparencyLog {
+// oidIssuer is Fulcio's OIDC issuer extension (the v1 form, the issuer
+// as raw bytes).
+var oidIssuer = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 1}
+
+// leaf issues a 10-minute code-signing certificate for identity (an
+// email) from OIDC issuer, as Fulcio does, with an SCT of s's CT log
+// embedded unless withoutSCT.
+func (s *Sigstore) leaf(t testing.TB, identity, issuer string, withoutSCT bool) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
-	out := make(map[string]*root.TransparencyLog, len(logs))
-	for id, l := range logs {
-		raw, err := hex.DecodeString(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := *l
-		c.ID = raw
-		out[id] = &c
+	key := newKey(t)
+	now := time.Now().Add(-time.Minute)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), EmailAddresses: []string{identity},
+		NotBefore: now, NotAfter: now.Add(10 * time.Minute),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+		ExtraExtensions: []pkix.Extension{{Id: oidIssuer, Value: []byte(issuer)}},
 	}
-	return out
+	plain := createCert(t, tmpl, s.ca, key.Public(), s.caKey)
+	if withoutSCT {
+		return plain, key
+	}
+	// The SCT signs the certificate's TBS without the SCT list, which
+	// is plain's: the list is the last extension of the final one.
+	issuerKeyHash := sha256.Sum256(s.ca.RawSubjectPublicKeyInfo)
+	sct := ct.SignedCertificateTimestamp{SCTVersion: ct.V1, LogID: ct.LogID{KeyID: [32]byte(logID(t, s.ctKey))}, Timestamp: uint64(time.Now().UnixMilli())}
+	input, err := ct.SerializeSCTSignatureInput(sct, ct.LogEntry{Leaf: ct.MerkleTreeLeaf{
+		Version: ct.V1, LeafType: ct.TimestampedEntryLeafType,
+		TimestampedEntry: &ct.TimestampedEntry{Timestamp: sct.Timestamp, EntryType: ct.PrecertLogEntryType,
+			PrecertEntry: &ct.PreCert{IssuerKeyHash: issuerKeyHash, TBSCertificate: plain.RawTBSCertificate}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256(input)
+	sig, err := ecdsa.SignASN1(rand.Reader, s.ctKey, digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sct.Signature = ct.DigitallySigned{Algorithm: cttls.SignatureAndHashAlgorithm{Hash: cttls.SHA256, Signature: cttls.ECDSA}, Signature: sig}
+	list, err := ctx509util.MarshalSCTsIntoSCTList([]*ct.SignedCertificateTimestamp{&sct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := cttls.Marshal(*list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, err := asn1.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, pkix.Extension{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 11129, 2, 4, 2}, Value: ext})
+	return createCert(t, tmpl, s.ca, key.Public(), s.caKey), key
 }
 
 // KeylessAttach signs manifest digest in repo of reg as `cosign sign`
-// without a key does, with a short-lived certificate of s for identity
+// without a key does: with a short-lived certificate of s for identity
 // (an email) from OIDC issuer, attached with its chain and the Rekor
-// bundle of log (nil: s). The certificate has no embedded SCT: s
-// issues certificates, it does not log them in a CT log.
-func (s *Sigstore) KeylessAttach(t testing.TB, reg *ociregistry.Registry, repo, digest, identity, issuer string, log *Sigstore) {
+// bundle of log (nil: s). withoutSCT leaves the CT log's SCT out of the
+// certificate.
+func (s *Sigstore) KeylessAttach(t testing.TB, reg *ociregistry.Registry, repo, digest, identity, issuer string, log *Sigstore, withoutSCT bool) {
 	t.Helper()
 	if log == nil {
 		log = s
 	}
-	leaf, key, err := s.vs.GenerateLeafCert(identity, issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sv, err := signature.LoadSigner(key, crypto.SHA256)
+	leaf, key := s.leaf(t, identity, issuer, withoutSCT)
+	sv, err := signature.LoadECDSASignerVerifier(key, crypto.SHA256)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,8 +371,7 @@ func (s *Sigstore) KeylessAttach(t testing.TB, reg *ociregistry.Registry, repo, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	fulcio := s.vs.FulcioCertificateAuthorities()[0].(*root.FulcioCertificateAuthority)
-	chainPEM, err := cryptoutils.MarshalCertificatesToPEM(append(fulcio.Intermediates, fulcio.Root))
+	chainPEM, err := cryptoutils.MarshalCertificateToPEM(s.ca)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,16 +408,21 @@ func (s *Sigstore) rekorBundle(t testing.TB, pl, sig, certPEM []byte) *cbundle.R
 	if err != nil {
 		t.Fatal(err)
 	}
-	logID, err := s.vs.RekorLogID()
+	p := cbundle.RekorPayload{Body: base64.StdEncoding.EncodeToString(canonical), IntegratedTime: time.Now().Unix(), LogIndex: 1,
+		LogID: hex.EncodeToString(logID(t, s.rekorKey))}
+	// The signed entry timestamp signs the canonical JSON of the payload.
+	js, err := json.Marshal(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := tlog.RekorPayload{Body: base64.StdEncoding.EncodeToString(canonical), IntegratedTime: time.Now().Unix(), LogIndex: 1, LogID: logID}
-	set, err := s.vs.RekorSignPayload(p)
+	canonicalJSON, err := jsoncanonicalizer.Transform(js)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &cbundle.RekorBundle{SignedEntryTimestamp: set, Payload: cbundle.RekorPayload{
-		Body: p.Body, IntegratedTime: p.IntegratedTime, LogIndex: p.LogIndex, LogID: p.LogID,
-	}}
+	digest := sha256.Sum256(canonicalJSON)
+	set, err := ecdsa.SignASN1(rand.Reader, s.rekorKey, digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cbundle.RekorBundle{SignedEntryTimestamp: set, Payload: p}
 }

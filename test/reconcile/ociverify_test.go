@@ -323,10 +323,12 @@ func TestHelmChartOCIVerify(t *testing.T) {
 }
 
 // TestOCIVerifyKeyless verifies keyless cosign signatures offline
-// against the trusted root of spec.verify.trustedRootSecretRef: a
-// signature with a certificate of another CA, or one without the
-// embedded SCT the root's CT logs would have issued, fails with
-// VerificationError; keyless without a trusted root stalls (it would
+// against the trusted root of spec.verify.trustedRootSecretRef (of a
+// Sigstore the test runs: CA, CT log and Rekor log keys): a certificate
+// of its CA for a matching identity, with its CT log's SCT and its Rekor
+// log's bundle, verifies; a certificate of another CA, one without the
+// SCT, or another identity fails with VerificationError and keeps the
+// previous artifact; keyless without a trusted root stalls (it would
 // need the public Sigstore infrastructure).
 func TestOCIVerifyKeyless(t *testing.T) {
 	ns := newNamespace(t)
@@ -335,33 +337,50 @@ func TestOCIVerifyKeyless(t *testing.T) {
 	trusted, untrusted := ocisign.NewSigstore(t), ocisign.NewSigstore(t)
 	newHelmSecret(t, ns, "root", map[string]string{"trusted_root.json": string(trusted.TrustedRoot(t))})
 	newHelmSecret(t, ns, "no-root", map[string]string{"root.json": "{}"})
+	const identity, issuer = "ci@example.com", "https://issuer.example"
 
 	d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 1"}).String()
-	untrusted.KeylessAttach(t, reg, repo, d, "ci@example.com", "https://issuer.example", trusted)
+	trusted.KeylessAttach(t, reg, repo, d, identity, issuer, nil, false)
 	const name = "app"
 	ociNew(t, ns, name, reg.URL(repo), func(o *sourcev1.OCIRepository) {
 		o.Spec.Reference = &sourcev1.OCIRepositoryRef{Tag: "app"}
 		o.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "cosign",
-			MatchOIDCIdentity:    []sourcev1.OIDCIdentityMatch{{Issuer: "^https://issuer\\.example$", Subject: "^ci@example\\.com$"}},
+			MatchOIDCIdentity: []sourcev1.OIDCIdentityMatch{
+				{Issuer: "^https://other\\.example$", Subject: ".*"},
+				{Issuer: "^https://issuer\\.example$", Subject: "^ci@example\\.com$"},
+			},
 			TrustedRootSecretRef: &meta.LocalObjectReference{Name: "root"}}
 	})
-	o := ociVerifyFailed(t, ns, name, "failed to verify the signature using provider 'cosign keyless': no matching signatures were found")
-	if o.Status.Artifact != nil || len(ociStored(t, ns, name)) != 0 {
-		t.Fatalf("an unverified artifact was stored: %+v", o.Status.Artifact)
-	}
-	if !strings.Contains(conditions.GetMessage(o, sourcev1.SourceVerifiedCondition), "leaf certificate verification failed") {
-		t.Errorf("SourceVerified message %q, want the chain failure", conditions.GetMessage(o, sourcev1.SourceVerifiedCondition))
-	}
+	o := ociReadyAt(t, ns, name, "app@"+d)
+	ociVerified(t, o, "app@"+d)
+	prev := o.Status.Artifact.DeepCopy()
 
-	t.Run("no embedded SCT", func(t *testing.T) {
-		d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": "v: 2"}).String()
-		trusted.KeylessAttach(t, reg, repo, d, "ci@example.com", "https://issuer.example", nil)
-		ociRequestReconcile(t, ns, name)
-		o := ociVerifyFailed(t, ns, name, "no matching signatures were found for '"+ocisign.DigestRef(t, reg, repo, d).String()+"'")
-		if msg := conditions.GetMessage(o, sourcev1.SourceVerifiedCondition); !strings.Contains(msg, "SCT") {
-			t.Errorf("SourceVerified message %q, want the missing SCT", msg)
-		}
-	})
+	for _, tc := range []struct {
+		name, detail string
+		sign         func(d string)
+	}{
+		{"certificate of another CA", "leaf certificate verification failed", func(d string) {
+			untrusted.KeylessAttach(t, reg, repo, d, identity, issuer, trusted, false)
+		}},
+		{"no embedded SCT", "SCT", func(d string) { trusted.KeylessAttach(t, reg, repo, d, identity, issuer, nil, true) }},
+		{"another identity", "none of the expected identities matched", func(d string) {
+			trusted.KeylessAttach(t, reg, repo, d, "mallory@example.com", issuer, nil, false)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := reg.PushFiles(t, repo, "app", map[string]string{"app.yaml": tc.name}).String()
+			tc.sign(d)
+			ociRequestReconcile(t, ns, name)
+			o := ociVerifyFailed(t, ns, name, "failed to verify the signature using provider 'cosign keyless': no matching signatures were found for '"+
+				ocisign.DigestRef(t, reg, repo, d).String()+"'")
+			if msg := conditions.GetMessage(o, sourcev1.SourceVerifiedCondition); !strings.Contains(msg, tc.detail) {
+				t.Errorf("SourceVerified message %q, want %q", msg, tc.detail)
+			}
+			if o.Status.Artifact == nil || o.Status.Artifact.Digest != prev.Digest {
+				t.Fatalf("previous artifact not kept: %+v", o.Status.Artifact)
+			}
+		})
+	}
 	t.Run("secret without trusted_root.json", func(t *testing.T) {
 		updateSpec(t, ociGet(t, ns, name), func(o *sourcev1.OCIRepository) {
 			o.Spec.Verify.TrustedRootSecretRef = &meta.LocalObjectReference{Name: "no-root"}

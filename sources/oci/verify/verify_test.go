@@ -83,6 +83,21 @@ func TestCosignKeyless(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A certificate of the trusted CA for a matching identity, with the
+	// SCT of the root's CT log and the bundle of its Rekor log.
+	good := push(t, reg, repo, "good", "good")
+	trusted.KeylessAttach(t, reg, repo, good, "ci@example.com", "https://issuer.example", nil, false)
+	check(t, v, reg, repo, good, verify.Verified, "")
+	anyIdentity, err := verify.NewCosignKeyless(trusted.TrustedRoot(t), nil, openRegistry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, anyIdentity, reg, repo, good, verify.Verified, "")
+
+	otherIdentity := push(t, reg, repo, "other-identity", "other identity")
+	trusted.KeylessAttach(t, reg, repo, otherIdentity, "someone@example.com", "https://issuer.example", nil, false)
+	check(t, v, reg, repo, otherIdentity, 0, "none of the expected identities matched")
+
 	// Verification is offline: a signature without a Rekor bundle is
 	// refused rather than looked up.
 	unsigned := push(t, reg, repo, "unsigned", "unsigned")
@@ -90,19 +105,19 @@ func TestCosignKeyless(t *testing.T) {
 
 	// A bundle of a transparency log the root does not trust.
 	otherLog := push(t, reg, repo, "other-log", "other log")
-	untrusted.KeylessAttach(t, reg, repo, otherLog, "ci@example.com", "https://issuer.example", nil)
+	trusted.KeylessAttach(t, reg, repo, otherLog, "ci@example.com", "https://issuer.example", untrusted, false)
 	check(t, v, reg, repo, otherLog, 0, "rekor log public key not found")
 
 	// A certificate of another CA, logged by the trusted log: it does
 	// not chain to the trusted root.
 	otherCA := push(t, reg, repo, "other-ca", "other ca")
-	untrusted.KeylessAttach(t, reg, repo, otherCA, "ci@example.com", "https://issuer.example", trusted)
+	untrusted.KeylessAttach(t, reg, repo, otherCA, "ci@example.com", "https://issuer.example", trusted, false)
 	check(t, v, reg, repo, otherCA, 0, "leaf certificate verification failed")
 
 	// A certificate of the trusted CA is refused without the embedded
 	// SCT of one of the root's CT logs.
 	noSCT := push(t, reg, repo, "no-sct", "no sct")
-	trusted.KeylessAttach(t, reg, repo, noSCT, "ci@example.com", "https://issuer.example", nil)
+	trusted.KeylessAttach(t, reg, repo, noSCT, "ci@example.com", "https://issuer.example", nil, true)
 	check(t, v, reg, repo, noSCT, 0, "SCT")
 
 	if _, err := verify.NewCosignKeyless([]byte(`{"mediaType":"nope"}`), nil, openRegistry); err == nil {
