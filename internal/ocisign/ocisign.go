@@ -1,10 +1,10 @@
 // Package ocisign signs artifacts in a test registry the way the cosign
 // and notation CLIs do, with their own Go libraries: cosign
 // simple-signing payloads under the sha256-<hex>.sig tag (with a key, or
-// with a Fulcio-style certificate and a Rekor bundle for keyless), and
-// notation JWS signatures attached as OCI referrers; and a self-contained
-// Sigstore (CA, CT log, Rekor log keys) whose signatures verify offline. Tests of spec.verify
-// use it; nothing here talks to anything but the given registry.
+// keyless with a Fulcio-style certificate and a Rekor bundle of a
+// self-contained Sigstore whose trusted root it writes), and notation JWS
+// signatures attached as OCI referrers. Tests of spec.verify use it;
+// nothing here talks to anything but the given registry.
 package ocisign
 
 import (
@@ -63,10 +63,7 @@ type CosignKey struct {
 // NewCosignKey generates an ECDSA P-256 key, cosign's default.
 func NewCosignKey(t testing.TB) CosignKey {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := newKey(t)
 	s, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
 	if err != nil {
 		t.Fatal(err)
@@ -145,44 +142,22 @@ type NotationPKI struct {
 // ST and O).
 func NewNotationPKI(t testing.TB, cn string) NotationPKI {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	caKey, leafKey := newKey(t), newKey(t)
 	now := time.Now()
 	caTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn + " CA", Organization: []string{"sourceraft"}},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{
+	ca := createCert(t, caTmpl, caTmpl, caKey.Public(), caKey)
+	leaf := createCert(t, &x509.Certificate{
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: cn, Organization: []string{"sourceraft"}, Country: []string{"US"}, Province: []string{"WA"}},
 		NotBefore:    now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, leafKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(leafDER)
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, ca, leafKey.Public(), caKey)
 	return NotationPKI{
-		CA:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		CA:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}),
 		Subject: "C=US,ST=WA,O=sourceraft,CN=" + cn,
 		key:     leafKey, chain: []*x509.Certificate{leaf, ca},
 	}
