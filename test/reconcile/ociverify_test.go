@@ -457,3 +457,26 @@ func TestOCIVerifyRegistryAccess(t *testing.T) {
 		}
 	}
 }
+
+// TestHelmChartOCIVerifyHTTPRepository: as in Flux, charts of an
+// http/https HelmRepository cannot be verified, and asking for it fails
+// the build (BuildFailed=ChartVerificationError, SourceVerified=False)
+// rather than storing an unverified chart.
+func TestHelmChartOCIVerifyHTTPRepository(t *testing.T) {
+	ns := helmNamespace(t)
+	srv := helmserver.Start(t, false)
+	srv.Publish(helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
+	helmReady(t, newHelmRepository(t, ns, "repo", srv.URL(), nil), "")
+	hc := newHelmChart(t, ns, "app", sourcev1.HelmRepositoryKind, "repo", "app", func(o *sourcev1.HelmChart) {
+		o.Spec.Verify = &sourcev1.HelmChartVerification{Provider: "cosign", SecretRef: &meta.LocalObjectReference{Name: "absent"}}
+	})
+	o := helmWaitFor(t, hc, 20*time.Second, "BuildFailed=ChartVerificationError", func(o *sourcev1.HelmChart) bool {
+		return conditions.IsTrue(o, sourcev1.BuildFailedCondition) && conditions.GetReason(o, sourcev1.BuildFailedCondition) == "ChartVerificationError" &&
+			conditions.GetMessage(o, sourcev1.BuildFailedCondition) == "chart verification error: not implemented" &&
+			conditions.IsFalse(o, sourcev1.SourceVerifiedCondition) && conditions.GetReason(o, sourcev1.SourceVerifiedCondition) == sourcev1.VerificationError &&
+			conditions.GetReason(o, meta.ReadyCondition) == sourcev1.VerificationError
+	})
+	if o.Status.Artifact != nil || len(storedOf[*sourcev1.HelmChart](t, ns, "app")) != 0 {
+		t.Fatalf("an unverified chart was stored: %+v", o.Status.Artifact)
+	}
+}
