@@ -35,7 +35,7 @@ var (
 	})
 
 	// helmChartConditions is the condition set of HelmChart: it also owns
-	// SourceVerified, which it removes (spec.verify stalls as unsupported).
+	// SourceVerified, set for charts of an oci HelmRepository.
 	helmChartConditions = sourceConditions([]string{
 		sourcev1.StorageOperationFailedCondition,
 		sourcev1.FetchFailedCondition,
@@ -44,15 +44,14 @@ var (
 	}, sourcev1.SourceVerifiedCondition)
 
 	// ociRepositoryConditions is the condition set of OCIRepository:
-	// Flux's, without SourceVerified (spec.verify stalls as unsupported)
-	// and with BuildFailed, which sourceraft sets when a layer is over a
-	// size limit or its content cannot be archived.
+	// Flux's, with BuildFailed, which sourceraft sets when a layer is
+	// over a size limit or its content cannot be archived.
 	ociRepositoryConditions = sourceConditions([]string{
 		sourcev1.StorageOperationFailedCondition,
 		sourcev1.FetchFailedCondition,
 		sourcev1.BuildFailedCondition,
 		sourcev1.ArtifactOutdatedCondition,
-	})
+	}, sourcev1.SourceVerifiedCondition)
 
 	// bucketConditions is the condition set of Bucket (Flux's: no
 	// BuildFailed or IncludeUnavailable).

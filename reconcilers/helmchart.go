@@ -202,11 +202,19 @@ func (r *HelmChartReconciler) notifyBuild(ctx context.Context, oldObj, obj *sour
 // stalls) or BuildFailed (values files, version metadata, dependencies,
 // packaging); removes both on success. Sets ArtifactOutdated, Reconciling
 // and Ready=Unknown when the build differs from the stored artifact.
+// With spec.verify, sets SourceVerified=True for a chart of an oci
+// HelmRepository whose signature verified, False (VerificationError)
+// when none did or the verification could not be configured; removes it
+// without spec.verify.
 func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.HelmChart, st *helmChartState) (Result, error) {
-	if obj.Spec.Verify != nil {
-		return fetchFailed(obj, NewStalling(notSupported([]string{"spec.verify"}), UnsupportedFieldReason))
+	// A failed verification is recalculated; a successful one stays
+	// until this build says otherwise.
+	if conditions.IsFalse(obj, sourcev1.SourceVerifiedCondition) {
+		conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
 	}
-	conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
+	if obj.Spec.Verify == nil {
+		conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
+	}
 
 	src, err := r.getSource(ctx, obj)
 	if err != nil {
@@ -232,6 +240,10 @@ func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.Ser
 	switch {
 	case ociRepo:
 		b, err = r.buildFromOCIHelmRepository(ctx, obj, repo, st.dir)
+	case repo != nil && obj.Spec.Verify != nil && obj.Spec.Verify.Provider != "":
+		// As Flux: charts of an HTTP(S) repository cannot be verified,
+		// and asking for it fails the build.
+		err = &helmsrc.BuildError{Reason: helmsrc.ReasonChartVerification, Err: errors.New("chart verification error: not implemented")}
 	case repo != nil:
 		b, err = r.buildFromHelmRepository(ctx, obj, repo, st.dir)
 	default:
@@ -248,12 +260,24 @@ func (r *HelmChartReconciler) reconcileSource(ctx context.Context, sp *patch.Ser
 			ctrl.LoggerFrom(ctx).Error(err, "failed to patch")
 		}
 	}
+	if b.Complete() && b.Verified {
+		conditions.MarkTrue(obj, sourcev1.SourceVerifiedCondition, meta.SucceededReason, "verified signature of version %s", b.Version)
+	}
 	if err != nil {
 		var e *Error
 		var be *helmsrc.BuildError
 		switch {
+		case errors.As(err, &e) && e.Reason == sourcev1.VerificationError:
+			conditions.MarkFalse(obj, sourcev1.SourceVerifiedCondition, e.Reason, "%s", e)
 		case errors.As(err, &e):
 			conditions.MarkTrue(obj, sourcev1.FetchFailedCondition, e.Reason, "%s", e)
+		case errors.As(err, &be) && be.Reason == helmsrc.ReasonChartVerification:
+			// Flux reports a signature that does not verify as a failed
+			// build, and as SourceVerified=False.
+			e = NewGeneric(be, string(be.Reason))
+			conditions.Delete(obj, sourcev1.FetchFailedCondition)
+			conditions.MarkTrue(obj, sourcev1.BuildFailedCondition, e.Reason, "%s", e)
+			conditions.MarkFalse(obj, sourcev1.SourceVerifiedCondition, sourcev1.VerificationError, "%s", e)
 		case errors.As(err, &be):
 			cond, stalls := helmBuildFailure(be.Reason)
 			if stalls {

@@ -21,7 +21,8 @@ import (
 // and the chart is pulled unless the stored artifact already is it.
 // Values files are merged and the chart repackaged as for an HTTP(S)
 // repository; reconcileStrategy has nothing to act on (the source has no
-// revision), as in Flux.
+// revision), as in Flux. spec.verify checks the chart's signatures at
+// every reconcile, before the stored chart is found up to date.
 func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, obj *sourcev1.HelmChart, repoObj *sourcev1.HelmRepository, dir string) (*helmsrc.Build, error) {
 	if err := unsupportedHelmRepoSpec(repoObj); err != nil {
 		return nil, NewStalling(fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err), UnsupportedFieldReason)
@@ -34,7 +35,19 @@ func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, ob
 
 	fetchCtx, cancel := context.WithTimeout(ctx, helmTimeout(repoObj))
 	defer cancel()
-	b, err := helmsrc.BuildFromOCI(fetchCtx, oc, r.remoteBuildOptions(obj, dir))
+	o := r.remoteBuildOptions(obj, dir)
+	if v := obj.Spec.Verify; v != nil && v.Provider != "" {
+		// HelmChart's spec.verify has no trustedRootSecretRef: keyless
+		// would need the public Sigstore infrastructure.
+		if o.Verifier, err = newOCIVerifier(ctx, r.Client, obj.Namespace, v.Provider, v.SecretRef, v.MatchOIDCIdentity, nil, oc.Registry()); err != nil {
+			err = fmt.Errorf("failed to verify the signature using provider '%s': %w", verifyProviderName(v.Provider, v.SecretRef != nil), err)
+			if errors.Is(err, errKeylessPublicSigstore) {
+				return nil, NewStalling(err, sourcev1.VerificationError)
+			}
+			return nil, NewGeneric(err, sourcev1.VerificationError)
+		}
+	}
+	b, err := helmsrc.BuildFromOCI(fetchCtx, oc, o)
 	if b != nil && b.UpToDate {
 		b.ValuesFiles = obj.Status.ObservedValuesFiles
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sourceraft/sourceraft/archive"
 	ocisrc "github.com/sourceraft/sourceraft/sources/oci"
+	"github.com/sourceraft/sourceraft/sources/oci/verify"
 	"github.com/sourceraft/sourceraft/storage"
 )
 
@@ -129,6 +130,11 @@ func (r *OCIRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
 // or the content configuration differs from the stored artifact's.
 func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.OCIRepository, st *ociState) (Result, error) {
+	// A failed verification is recalculated on every reconcile; a
+	// successful one stays until the revision or the spec changes.
+	if conditions.IsFalse(obj, sourcev1.SourceVerifiedCondition) {
+		conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
+	}
 	if err := unsupportedOCISpec(obj); err != nil {
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
@@ -168,6 +174,10 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	st.ref = ref
 	revision := ref.Revision()
 
+	if err := r.verifySource(rctx, obj, rem, ref); err != nil {
+		return ResultEmpty, err
+	}
+
 	// Skip pulling if the revision and the content configuration have not
 	// changed.
 	if obj.GetArtifact().HasRevision(revision) && !ociContentConfigChanged(obj) {
@@ -206,6 +216,47 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	conditions.Delete(obj, sourcev1.FetchFailedCondition)
 	ctrl.LoggerFrom(ctx).V(1).Info("oci artifact pulled", "url", obj.Spec.URL, "revision", revision)
 	return ResultSuccess, nil
+}
+
+// verifySource checks the signatures of the resolved manifest as
+// spec.verify asks, when the stored artifact is of another revision, the
+// spec changed since the last verification, or it has not succeeded yet
+// (as Flux, a verified revision is not verified again every reconcile).
+//
+// Sets SourceVerified=True (Succeeded) or False (VerificationError; the
+// object stalls when keyless verification asks for the public Sigstore
+// infrastructure); removes it when spec.verify is unset.
+func (r *OCIRepositoryReconciler) verifySource(ctx context.Context, obj *sourcev1.OCIRepository, rem *ocisrc.Client, ref *ocisrc.Resolved) error {
+	spec := obj.Spec.Verify
+	if spec == nil {
+		conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
+		return nil
+	}
+	revision := ref.Revision()
+	if obj.GetArtifact().HasRevision(revision) && conditions.IsTrue(obj, sourcev1.SourceVerifiedCondition) &&
+		conditions.GetObservedGeneration(obj, sourcev1.SourceVerifiedCondition) == obj.Generation {
+		return nil
+	}
+	result, err := func() (verify.Result, error) {
+		v, err := newOCIVerifier(ctx, r.Client, obj.Namespace, spec.Provider, spec.SecretRef, spec.MatchOIDCIdentity, spec.TrustedRootSecretRef, rem.Registry())
+		if err != nil {
+			return 0, err
+		}
+		return rem.Verify(ctx, v, ref)
+	}()
+	if err != nil {
+		err = fmt.Errorf("failed to verify the signature using provider '%s': %w", verifyProviderName(spec.Provider, spec.SecretRef != nil), err)
+		e := NewGeneric(err, sourcev1.VerificationError)
+		if errors.Is(err, errKeylessPublicSigstore) {
+			e = NewStalling(err, sourcev1.VerificationError)
+		}
+		conditions.MarkFalse(obj, sourcev1.SourceVerifiedCondition, e.Reason, "%s", e)
+		return e
+	}
+	if result == verify.Verified {
+		conditions.MarkTrue(obj, sourcev1.SourceVerifiedCondition, meta.SucceededReason, "verified signature of revision %s", revision)
+	}
+	return nil
 }
 
 // reconcileArtifact stores the pulled layer as a new artifact unless the
@@ -352,15 +403,10 @@ func ociReference(ref *sourcev1.OCIRepositoryRef) ocisrc.Reference {
 }
 
 // unsupportedOCISpec names the spec fields this build cannot honour. They
-// stall the object instead of being ignored: ignoring spec.verify would
-// publish unverified artifacts, and ignoring a proxy, a cloud provider or
-// a service account would pull by another route or as another identity
-// than asked for.
+// stall the object instead of being ignored: ignoring a cloud provider or
+// a service account would pull as another identity than asked for.
 func unsupportedOCISpec(obj *sourcev1.OCIRepository) error {
 	var fields []string
-	if obj.Spec.Verify != nil {
-		fields = append(fields, "spec.verify")
-	}
 	if p := obj.Spec.Provider; p != "" && p != sourcev1.GenericOCIProvider {
 		fields = append(fields, "spec.provider '"+p+"'")
 	}

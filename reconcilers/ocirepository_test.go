@@ -38,7 +38,7 @@ func TestUnsupportedOCISpec(t *testing.T) {
 	obj.Spec.Provider = sourcev1.AzureOCIProvider
 	obj.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "notation"}
 	err := unsupportedOCISpec(obj)
-	if err == nil || err.Error() != "not supported by sourceraft yet: spec.verify, spec.provider 'azure'" {
+	if err == nil || err.Error() != "not supported by sourceraft yet: spec.provider 'azure'" {
 		t.Errorf("unsupported: %v", err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sourceraft/sourceraft/archive"
+	"github.com/sourceraft/sourceraft/sources/oci/verify"
 )
 
 // BuildErrorReason says what part of a chart build failed; its values
@@ -38,6 +39,8 @@ const (
 	ReasonDependencyBuild BuildErrorReason = "DependencyBuildError"
 	// ReasonChartPackage: the chart could not be loaded or packaged.
 	ReasonChartPackage BuildErrorReason = "ChartPackageError"
+	// ReasonChartVerification: no signature of the chart verified.
+	ReasonChartVerification BuildErrorReason = "ChartVerificationError"
 )
 
 // BuildError is a failed chart build and the part that failed.
@@ -70,6 +73,8 @@ type Build struct {
 	Packaged bool
 	// ValuesFiles are the values files merged into the chart.
 	ValuesFiles []string
+	// Verified is set when a signature of the chart verified.
+	Verified bool
 }
 
 // Complete reports whether the build produced a chart, or found the
@@ -120,6 +125,9 @@ type RemoteBuildOptions struct {
 	VersionMetadata string
 	// MaxSize bounds the chart download.
 	MaxSize int64
+	// Verifier, when set, checks the chart's signatures (charts of an
+	// OCI registry only).
+	Verifier verify.Verifier
 }
 
 // BuildFromRepository picks the chart version from the repository's index,

@@ -161,7 +161,7 @@ func (f *OCIFetcher) FetchChart(ctx context.Context, repoURL, name, constraint, 
 	if err != nil {
 		return "", err
 	}
-	return c.Pull(ctx, name, tag, dir, f.limits.Chart())
+	return c.Pull(ctx, name, tag, "", dir, f.limits.Chart())
 }
 
 // fetchIndex downloads the repository's index.yaml, at most max bytes,

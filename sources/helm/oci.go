@@ -16,9 +16,12 @@ import (
 	"time"
 
 	"github.com/Masterminds/semver/v3"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"helm.sh/helm/v3/pkg/registry"
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/errcode"
+
+	"github.com/sourceraft/sourceraft/sources/oci/verify"
 )
 
 // The errors pulling a chart from a registry fails with, besides
@@ -169,11 +172,51 @@ func isExactVersion(version string) bool {
 	return err == nil
 }
 
+// Registry is how a signature verifier reaches the client's registry:
+// its credentials (for its host only), TLS and scheme.
+func (c *OCIClient) Registry() verify.Registry {
+	reg := verify.Registry{Transport: c.tr, PlainHTTP: c.o.PlainHTTP}
+	if c.o.Username != "" && c.o.Password != "" {
+		reg.Keychain = hostKeychain{host: c.host, auth: authn.FromConfig(authn.AuthConfig{Username: c.o.Username, Password: c.o.Password})}
+	}
+	return reg
+}
+
+// hostKeychain authenticates to one registry host, anonymous elsewhere.
+type hostKeychain struct {
+	host string
+	auth authn.Authenticator
+}
+
+func (k hostKeychain) Resolve(res authn.Resource) (authn.Authenticator, error) {
+	if res.RegistryStr() == k.host {
+		return k.auth, nil
+	}
+	return authn.Anonymous, nil
+}
+
+// Verify checks the signatures of chart name at tag with v and returns
+// the manifest digest it verified, which the pull must then get.
+func (c *OCIClient) Verify(ctx context.Context, v verify.Verifier, name, tag string) (verify.Result, string, error) {
+	reg := c.Registry()
+	// OCI tags cannot hold '+': Helm pushes it as '_'.
+	ref, err := reg.Digest(ctx, c.base+"/"+name+":"+strings.ReplaceAll(tag, "+", "_"))
+	if err != nil {
+		return 0, "", err
+	}
+	res, err := v.Verify(ctx, ref)
+	if err != nil {
+		return 0, "", err
+	}
+	return res, ref.DigestStr(), nil
+}
+
 // Pull downloads the chart layer of chart name at tag (a '+' in it is
 // pushed as '_', as Helm does) into a new temporary file in dir, stopping
 // with ErrTooLarge past max bytes, and returns its path. A manifest that
-// is not a chart's fails with ErrNotChart.
-func (c *OCIClient) Pull(ctx context.Context, name, tag, dir string, max int64) (string, error) {
+// is not a chart's fails with ErrNotChart; when digest is set, a manifest
+// of another digest (the tag moved since it was verified) fails too.
+func (c *OCIClient) Pull(ctx context.Context, name, tag, digest, dir string, max int64) (string, error) {
 	rc, err := c.registryClient(ctx, max)
 	if err != nil {
 		return "", fmt.Errorf("failed to construct Helm registry client: %w", err)
@@ -182,6 +225,9 @@ func (c *OCIClient) Pull(ctx context.Context, name, tag, dir string, max int64) 
 	res, err := rc.Pull(strings.TrimPrefix(ref, registry.OCIScheme+"://"), registry.PullOptWithChart(true))
 	if err != nil {
 		return "", fmt.Errorf("failed to get '%s': %w", ref, classifyOCIError(err))
+	}
+	if digest != "" && res.Manifest.Digest != digest {
+		return "", fmt.Errorf("'%s' is manifest %s, not the verified %s", ref, res.Manifest.Digest, digest)
 	}
 	f, err := os.CreateTemp(dir, "chart-*.tgz")
 	if err != nil {
@@ -208,14 +254,14 @@ func classifyOCIError(err error) error {
 		return fmt.Errorf("%w: %w", ErrAuthentication, err)
 	}
 	var (
-		verify  *tls.CertificateVerificationError
+		certErr *tls.CertificateVerificationError
 		unknown x509.UnknownAuthorityError
 		host    x509.HostnameError
 		op      *net.OpError
 	)
 	// A TLS alert from the server (a client certificate required or
 	// refused) is a net.OpError "remote error".
-	if errors.As(err, &verify) || errors.As(err, &unknown) || errors.As(err, &host) ||
+	if errors.As(err, &certErr) || errors.As(err, &unknown) || errors.As(err, &host) ||
 		errors.As(err, &op) && op.Op == "remote error" {
 		return fmt.Errorf("%w: TLS: %w", ErrAuthentication, err)
 	}
@@ -272,7 +318,9 @@ func (b *limitedBody) Close() error { return b.rc.Close() }
 var chartNamePattern = regexp.MustCompile(`^([-a-z0-9]+/?\.?)+$`)
 
 // BuildFromOCI resolves the chart version from the registry's tags (see
-// ResolveVersion), pulls the chart with c and, when values files are set,
+// ResolveVersion), verifies its signatures when o.Verifier is set (at
+// every build, stored or not, as Flux does), pulls the chart with c and,
+// when values files are set,
 // merges them and repackages it. The build is named after o.Chart, as
 // Flux names it. Failures are *BuildError; b is returned as far as it
 // got, so the caller can report the version it was building.
@@ -284,11 +332,23 @@ func BuildFromOCI(ctx context.Context, c *OCIClient, o RemoteBuildOptions) (*Bui
 	if err != nil {
 		return nil, buildErr(ReasonChartPull, "failed to get chart version for remote reference: %w", err)
 	}
+	var (
+		verified verify.Result
+		digest   string
+	)
+	if o.Verifier != nil {
+		if verified, digest, err = c.Verify(ctx, o.Verifier, o.Chart, tag); err != nil {
+			return nil, buildErr(ReasonChartVerification, "chart verification error: failed to verify %s:%s: %w", c.RepositoryURL(o.Chart), tag, err)
+		}
+	}
 	b, err := newRemoteBuild(o.Chart, tag, o.BuildOptions, o.VersionMetadata)
+	if b != nil {
+		b.Verified = verified == verify.Verified
+	}
 	if err != nil || b.UpToDate {
 		return b, err
 	}
-	file, err := c.Pull(ctx, o.Chart, tag, o.Dir, o.MaxSize)
+	file, err := c.Pull(ctx, o.Chart, tag, digest, o.Dir, o.MaxSize)
 	if err != nil {
 		return b, buildErr(ReasonChartPull, "failed to download chart for remote reference: %w", err)
 	}

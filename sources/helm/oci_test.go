@@ -86,7 +86,7 @@ func TestOCIResolveAndPull(t *testing.T) {
 	}
 
 	for _, v := range []string{"1.0.0", "1.3.0+build.1"} {
-		file, err := c.Pull(t.Context(), "app", v, t.TempDir(), DefaultChartMaxSize)
+		file, err := c.Pull(t.Context(), "app", v, "", t.TempDir(), DefaultChartMaxSize)
 		if err != nil {
 			t.Fatalf("pull %s: %v", v, err)
 		}
@@ -94,7 +94,7 @@ func TestOCIResolveAndPull(t *testing.T) {
 			t.Errorf("pulled %s is not the pushed package", v)
 		}
 	}
-	if _, err := c.Pull(t.Context(), "app", "3.0.0", t.TempDir(), DefaultChartMaxSize); err == nil || !strings.Contains(err.Error(), "not found") {
+	if _, err := c.Pull(t.Context(), "app", "3.0.0", "", t.TempDir(), DefaultChartMaxSize); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("pull of a missing tag: %v", err)
 	}
 }
@@ -214,7 +214,7 @@ func TestOCIPullFailures(t *testing.T) {
 			if max == 0 {
 				max = DefaultChartMaxSize
 			}
-			_, err := c.Pull(t.Context(), tc.chart, "1.0.0", t.TempDir(), max)
+			_, err := c.Pull(t.Context(), tc.chart, "1.0.0", "", t.TempDir(), max)
 			t.Logf("pull: %v", err)
 			switch {
 			case tc.want == nil && tc.contains == "" && err != nil:

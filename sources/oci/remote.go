@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/sourceraft/sourceraft/sources/oci/verify"
 )
 
 // URLPrefix starts every repository URL.
@@ -112,6 +114,8 @@ type Options struct {
 type Client struct {
 	repo name.Repository
 	opts []remote.Option
+	// reg is how signatures of this repository are read (spec.verify).
+	reg verify.Registry
 }
 
 // NewClient is the client of the repository at url (oci://<registry>/<repository>;
@@ -143,8 +147,17 @@ func NewClient(ctx context.Context, url string, o Options) (*Client, error) {
 		remote.WithContext(ctx),
 		remote.WithTransport(transport),
 		remote.WithAuthFromKeychain(keychain),
-	}}, nil
+	}, reg: verify.Registry{Keychain: keychain, Transport: transport, PlainHTTP: o.Insecure}}, nil
 }
+
+// Verify checks the signatures of the manifest ref resolved to with v,
+// reaching the registry as the pull does.
+func (c *Client) Verify(ctx context.Context, v verify.Verifier, ref *Resolved) (verify.Result, error) {
+	return v.Verify(ctx, ref.repo.Digest(ref.Digest))
+}
+
+// Registry is how a verifier reaches this client's registry.
+func (c *Client) Registry() verify.Registry { return c.reg }
 
 // httpsOnly refuses plain HTTP. go-containerregistry falls back to HTTP
 // for loopback and private-network registries on its own; this client

@@ -316,10 +316,9 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 			o.Spec.Timeout = &metav1.Duration{Duration: time.Second}
 		}, sourcev1.FetchFailedCondition, sourcev1.OCIPullFailedReason, false, "context deadline exceeded"},
 		{"unsupported fields", func(o *sourcev1.OCIRepository) {
-			o.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "cosign"}
 			o.Spec.Provider = sourcev1.AmazonOCIProvider
 			o.Spec.ServiceAccountName = "puller"
-		}, sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, true, "not supported by sourceraft yet: spec.verify, spec.provider 'aws', spec.serviceAccountName"},
+		}, sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, true, "not supported by sourceraft yet: spec.provider 'aws', spec.serviceAccountName"},
 	}
 	for _, tt := range tests {
 		ociNew(t, ns, strings.ReplaceAll(tt.name, " ", "-"), url, tt.mutate)
