@@ -54,13 +54,16 @@ type GitHubApp struct {
 	// CABundle, when set, is trusted besides the system roots for the API
 	// and for Git over HTTPS (a GitHub Enterprise Server's private CA).
 	CABundle []byte
+	// tlsConfig trusts CABundle for the API; nil is the system roots.
+	tlsConfig *tls.Config
 }
 
 // GitHubAppFromSecret reads a Flux GitHub App secret: githubAppID,
 // githubAppPrivateKey (PEM RSA), exactly one of githubAppInstallationID
 // and githubAppInstallationOwner, and the optional githubAppBaseURL and
 // ca.crt. It reads and checks them as Flux's githubapp client does, with
-// its messages: IDs that are not numbers read as absent.
+// its messages (ca.crt's as Flux's secrets package): IDs that are not
+// numbers read as absent.
 func GitHubAppFromSecret(data map[string][]byte) (*GitHubApp, error) {
 	app := &GitHubApp{
 		InstallationOwner: string(data[KeyGitHubAppInstallationOwner]),
@@ -90,6 +93,16 @@ func GitHubAppFromSecret(data map[string][]byte) (*GitHubApp, error) {
 	}
 	if _, err := url.Parse(app.APIURL); err != nil {
 		return nil, fmt.Errorf("invalid API URL: %w", err)
+	}
+	if len(app.CABundle) > 0 {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(app.CABundle) {
+			return nil, errors.New("failed to parse CA certificate")
+		}
+		app.tlsConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	return app, nil
 }
@@ -150,15 +163,8 @@ func (app *GitHubApp) cacheKey() string {
 // each request with the app's JWT, go-github makes the calls.
 func (app *GitHubApp) exchange(ctx context.Context, proxy *url.URL) (*installationToken, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if len(app.CABundle) > 0 {
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(app.CABundle) {
-			return nil, errors.New("ca.crt holds no PEM certificate")
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if app.tlsConfig != nil {
+		tr.TLSClientConfig = app.tlsConfig
 	}
 	if proxy != nil {
 		// http.ProxyURL proxies every host, loopback included; Flux's
