@@ -1,20 +1,27 @@
 package git
 
 import (
-	"crypto"
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
+	"github.com/golang-jwt/jwt/v4"
 )
 
 func TestGitHubAppFromSecret(t *testing.T) {
@@ -57,22 +64,24 @@ func TestGitHubAppFromSecret(t *testing.T) {
 		{"installation owner", secret(KeyGitHubAppInstallationID, "", KeyGitHubAppInstallationOwner, "org"), ""},
 		{"pkcs8 key", secret(KeyGitHubAppPrivateKey, string(pkcs8)), ""},
 		{"enterprise base url", secret(KeyGitHubAppBaseURL, "https://ghe.example.com/api/v3/"), ""},
-		{"no app id", secret(KeyGitHubAppID, ""), "app ID must be provided"},
-		{"app id not a number", secret(KeyGitHubAppID, "x12"), "app ID must be provided"},
-		{"neither owner nor id", secret(KeyGitHubAppInstallationID, ""), "app installation owner or ID must be provided"},
-		{"owner and id", secret(KeyGitHubAppInstallationOwner, "org"), "only one of app installation owner or ID"},
-		{"id not a number", secret(KeyGitHubAppInstallationID, "3x"), "'githubAppInstallationID' is not a number"},
-		{"no key", secret(KeyGitHubAppPrivateKey, ""), "private key must be provided"},
-		{"not PEM", secret(KeyGitHubAppPrivateKey, "not a key"), "could not parse private key: no PEM block"},
-		{"not RSA", secret(KeyGitHubAppPrivateKey, string(ecPEM)), "want RSA"},
-		{"base url not http", secret(KeyGitHubAppBaseURL, "ftp://ghe.example.com"), "'githubAppBaseURL' must be an http(s) URL"},
+		// Flux's client's messages, word for word.
+		{"no app id", secret(KeyGitHubAppID, ""), "app ID must be provided to use github app authentication"},
+		{"app id not a number", secret(KeyGitHubAppID, "x12"), "app ID must be provided to use github app authentication"},
+		{"neither owner nor id", secret(KeyGitHubAppInstallationID, ""), "app installation owner or ID must be provided to use github app authentication"},
+		{"owner and id", secret(KeyGitHubAppInstallationOwner, "org"), "only one of app installation owner or ID must be provided to use github app authentication"},
+		{"id not a number", secret(KeyGitHubAppInstallationID, "3x"), "app installation owner or ID must be provided to use github app authentication"},
+		{"no key", secret(KeyGitHubAppPrivateKey, ""), "private key must be provided to use github app authentication"},
+		{"not PEM", secret(KeyGitHubAppPrivateKey, "not a key"), "could not parse private key: invalid key: Key must be a PEM encoded PKCS1 or PKCS8 key"},
+		{"not RSA", secret(KeyGitHubAppPrivateKey, string(ecPEM)), "could not parse private key: key is not a valid RSA private key"},
+		{"ca.crt not PEM", secret("ca.crt", "not a certificate"), "failed to parse CA certificate"},
+		{"base url not a URL", secret(KeyGitHubAppBaseURL, "https://ghe example.com:x/api/v3"), "invalid API URL: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			app, err := GitHubAppFromSecret(tt.data)
 			if tt.err != "" {
-				if !errors.Is(err, ErrInvalidAuth) || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err %v, want ErrInvalidAuth with %q", err, tt.err)
+				if err == nil || !strings.HasPrefix(err.Error(), tt.err) {
+					t.Fatalf("err %v, want %q", err, tt.err)
 				}
 				return
 			}
@@ -90,42 +99,175 @@ func TestGitHubAppFromSecret(t *testing.T) {
 	}
 }
 
-func TestGitHubAppJWT(t *testing.T) {
+// testGitHubAPI is a GitHub API on loopback over TLS under /api/v3: it
+// mints tokens for installation 34 of app 12 to requests whose JWT the
+// app's key signed, and knows the user "user" as that installation's
+// owner (and no organization).
+type testGitHubAPI struct {
+	srv *httptest.Server
+	key *rsa.PrivateKey
+
+	mu        sync.Mutex
+	exchanges int
+}
+
+func startGitHubAPI(t *testing.T) *testGitHubAPI {
+	t.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
-	app := &GitHubApp{AppID: 99, key: key}
-	now := time.Unix(1_800_000_000, 0)
-	tok, err := app.jwt(now)
+	g := &testGitHubAPI{key: key}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/v3/app/installations/{id}/access_tokens", func(w http.ResponseWriter, r *http.Request) {
+		if !g.authorized(w, r) {
+			return
+		}
+		if r.PathValue("id") != "34" {
+			apiAnswer(w, http.StatusNotFound, map[string]any{"message": "Not Found"})
+			return
+		}
+		g.mu.Lock()
+		g.exchanges++
+		n := g.exchanges
+		g.mu.Unlock()
+		apiAnswer(w, http.StatusCreated, map[string]any{"token": fmt.Sprintf("ghs_%d", n), "expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
+	})
+	mux.HandleFunc("GET /api/v3/{kind}/{owner}/installation", func(w http.ResponseWriter, r *http.Request) {
+		if !g.authorized(w, r) {
+			return
+		}
+		if r.PathValue("kind") != "users" || r.PathValue("owner") != "user" {
+			apiAnswer(w, http.StatusNotFound, map[string]any{"message": "Not Found"})
+			return
+		}
+		apiAnswer(w, http.StatusOK, map[string]any{"id": 34})
+	})
+	g.srv = httptest.NewUnstartedServer(mux)
+	// The client that does not trust the server ends its handshake early.
+	g.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	g.srv.StartTLS()
+	t.Cleanup(g.srv.Close)
+	return g
+}
+
+// authorized checks the request's JWT: RS256 by the app's key, issued
+// by the app; it answers 401 otherwise.
+func (g *testGitHubAPI) authorized(w http.ResponseWriter, r *http.Request) bool {
+	raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	var claims jwt.RegisteredClaims
+	_, err := jwt.ParseWithClaims(raw, &claims, func(*jwt.Token) (any, error) { return &g.key.PublicKey, nil },
+		jwt.WithValidMethods([]string{"RS256"}))
+	if err != nil || claims.Issuer != "12" {
+		apiAnswer(w, http.StatusUnauthorized, map[string]any{"message": "A JSON web token could not be decoded"})
+		return false
+	}
+	return true
+}
+
+func apiAnswer(w http.ResponseWriter, code int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+func (g *testGitHubAPI) exchanged() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.exchanges
+}
+
+func TestGitHubAppTokens(t *testing.T) {
+	gh := startGitHubAPI(t)
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: gh.srv.Certificate().Raw})
+	otherKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		t.Fatalf("JWT %q has %d parts", tok, len(parts))
-	}
-	var header map[string]string
-	var claims map[string]any
-	for i, v := range []any{&header, &claims} {
-		b, err := base64.RawURLEncoding.DecodeString(parts[i])
+	app := func(key *rsa.PrivateKey, kv ...string) *GitHubApp {
+		t.Helper()
+		data := map[string][]byte{
+			KeyGitHubAppID:             []byte("12"),
+			KeyGitHubAppInstallationID: []byte("34"),
+			KeyGitHubAppPrivateKey:     pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}),
+			KeyGitHubAppBaseURL:        []byte(gh.srv.URL + "/api/v3"),
+			"ca.crt":                   ca,
+		}
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == "" {
+				delete(data, kv[i])
+				continue
+			}
+			data[kv[i]] = []byte(kv[i+1])
+		}
+		a, err := GitHubAppFromSecret(data)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := json.Unmarshal(b, v); err != nil {
+		return a
+	}
+	ctx := context.Background()
+	password := func(t *testing.T, a *Auth) string {
+		t.Helper()
+		b, ok := a.method.(*githttp.BasicAuth)
+		if !ok || b.Username != GitHubAccessTokenUsername || !bytes.Equal(a.caBundle, ca) {
+			t.Fatalf("auth %#v, CA bundle %d bytes", a.method, len(a.caBundle))
+		}
+		return b.Password
+	}
+	var tokens GitHubAppTokens
+
+	t.Run("installation id, then the cached token", func(t *testing.T) {
+		for range 2 {
+			a, err := tokens.Auth(ctx, app(gh.key), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p := password(t, a); p != "ghs_1" {
+				t.Errorf("password %q, want the first token", p)
+			}
+		}
+		if n := gh.exchanged(); n != 1 {
+			t.Errorf("%d exchanges, want 1", n)
+		}
+	})
+	t.Run("owner found as a user", func(t *testing.T) {
+		a, err := tokens.Auth(ctx, app(gh.key, KeyGitHubAppInstallationID, "", KeyGitHubAppInstallationOwner, "user"), nil)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	if header["alg"] != "RS256" || claims["iss"] != "99" ||
-		claims["iat"] != float64(now.Unix()-30) || claims["exp"] != float64(now.Unix()+90) {
-		t.Errorf("header %v claims %v", header, claims)
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil {
-		t.Fatal(err)
-	}
-	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	if err := rsa.VerifyPKCS1v15(&key.PublicKey, crypto.SHA256, digest[:], sig); err != nil {
-		t.Errorf("signature does not verify with the app's key: %v", err)
+		if p := password(t, a); p != "ghs_2" {
+			t.Errorf("password %q, want a token of its own (another cache entry)", p)
+		}
+	})
+	for _, tt := range []struct {
+		name string
+		app  *GitHubApp
+		want []string
+	}{
+		{"unknown owner", app(gh.key, KeyGitHubAppInstallationID, "", KeyGitHubAppInstallationOwner, "nobody"), []string{
+			"failed to find organization installation: GET " + gh.srv.URL + "/api/v3/orgs/nobody/installation: 404 Not Found",
+			"failed to find user installation: GET " + gh.srv.URL + "/api/v3/users/nobody/installation: 404 Not Found",
+		}},
+		{"wrong key", app(otherKey), []string{
+			"POST " + gh.srv.URL + "/api/v3/app/installations/34/access_tokens: 401 A JSON web token could not be decoded",
+		}},
+		{"unknown installation", app(gh.key, KeyGitHubAppInstallationID, "35"), []string{"/app/installations/35/access_tokens: 404 Not Found"}},
+		{"CA not trusted", app(gh.key, "ca.crt", ""), []string{"certificate signed by unknown authority"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := gh.exchanged()
+			// A cache of its own: the shared one holds the good app's
+			// token, which a CA change does not renew (nor does Flux's).
+			_, err := new(GitHubAppTokens).Auth(ctx, tt.app, nil)
+			for _, w := range tt.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("err %v, want it to contain %q", err, w)
+				}
+			}
+			if n := gh.exchanged(); n != before {
+				t.Errorf("%d tokens minted", n-before)
+			}
+		})
 	}
 }
