@@ -161,9 +161,8 @@ func TestOCIVerifyCosignKeys(t *testing.T) {
 		if err := env.Client.Delete(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "trusted-only"}}); err != nil {
 			t.Fatal(err)
 		}
-		o := ociGet(t, ns, name)
 		at := ociRequestReconcile(t, ns, name)
-		o = ociWaitFor(t, ns, name, 30*time.Second, "the requested reconcile", func(o *sourcev1.OCIRepository) bool {
+		o := ociWaitFor(t, ns, name, 30*time.Second, "the requested reconcile", func(o *sourcev1.OCIRepository) bool {
 			return o.Status.GetLastHandledReconcileRequest() == at
 		})
 		if !conditions.IsReady(o) || !conditions.IsTrue(o, sourcev1.SourceVerifiedCondition) {
