@@ -38,9 +38,9 @@ const (
 	maxJWTLifetime = 10 * time.Minute
 )
 
-// errUndecodable is GitHub's answer (401) to a JWT that is not the app's:
+// undecodable is GitHub's message (401) for a JWT that is not the app's:
 // malformed, not RS256 or signed by another key.
-var errUndecodable = errors.New("A JSON web token could not be decoded")
+const undecodable = "A JSON web token could not be decoded"
 
 // Options describe the app and its installation.
 type Options struct {
@@ -131,37 +131,38 @@ func (s *Server) Minted(token string) bool {
 	return ok && time.Now().Before(exp)
 }
 
-// verifyJWT checks the app JWT of r as GitHub does: RS256 signed by the
+// refuseJWT checks the app JWT of r as GitHub does: RS256 signed by the
 // app's key, issued by the app, current, and living at most ten minutes.
-func (s *Server) verifyJWT(r *http.Request) error {
+// It returns the message of the 401 answer, "" for a good JWT.
+func (s *Server) refuseJWT(r *http.Request) string {
 	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
-		return errUndecodable
+		return undecodable
 	}
 	var claims jwt.RegisteredClaims
 	_, err := jwt.ParseWithClaims(raw, &claims, func(*jwt.Token) (any, error) { return &s.key.PublicKey, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodRS256.Alg()}))
 	switch {
 	case errors.Is(err, jwt.ErrTokenExpired) || errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
-		return fmt.Errorf("JWT not current: %w", err)
+		return "JWT not current: " + err.Error()
 	case err != nil:
-		return errUndecodable
+		return undecodable
 	case claims.Issuer != strconv.FormatInt(s.o.AppID, 10):
-		return fmt.Errorf("JWT issuer %q is not app %d", claims.Issuer, s.o.AppID)
+		return fmt.Sprintf("JWT issuer %q is not app %d", claims.Issuer, s.o.AppID)
 	// The library checks iat and exp only when they are there.
 	case claims.IssuedAt == nil || claims.ExpiresAt == nil:
-		return errors.New("JWT without iat or exp")
+		return "JWT without iat or exp"
 	case claims.ExpiresAt.Sub(claims.IssuedAt.Time) > maxJWTLifetime:
-		return fmt.Errorf("JWT lives %s, more than %s", claims.ExpiresAt.Sub(claims.IssuedAt.Time), maxJWTLifetime)
+		return fmt.Sprintf("JWT lives %s, more than %s", claims.ExpiresAt.Sub(claims.IssuedAt.Time), maxJWTLifetime)
 	}
-	return nil
+	return ""
 }
 
 // accessToken mints the token "ghs_<n>" for the nth exchange, so tests
 // can tell a fresh token from a cached one.
 func (s *Server) accessToken(w http.ResponseWriter, r *http.Request) {
-	if err := s.verifyJWT(r); err != nil {
-		answer(w, http.StatusUnauthorized, map[string]any{"message": err.Error()})
+	if msg := s.refuseJWT(r); msg != "" {
+		answer(w, http.StatusUnauthorized, map[string]any{"message": msg})
 		return
 	}
 	if r.PathValue("id") != strconv.FormatInt(s.o.InstallationID, 10) {
@@ -180,8 +181,8 @@ func (s *Server) accessToken(w http.ResponseWriter, r *http.Request) {
 // installation answers the installation's ID for the owners given.
 func (s *Server) installation(owners []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if err := s.verifyJWT(r); err != nil {
-			answer(w, http.StatusUnauthorized, map[string]any{"message": err.Error()})
+		if msg := s.refuseJWT(r); msg != "" {
+			answer(w, http.StatusUnauthorized, map[string]any{"message": msg})
 			return
 		}
 		if !slices.Contains(owners, r.PathValue("owner")) {
