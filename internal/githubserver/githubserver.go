@@ -32,8 +32,8 @@ const (
 	// AccessTokenUser is the basic-auth user name that goes with an
 	// installation token.
 	AccessTokenUser = "x-access-token"
-	// TokenLifetime is how long a minted token is valid, as on GitHub.
-	TokenLifetime = time.Hour
+	// tokenLifetime is how long a minted token is valid, an hour as on GitHub.
+	tokenLifetime = time.Hour
 	// maxJWTLifetime is the longest exp - iat GitHub accepts.
 	maxJWTLifetime = 10 * time.Minute
 )
@@ -169,7 +169,7 @@ func (s *Server) accessToken(w http.ResponseWriter, r *http.Request) {
 		answer(w, http.StatusNotFound, map[string]any{"message": "Not Found"})
 		return
 	}
-	expires := time.Now().Add(TokenLifetime)
+	expires := time.Now().Add(tokenLifetime)
 	s.mu.Lock()
 	s.exchanges++
 	token := fmt.Sprintf("ghs_%d", s.exchanges)
