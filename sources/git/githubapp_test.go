@@ -8,20 +8,13 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
-	"fmt"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
-	"github.com/golang-jwt/jwt/v4"
+
+	"github.com/sourceraft/sourceraft/internal/githubserver"
 )
 
 func TestGitHubAppFromSecret(t *testing.T) {
@@ -29,7 +22,7 @@ func TestGitHubAppFromSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkcs1 := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	pkcs1 := githubserver.EncodeKey(key)
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
@@ -99,87 +92,11 @@ func TestGitHubAppFromSecret(t *testing.T) {
 	}
 }
 
-// testGitHubAPI is a GitHub API on loopback over TLS under /api/v3: it
-// mints tokens for installation 34 of app 12 to requests whose JWT the
-// app's key signed, and knows the user "user" as that installation's
-// owner (and no organization).
-type testGitHubAPI struct {
-	srv *httptest.Server
-	key *rsa.PrivateKey
-
-	mu        sync.Mutex
-	exchanges int
-}
-
-func startGitHubAPI(t *testing.T) *testGitHubAPI {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &testGitHubAPI{key: key}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /api/v3/app/installations/{id}/access_tokens", func(w http.ResponseWriter, r *http.Request) {
-		if !g.authorized(w, r) {
-			return
-		}
-		if r.PathValue("id") != "34" {
-			apiAnswer(w, http.StatusNotFound, map[string]any{"message": "Not Found"})
-			return
-		}
-		g.mu.Lock()
-		g.exchanges++
-		n := g.exchanges
-		g.mu.Unlock()
-		apiAnswer(w, http.StatusCreated, map[string]any{"token": fmt.Sprintf("ghs_%d", n), "expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
-	})
-	mux.HandleFunc("GET /api/v3/{kind}/{owner}/installation", func(w http.ResponseWriter, r *http.Request) {
-		if !g.authorized(w, r) {
-			return
-		}
-		if r.PathValue("kind") != "users" || r.PathValue("owner") != "user" {
-			apiAnswer(w, http.StatusNotFound, map[string]any{"message": "Not Found"})
-			return
-		}
-		apiAnswer(w, http.StatusOK, map[string]any{"id": 34})
-	})
-	g.srv = httptest.NewUnstartedServer(mux)
-	// The client that does not trust the server ends its handshake early.
-	g.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	g.srv.StartTLS()
-	t.Cleanup(g.srv.Close)
-	return g
-}
-
-// authorized checks the request's JWT: RS256 by the app's key, issued
-// by the app; it answers 401 otherwise.
-func (g *testGitHubAPI) authorized(w http.ResponseWriter, r *http.Request) bool {
-	raw, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	var claims jwt.RegisteredClaims
-	_, err := jwt.ParseWithClaims(raw, &claims, func(*jwt.Token) (any, error) { return &g.key.PublicKey, nil },
-		jwt.WithValidMethods([]string{"RS256"}))
-	if err != nil || claims.Issuer != "12" {
-		apiAnswer(w, http.StatusUnauthorized, map[string]any{"message": "A JSON web token could not be decoded"})
-		return false
-	}
-	return true
-}
-
-func apiAnswer(w http.ResponseWriter, code int, body any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(body)
-}
-
-func (g *testGitHubAPI) exchanged() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.exchanges
-}
-
 func TestGitHubAppTokens(t *testing.T) {
-	gh := startGitHubAPI(t)
-	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: gh.srv.Certificate().Raw})
+	// Installation 34 of app 12, owned by the user "user" (and no
+	// organization).
+	gh := githubserver.Start(t, githubserver.Options{AppID: 12, InstallationID: 34, Users: []string{"user"}})
+	ca := gh.CA()
 	otherKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -189,8 +106,8 @@ func TestGitHubAppTokens(t *testing.T) {
 		data := map[string][]byte{
 			KeyGitHubAppID:             []byte("12"),
 			KeyGitHubAppInstallationID: []byte("34"),
-			KeyGitHubAppPrivateKey:     pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}),
-			KeyGitHubAppBaseURL:        []byte(gh.srv.URL + "/api/v3"),
+			KeyGitHubAppPrivateKey:     githubserver.EncodeKey(key),
+			KeyGitHubAppBaseURL:        []byte(gh.APIURL()),
 			"ca.crt":                   ca,
 		}
 		for i := 0; i < len(kv); i += 2 {
@@ -219,7 +136,7 @@ func TestGitHubAppTokens(t *testing.T) {
 
 	t.Run("installation id, then the cached token", func(t *testing.T) {
 		for range 2 {
-			a, err := tokens.Auth(ctx, app(gh.key), nil)
+			a, err := tokens.Auth(ctx, app(gh.Key()), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -227,12 +144,12 @@ func TestGitHubAppTokens(t *testing.T) {
 				t.Errorf("password %q, want the first token", p)
 			}
 		}
-		if n := gh.exchanged(); n != 1 {
+		if n := gh.Exchanges(); n != 1 {
 			t.Errorf("%d exchanges, want 1", n)
 		}
 	})
 	t.Run("owner found as a user", func(t *testing.T) {
-		a, err := tokens.Auth(ctx, app(gh.key, KeyGitHubAppInstallationID, "", KeyGitHubAppInstallationOwner, "user"), nil)
+		a, err := tokens.Auth(ctx, app(gh.Key(), KeyGitHubAppInstallationID, "", KeyGitHubAppInstallationOwner, "user"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,18 +162,18 @@ func TestGitHubAppTokens(t *testing.T) {
 		app  *GitHubApp
 		want []string
 	}{
-		{"unknown owner", app(gh.key, KeyGitHubAppInstallationID, "", KeyGitHubAppInstallationOwner, "nobody"), []string{
-			"failed to find organization installation: GET " + gh.srv.URL + "/api/v3/orgs/nobody/installation: 404 Not Found",
-			"failed to find user installation: GET " + gh.srv.URL + "/api/v3/users/nobody/installation: 404 Not Found",
+		{"unknown owner", app(gh.Key(), KeyGitHubAppInstallationID, "", KeyGitHubAppInstallationOwner, "nobody"), []string{
+			"failed to find organization installation: GET " + gh.APIURL() + "/orgs/nobody/installation: 404 Not Found",
+			"failed to find user installation: GET " + gh.APIURL() + "/users/nobody/installation: 404 Not Found",
 		}},
 		{"wrong key", app(otherKey), []string{
-			"POST " + gh.srv.URL + "/api/v3/app/installations/34/access_tokens: 401 A JSON web token could not be decoded",
+			"POST " + gh.APIURL() + "/app/installations/34/access_tokens: 401 A JSON web token could not be decoded",
 		}},
-		{"unknown installation", app(gh.key, KeyGitHubAppInstallationID, "35"), []string{"/app/installations/35/access_tokens: 404 Not Found"}},
-		{"CA not trusted", app(gh.key, "ca.crt", ""), []string{"certificate signed by unknown authority"}},
+		{"unknown installation", app(gh.Key(), KeyGitHubAppInstallationID, "35"), []string{"/app/installations/35/access_tokens: 404 Not Found"}},
+		{"CA not trusted", app(gh.Key(), "ca.crt", ""), []string{"certificate signed by unknown authority"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			before := gh.exchanged()
+			before := gh.Exchanges()
 			// A cache of its own: the shared one holds the good app's
 			// token, which a CA change does not renew (nor does Flux's).
 			_, err := new(GitHubAppTokens).Auth(ctx, tt.app, nil)
@@ -265,7 +182,7 @@ func TestGitHubAppTokens(t *testing.T) {
 					t.Errorf("err %v, want it to contain %q", err, w)
 				}
 			}
-			if n := gh.exchanged(); n != before {
+			if n := gh.Exchanges(); n != before {
 				t.Errorf("%d tokens minted", n-before)
 			}
 		})

@@ -1,29 +1,18 @@
 package reconcile
 
 import (
-	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
-	"encoding/pem"
-	"fmt"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+
+	"github.com/sourceraft/sourceraft/internal/githubserver"
 )
 
 // The GitHub App the test GitHub knows.
@@ -33,160 +22,14 @@ const (
 	ghOwner          = "sourceraft-org"
 )
 
-// testGitHub is a GitHub Enterprise Server on loopback over TLS: its API
-// under /api/v3 mints installation tokens for the app whose key it
-// knows, and it serves the git server's repositories over smart HTTP
-// only to those tokens (basic auth as x-access-token).
-type testGitHub struct {
-	srv *httptest.Server
-	key *rsa.PrivateKey
-
-	mu        sync.Mutex
-	tokens    map[string]bool
-	exchanges int
-}
-
-func startGitHub(t *testing.T) *testGitHub {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &testGitHub{key: key, tokens: map[string]bool{}}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /api/v3/app/installations/{id}/access_tokens", g.accessToken)
-	mux.HandleFunc("GET /api/v3/orgs/{owner}/installation", g.installation)
-	mux.HandleFunc("/", g.git)
-	g.srv = httptest.NewUnstartedServer(mux)
-	// Clients refused by the proxy close their handshakes early.
-	g.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	g.srv.StartTLS()
-	t.Cleanup(g.srv.Close)
-	return g
-}
-
-// APIURL is the githubAppBaseURL of this server.
-func (g *testGitHub) APIURL() string { return g.srv.URL + "/api/v3" }
-
-// CA is the PEM certificate the server presents.
-func (g *testGitHub) CA() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: g.srv.Certificate().Raw})
-}
-
-func (g *testGitHub) exchanged() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.exchanges
-}
-
-// checkJWT verifies the app JWT of r: RS256 signed with the app's key,
-// issued by the app ID, current.
-func (g *testGitHub) checkJWT(r *http.Request) error {
-	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return fmt.Errorf("no bearer JWT")
-	}
-	parts := strings.Split(raw, ".")
-	if len(parts) != 3 {
-		return fmt.Errorf("JWT has %d parts", len(parts))
-	}
-	var header struct{ Alg string }
-	var claims struct {
-		Iss      string
-		Iat, Exp int64
-	}
-	for i, v := range []any{&header, &claims} {
-		b, err := base64.RawURLEncoding.DecodeString(parts[i])
-		if err != nil {
-			return fmt.Errorf("JWT part %d: %w", i, err)
-		}
-		if err := json.Unmarshal(b, v); err != nil {
-			return fmt.Errorf("JWT part %d: %w", i, err)
-		}
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil {
-		return fmt.Errorf("JWT signature: %w", err)
-	}
-	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	now := time.Now().Unix()
-	switch {
-	case header.Alg != "RS256":
-		return fmt.Errorf("JWT alg %q, want RS256", header.Alg)
-	case rsa.VerifyPKCS1v15(&g.key.PublicKey, crypto.SHA256, digest[:], sig) != nil:
-		return fmt.Errorf("A JSON web token could not be decoded")
-	case claims.Iss != strconv.Itoa(ghAppID):
-		return fmt.Errorf("JWT issuer %q is not the app", claims.Iss)
-	case claims.Iat > now+1 || claims.Exp <= now || claims.Exp-claims.Iat > 600:
-		return fmt.Errorf("JWT iat %d exp %d not current at %d", claims.Iat, claims.Exp, now)
-	}
-	return nil
-}
-
-func (g *testGitHub) apiError(w http.ResponseWriter, code int, err error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]string{"message": err.Error()})
-}
-
-func (g *testGitHub) accessToken(w http.ResponseWriter, r *http.Request) {
-	if err := g.checkJWT(r); err != nil {
-		g.apiError(w, http.StatusUnauthorized, err)
-		return
-	}
-	if r.PathValue("id") != strconv.Itoa(ghInstallationID) {
-		g.apiError(w, http.StatusNotFound, fmt.Errorf("Not Found"))
-		return
-	}
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	token := "ghs_" + hex.EncodeToString(b)
-	g.mu.Lock()
-	g.tokens[token] = true
-	g.exchanges++
-	g.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusCreated)
-	_ = json.NewEncoder(w).Encode(map[string]any{"token": token, "expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
-}
-
-func (g *testGitHub) installation(w http.ResponseWriter, r *http.Request) {
-	if err := g.checkJWT(r); err != nil {
-		g.apiError(w, http.StatusUnauthorized, err)
-		return
-	}
-	if r.PathValue("owner") != ghOwner {
-		g.apiError(w, http.StatusNotFound, fmt.Errorf("Not Found"))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"id": ghInstallationID})
-}
-
-func (g *testGitHub) git(w http.ResponseWriter, r *http.Request) {
-	user, pass, ok := r.BasicAuth()
-	g.mu.Lock()
-	valid := ok && user == "x-access-token" && g.tokens[pass]
-	g.mu.Unlock()
-	if !valid {
-		w.Header().Set("WWW-Authenticate", `Basic realm="github"`)
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
-		return
-	}
-	gitSrv.backend.ServeHTTP(w, r)
-}
-
-// pemKey is key as PKCS#1 PEM, as GitHub hands app keys out.
-func pemKey(key *rsa.PrivateKey) string {
-	return string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
-}
-
 func TestGitHubApp(t *testing.T) {
 	ns := newNamespace(t)
-	gh := startGitHub(t)
+	// A GitHub Enterprise Server serving the git server's repositories only
+	// to the installation tokens it minted.
+	gh := githubserver.Start(t, githubserver.Options{AppID: ghAppID, InstallationID: ghInstallationID, Orgs: []string{ghOwner}, Git: gitSrv.backend})
 	repo := gitSrv.newRepo(t, "github", "app-"+ns)
 	sha := repo.commit("via app", map[string]string{"app.yaml": "github app"})
-	url := gh.srv.URL + "/github/app-" + ns + ".git"
+	url := gh.URL() + "/github/app-" + ns + ".git"
 	otherKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +41,7 @@ func TestGitHubApp(t *testing.T) {
 			"ca.crt":           string(gh.CA()),
 		}
 		if key != nil {
-			data["githubAppPrivateKey"] = pemKey(key)
+			data["githubAppPrivateKey"] = string(githubserver.EncodeKey(key))
 		}
 		for k, v := range extra {
 			data[k] = v
@@ -206,11 +49,11 @@ func TestGitHubApp(t *testing.T) {
 		bucketSecret(t, ns, name, data)
 	}
 	byID := map[string]string{"githubAppInstallationID": strconv.Itoa(ghInstallationID)}
-	appSecret("app", gh.key, byID)
-	appSecret("app-owner", gh.key, map[string]string{"githubAppInstallationOwner": ghOwner})
+	appSecret("app", gh.Key(), byID)
+	appSecret("app-owner", gh.Key(), map[string]string{"githubAppInstallationOwner": ghOwner})
 	appSecret("wrong-key", otherKey, byID)
 	appSecret("no-key", nil, byID)
-	appSecret("both", gh.key, map[string]string{"githubAppInstallationID": strconv.Itoa(ghInstallationID), "githubAppInstallationOwner": ghOwner})
+	appSecret("both", gh.Key(), map[string]string{"githubAppInstallationID": strconv.Itoa(ghInstallationID), "githubAppInstallationOwner": ghOwner})
 	p, refusing := startProxy(t, proxyUser, proxyPass), startProxy(t, proxyUser, proxyPass)
 	proxySecrets(t, ns, p, refusing)
 
@@ -236,9 +79,9 @@ func TestGitHubApp(t *testing.T) {
 			!strings.Contains(msg, "/app/installations/"+strconv.Itoa(ghInstallationID)+"/access_tokens") || !names407(msg) {
 			t.Errorf("FetchFailed message %q", msg)
 		}
-		if host := hostOf(t, gh.srv.URL); refusing.refusedTo(host) == 0 || refusing.carriedTo(host) != 0 || gh.exchanged() != 0 {
+		if host := hostOf(t, gh.URL()); refusing.refusedTo(host) == 0 || refusing.carriedTo(host) != 0 || gh.Exchanges() != 0 {
 			t.Errorf("proxy refused %d and carried %d requests to %s, %d tokens minted",
-				refusing.refusedTo(host), refusing.carriedTo(host), host, gh.exchanged())
+				refusing.refusedTo(host), refusing.carriedTo(host), host, gh.Exchanges())
 		}
 		if o.Status.Artifact != nil {
 			t.Errorf("artifact %v", o.Status.Artifact)
@@ -251,7 +94,7 @@ func TestGitHubApp(t *testing.T) {
 		if files := untar(t, download(t, o.Status.Artifact)); files["app.yaml"] != "github app" {
 			t.Errorf("artifact files %v", fileNames(files))
 		}
-		if n := gh.exchanged(); n != 1 {
+		if n := gh.Exchanges(); n != 1 {
 			t.Errorf("%d token exchanges, want 1", n)
 		}
 	})
@@ -259,7 +102,7 @@ func TestGitHubApp(t *testing.T) {
 		sha2 := repo.commit("second", map[string]string{"app.yaml": "second"})
 		requestReconcileOf[*sourcev1.GitRepository](t, ns, "good")
 		waitReady[*sourcev1.GitRepository](t, ns, "good", "master@sha1:"+sha2)
-		if n := gh.exchanged(); n != 1 {
+		if n := gh.Exchanges(); n != 1 {
 			t.Errorf("%d token exchanges after a second reconcile, want 1 (the cached token)", n)
 		}
 	})
@@ -286,7 +129,7 @@ func TestGitHubApp(t *testing.T) {
 	t.Run("fetch goes through the proxy", func(t *testing.T) {
 		waitReady[*sourcev1.GitRepository](t, ns, "through-proxy", "")
 		// The token is cached by now: what the proxy carried is the fetch.
-		if host := hostOf(t, gh.srv.URL); p.carriedTo(host) == 0 {
+		if host := hostOf(t, gh.URL()); p.carriedTo(host) == 0 {
 			t.Fatalf("the proxy carried nothing to %s; carried %s", host, p.hosts())
 		}
 	})
