@@ -72,7 +72,7 @@ func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRe
 	}
 	o := helmsrc.OCIOptions{PlainHTTP: obj.Spec.Insecure, Timeout: helmTimeout(obj)}
 	if ref := obj.Spec.SecretRef; ref != nil {
-		secret, err := helmGetSecret(ctx, c, obj.Namespace, ref.Name)
+		secret, err := getSecret(ctx, c, obj.Namespace, ref.Name)
 		if err != nil {
 			return nil, NewGeneric(err, sourcev1.AuthenticationFailedReason)
 		}
@@ -81,7 +81,7 @@ func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRe
 		}
 	}
 	if ref := obj.Spec.CertSecretRef; ref != nil {
-		secret, err := helmGetSecret(ctx, c, obj.Namespace, ref.Name)
+		secret, err := getSecret(ctx, c, obj.Namespace, ref.Name)
 		if err != nil {
 			return nil, NewGeneric(err, sourcev1.AuthenticationFailedReason)
 		}

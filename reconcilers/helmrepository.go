@@ -14,8 +14,6 @@ import (
 	"github.com/fluxcd/pkg/runtime/secrets"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/opencontainers/go-digest"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -252,7 +250,7 @@ func helmHumanSize(n int64) string {
 func newHelmRepoClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRepository, base *url.URL) (*helmsrc.Client, error) {
 	o := helmsrc.ClientOptions{PassCredentials: obj.Spec.PassCredentials, Timeout: obj.GetTimeout()}
 	if ref := obj.Spec.SecretRef; ref != nil {
-		secret, err := helmGetSecret(ctx, c, obj.Namespace, ref.Name)
+		secret, err := getSecret(ctx, c, obj.Namespace, ref.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -261,7 +259,7 @@ func newHelmRepoClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmR
 		}
 	}
 	if ref := obj.Spec.CertSecretRef; ref != nil {
-		secret, err := helmGetSecret(ctx, c, obj.Namespace, ref.Name)
+		secret, err := getSecret(ctx, c, obj.Namespace, ref.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -270,14 +268,6 @@ func newHelmRepoClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmR
 		}
 	}
 	return helmsrc.NewClient(base, o), nil
-}
-
-func helmGetSecret(ctx context.Context, c client.Reader, ns, name string) (*corev1.Secret, error) {
-	secret := &corev1.Secret{}
-	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, secret); err != nil {
-		return nil, fmt.Errorf("failed to get secret '%s/%s': %w", ns, name, err)
-	}
-	return secret, nil
 }
 
 // helmTimeout is the HelmRepository's spec.timeout, Flux's default when unset.

@@ -10,7 +10,6 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sourceraft/sourceraft/sources/oci/verify"
@@ -39,7 +38,7 @@ func newOCIVerifier(ctx context.Context, c client.Reader, namespace, provider st
 	switch provider {
 	case verify.ProviderCosign:
 		if secretRef != nil {
-			secret, err := verifySecret(ctx, c, namespace, secretRef.Name)
+			secret, err := getSecret(ctx, c, namespace, secretRef.Name)
 			if err != nil {
 				return nil, err
 			}
@@ -52,7 +51,7 @@ func newOCIVerifier(ctx context.Context, c client.Reader, namespace, provider st
 		if trustedRootRef == nil {
 			return nil, errKeylessPublicSigstore
 		}
-		secret, err := verifySecret(ctx, c, namespace, trustedRootRef.Name)
+		secret, err := getSecret(ctx, c, namespace, trustedRootRef.Name)
 		if err != nil {
 			return nil, fmt.Errorf("failed to read trusted root from secret '%s/%s': %w", namespace, trustedRootRef.Name, err)
 		}
@@ -69,7 +68,7 @@ func newOCIVerifier(ctx context.Context, c client.Reader, namespace, provider st
 		if secretRef == nil {
 			return nil, errors.New("verification secret cannot be empty")
 		}
-		secret, err := verifySecret(ctx, c, namespace, secretRef.Name)
+		secret, err := getSecret(ctx, c, namespace, secretRef.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -84,15 +83,6 @@ func newOCIVerifier(ctx context.Context, c client.Reader, namespace, provider st
 		return verify.NewNotation(policy, certs, reg)
 	}
 	return nil, fmt.Errorf("unsupported verification provider: %s", provider)
-}
-
-// verifySecret reads a Secret spec.verify names.
-func verifySecret(ctx context.Context, c client.Reader, namespace, name string) (*corev1.Secret, error) {
-	secret := &corev1.Secret{}
-	if err := c.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, secret); err != nil {
-		return nil, fmt.Errorf("failed to get secret '%s/%s': %w", namespace, name, err)
-	}
-	return secret, nil
 }
 
 // secretValues are the values of the secret's keys ending in one of
