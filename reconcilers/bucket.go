@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
@@ -47,6 +48,8 @@ type BucketReconciler struct {
 	MaxObjectSize int64
 	// DigestAlgorithm is the revision's, Flux's --artifact-digest-algo.
 	DigestAlgorithm digest.Algorithm
+	// TokenCache keeps cloud provider credentials; nil is no caching.
+	TokenCache *cache.TokenCache
 }
 
 // bucketState is what the sub-reconcilers of one reconcile share.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
@@ -46,9 +47,8 @@ type GitRepositoryReconciler struct {
 	RequeueDependency time.Duration
 	ArchiveMaxSize    int64
 	ArchiveMaxEntries int
-
-	// gitHubApps caches the installation tokens of provider github.
-	gitHubApps gitsrc.GitHubAppTokens
+	// TokenCache keeps GitHub App and Azure tokens; nil is no caching.
+	TokenCache *cache.TokenCache
 }
 
 // gitState is what the sub-reconcilers of one reconcile share.
@@ -226,7 +226,7 @@ func (r *GitRepositoryReconciler) gitAuth(ctx context.Context, obj *sourcev1.Git
 	if err != nil {
 		return nil, authFailed(err)
 	}
-	auth, err := r.gitHubApps.Auth(ctx, app, proxy)
+	auth, err := gitsrc.GitHubAppTokens{Cache: r.TokenCache}.Auth(ctx, app, proxy)
 	if err != nil {
 		return nil, authFailed(err)
 	}

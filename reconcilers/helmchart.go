@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
 	"github.com/fluxcd/pkg/runtime/predicates"
@@ -79,6 +80,8 @@ type HelmChartReconciler struct {
 	// ChartMaxSize a downloaded chart; zero is Flux's default.
 	IndexMaxSize int64
 	ChartMaxSize int64
+	// TokenCache keeps cloud registry credentials; nil is no caching.
+	TokenCache *cache.TokenCache
 
 	// indexes shares the parsed index artifacts between reconciles.
 	indexes *helmIndexCache

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
 	"github.com/fluxcd/pkg/runtime/secrets"
@@ -52,6 +53,8 @@ type OCIRepositoryReconciler struct {
 	// LayerMaxSize bounds the compressed size of the selected layer;
 	// zero is ArchiveMaxSize when that is set, else DefaultOCILayerMaxSize.
 	LayerMaxSize int64
+	// TokenCache keeps cloud registry credentials; nil is no caching.
+	TokenCache *cache.TokenCache
 }
 
 // ociState is what the sub-reconcilers of one reconcile share.

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/events"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/go-logr/logr"
@@ -71,6 +72,10 @@ type Options struct {
 	DigestAlgorithm digest.Algorithm
 	// ControllerName defaults to DefaultControllerName.
 	ControllerName string
+	// TokenCache, when set, keeps the tokens of GitHub Apps and cloud
+	// providers until 80% of their lifetime; it outlives leadership terms.
+	// Nil exchanges credentials on every reconcile.
+	TokenCache *cache.TokenCache
 	// CatchUp, when set, runs on gaining leadership before the manager
 	// starts: it should return once this replica has applied everything
 	// earlier leaders committed, so reconcilers see every stored artifact.
@@ -238,8 +243,9 @@ func (r *LeaderRunner) runManager(ctx context.Context) error {
 		GracefulShutdownTimeout: ptr.To(r.opts.GracefulShutdownTimeout),
 		// A new manager is built on every leadership term in this process.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
-		// Secrets and ConfigMaps are read on demand, not cached cluster-wide.
-		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}}}},
+		// Secrets, ConfigMaps and ServiceAccounts are read on demand, not
+		// cached cluster-wide.
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}, &corev1.ServiceAccount{}}}},
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -253,6 +259,7 @@ func (r *LeaderRunner) runManager(ctx context.Context) error {
 	n := &notifier{EventRecorder: recorder, controllerName: r.opts.ControllerName}
 	git := &GitRepositoryReconciler{
 		Client: c, notifier: n, store: store,
+		TokenCache:        r.opts.TokenCache,
 		ControllerName:    r.opts.ControllerName,
 		RequeueDependency: r.opts.RequeueDependency,
 		ArchiveMaxSize:    r.opts.ArchiveMaxSize,
@@ -272,6 +279,7 @@ func (r *LeaderRunner) runManager(ctx context.Context) error {
 	}
 	helmChart := &HelmChartReconciler{
 		Client: c, notifier: n, store: store,
+		TokenCache:        r.opts.TokenCache,
 		ControllerName:    r.opts.ControllerName,
 		RequeueDependency: r.opts.RequeueDependency,
 		ArchiveMaxSize:    r.opts.ArchiveMaxSize,
@@ -283,6 +291,7 @@ func (r *LeaderRunner) runManager(ctx context.Context) error {
 	}
 	oci := &OCIRepositoryReconciler{
 		Client: c, notifier: n, store: store,
+		TokenCache:        r.opts.TokenCache,
 		ControllerName:    r.opts.ControllerName,
 		ArchiveMaxSize:    r.opts.ArchiveMaxSize,
 		ArchiveMaxEntries: r.opts.ArchiveMaxEntries,
@@ -293,6 +302,7 @@ func (r *LeaderRunner) runManager(ctx context.Context) error {
 	}
 	bucket := &BucketReconciler{
 		Client: c, notifier: n, store: store,
+		TokenCache:        r.opts.TokenCache,
 		ControllerName:    r.opts.ControllerName,
 		ArchiveMaxSize:    r.opts.ArchiveMaxSize,
 		ArchiveMaxEntries: r.opts.ArchiveMaxEntries,

@@ -10,10 +10,13 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/fluxcd/pkg/auth"
+	"github.com/fluxcd/pkg/cache"
 	"github.com/go-logr/logr"
 	// The image (make image) has no /etc/ssl/certs: its base holds only
 	// /etc/passwd, /etc/group and /tmp. This bundles Mozilla's roots into the
@@ -64,6 +67,9 @@ type options struct {
 	reconcileGraceTime time.Duration
 	helmIndexMaxSize   int64
 	helmChartMaxSize   int64
+	tokenCacheMaxSize  int
+	featureGates       string
+	defaultSA          string
 }
 
 func main() {
@@ -123,6 +129,9 @@ func main() {
 	flag.DurationVar(&o.reconcileGraceTime, "reconcile-shutdown-timeout", 10*time.Second, "How long reconciles in flight may finish after leadership is lost.")
 	flag.Int64Var(&o.helmIndexMaxSize, "helm-index-max-size", helm.DefaultIndexMaxSize, "The max allowed size in bytes of a HelmRepository index file.")
 	flag.Int64Var(&o.helmChartMaxSize, "helm-chart-max-size", helm.DefaultChartMaxSize, "The max allowed size in bytes of a HelmChart artifact.")
+	flag.IntVar(&o.tokenCacheMaxSize, "token-cache-max-size", 100, "The maximum number of tokens (GitHub App installation tokens, cloud provider credentials) kept until 80% of their lifetime; 0 disables the cache.")
+	flag.StringVar(&o.featureGates, "feature-gates", "", "Comma-separated Name=true|false pairs. Supported: "+auth.FeatureGateObjectLevelWorkloadIdentity+" (default false): spec.serviceAccountName authenticates to cloud providers as that ServiceAccount.")
+	flag.StringVar(&o.defaultSA, "default-service-account", "", "ServiceAccount of an object's namespace that cloud provider authentication uses when the object names none (multi-tenancy lockdown); needs "+auth.FeatureGateObjectLevelWorkloadIdentity+".")
 	flag.Parse()
 
 	log := newLogger(o.logLevel)
@@ -218,6 +227,16 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, cfg rafts
 	if err != nil {
 		return nil, fmt.Errorf("--reconcile: kubernetes config: %w", err)
 	}
+	if err := applyFeatureGates(o.featureGates); err != nil {
+		return nil, fmt.Errorf("--feature-gates: %w", err)
+	}
+	auth.SetDefaultServiceAccount(o.defaultSA)
+	var tokens *cache.TokenCache
+	if o.tokenCacheMaxSize > 0 {
+		if tokens, err = cache.NewTokenCache(o.tokenCacheMaxSize); err != nil {
+			return nil, fmt.Errorf("--token-cache-max-size: %w", err)
+		}
+	}
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
 	return reconcilers.NewLeaderRunner(reconcilers.Options{
 		RestConfig:              restCfg,
@@ -233,6 +252,7 @@ func newRunner(o options, node *raftstore.Node, storageAdvAddr string, cfg rafts
 		HelmIndexMaxSize:        o.helmIndexMaxSize,
 		HelmChartMaxSize:        o.helmChartMaxSize,
 		GracefulShutdownTimeout: o.reconcileGraceTime,
+		TokenCache:              tokens,
 		// Reconcile only once every entry earlier leaders committed is applied here.
 		CatchUp: func(context.Context) error {
 			start := time.Now()
@@ -306,4 +326,30 @@ func orDefault(v, def string) string {
 		return v
 	}
 	return def
+}
+
+// applyFeatureGates sets the gates named in spec (Name=bool,...);
+// an unknown gate or value is an error rather than silently ignored.
+func applyFeatureGates(spec string) error {
+	for _, kv := range strings.Split(spec, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		name, val, ok := strings.Cut(kv, "=")
+		on, err := strconv.ParseBool(val)
+		if !ok || err != nil {
+			return fmt.Errorf("%q: want Name=true or Name=false", kv)
+		}
+		switch name {
+		case auth.FeatureGateObjectLevelWorkloadIdentity:
+			if on {
+				auth.EnableObjectLevelWorkloadIdentity()
+			} else {
+				auth.DisableObjectLevelWorkloadIdentity()
+			}
+		default:
+			return fmt.Errorf("unknown feature gate %q", name)
+		}
+	}
+	return nil
 }

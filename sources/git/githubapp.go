@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/bradleyfalzon/ghinstallation/v2"
@@ -107,18 +106,14 @@ func GitHubAppFromSecret(data map[string][]byte) (*GitHubApp, error) {
 	return app, nil
 }
 
-// GitHubAppTokens exchanges app credentials for installation tokens,
-// cached in Flux's token cache (renewed at 80% of their lifetime, at most
-// maxCachedTokens of them) so reconciles do not ask GitHub every time. It
-// is safe for concurrent use; the zero value is ready.
+// GitHubAppTokens exchanges app credentials for installation tokens.
+// With a Cache (Flux's token cache, shared with the cloud providers'
+// tokens) they are kept and renewed at 80% of their lifetime, so
+// reconciles do not ask GitHub every time; without one every call
+// exchanges. It is safe for concurrent use.
 type GitHubAppTokens struct {
-	once  sync.Once
-	cache *cache.TokenCache
-	err   error
+	Cache *cache.TokenCache
 }
-
-// maxCachedTokens bounds the cache (Flux's default --token-cache-max-size).
-const maxCachedTokens = 100
 
 // installationToken is an installation access token as the cache keeps it.
 type installationToken struct {
@@ -133,19 +128,24 @@ func (t *installationToken) GetDuration() time.Duration { return time.Until(t.ex
 // with an installation token as the password, and app's CA bundle. proxy,
 // when set, also carries the token exchange (as the Git fetch it is for).
 // Failures carry the GitHub API's messages, as Flux's do.
-func (c *GitHubAppTokens) Auth(ctx context.Context, app *GitHubApp, proxy *url.URL) (*Auth, error) {
-	c.once.Do(func() { c.cache, c.err = cache.NewTokenCache(maxCachedTokens) })
-	if c.err != nil {
-		return nil, fmt.Errorf("github app token cache: %w", c.err)
-	}
-	tok, _, err := c.cache.GetOrSet(ctx, app.cacheKey(), func(ctx context.Context) (cache.Token, error) {
-		return app.exchange(ctx, proxy)
-	})
-	if err != nil {
-		return nil, err
+func (c GitHubAppTokens) Auth(ctx context.Context, app *GitHubApp, proxy *url.URL) (*Auth, error) {
+	var tok *installationToken
+	if c.Cache == nil {
+		var err error
+		if tok, err = app.exchange(ctx, proxy); err != nil {
+			return nil, err
+		}
+	} else {
+		t, _, err := c.Cache.GetOrSet(ctx, app.cacheKey(), func(ctx context.Context) (cache.Token, error) {
+			return app.exchange(ctx, proxy)
+		})
+		if err != nil {
+			return nil, err
+		}
+		tok = t.(*installationToken)
 	}
 	return &Auth{
-		method:   &githttp.BasicAuth{Username: GitHubAccessTokenUsername, Password: tok.(*installationToken).token},
+		method:   &githttp.BasicAuth{Username: GitHubAccessTokenUsername, Password: tok.token},
 		caBundle: app.CABundle,
 	}, nil
 }

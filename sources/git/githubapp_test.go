@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fluxcd/pkg/cache"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 
 	"github.com/sourceraft/sourceraft/internal/githubserver"
@@ -132,7 +133,11 @@ func TestGitHubAppTokens(t *testing.T) {
 		}
 		return b.Password
 	}
-	var tokens GitHubAppTokens
+	tc, err := cache.NewTokenCache(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := GitHubAppTokens{Cache: tc}
 
 	t.Run("installation id, then the cached token", func(t *testing.T) {
 		for range 2 {
@@ -176,7 +181,7 @@ func TestGitHubAppTokens(t *testing.T) {
 			before := gh.Exchanges()
 			// A cache of its own: the shared one holds the good app's
 			// token, which a CA change does not renew (nor does Flux's).
-			_, err := new(GitHubAppTokens).Auth(ctx, tt.app, nil)
+			_, err := GitHubAppTokens{}.Auth(ctx, tt.app, nil)
 			for _, w := range tt.want {
 				if err == nil || !strings.Contains(err.Error(), w) {
 					t.Errorf("err %v, want it to contain %q", err, w)

@@ -653,6 +653,8 @@ func checkRBAC(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 	}
 	allowed = append(allowed,
 		access{"", "secrets", "", "get", "apps"},
+		access{"", "serviceaccounts", "", "get", "apps"},
+		access{"", "serviceaccounts", "token", "create", "apps"},
 		access{"", "events", "", "create", "apps"},
 		access{"", "events", "", "patch", "apps"},
 	)
@@ -661,7 +663,7 @@ func checkRBAC(ctx context.Context, t *testing.T, objs []*unstructured.Unstructu
 		access{"", "secrets", "", "list", ""},
 		access{"", "secrets", "", "watch", "apps"},
 		access{"", "configmaps", "", "get", "apps"},
-		access{"", "serviceaccounts", "token", "create", "apps"},
+		access{"", "serviceaccounts", "", "list", ""},
 		access{"coordination.k8s.io", "leases", "", "create", ns},
 		access{"", "pods", "", "list", ns},
 	)

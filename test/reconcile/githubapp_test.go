@@ -79,9 +79,9 @@ func TestGitHubApp(t *testing.T) {
 			!strings.Contains(msg, "/app/installations/"+strconv.Itoa(ghInstallationID)+"/access_tokens") || !names407(msg) {
 			t.Errorf("FetchFailed message %q", msg)
 		}
-		if host := hostOf(t, gh.URL()); refusing.refusedTo(host) == 0 || refusing.carriedTo(host) != 0 || gh.Exchanges() != 0 {
+		if host := hostOf(t, gh.URL()); refusing.RefusedTo(host) == 0 || refusing.CarriedTo(host) != 0 || gh.Exchanges() != 0 {
 			t.Errorf("proxy refused %d and carried %d requests to %s, %d tokens minted",
-				refusing.refusedTo(host), refusing.carriedTo(host), host, gh.Exchanges())
+				refusing.RefusedTo(host), refusing.CarriedTo(host), host, gh.Exchanges())
 		}
 		if o.Status.Artifact != nil {
 			t.Errorf("artifact %v", o.Status.Artifact)
@@ -129,8 +129,8 @@ func TestGitHubApp(t *testing.T) {
 	t.Run("fetch goes through the proxy", func(t *testing.T) {
 		waitReady[*sourcev1.GitRepository](t, ns, "through-proxy", "")
 		// The token is cached by now: what the proxy carried is the fetch.
-		if host := hostOf(t, gh.URL()); p.carriedTo(host) == 0 {
-			t.Fatalf("the proxy carried nothing to %s; carried %s", host, p.hosts())
+		if host := hostOf(t, gh.URL()); p.CarriedTo(host) == 0 {
+			t.Fatalf("the proxy carried nothing to %s; carried %s", host, p.Hosts())
 		}
 	})
 	t.Run("wrong private key", func(t *testing.T) {

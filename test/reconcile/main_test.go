@@ -26,6 +26,8 @@ import (
 
 	eventv1 "github.com/fluxcd/pkg/apis/event/v1beta1"
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/auth"
+	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/object"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
@@ -39,6 +41,7 @@ import (
 
 	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/httpapi"
+	"github.com/sourceraft/sourceraft/internal/cloudnet"
 	"github.com/sourceraft/sourceraft/internal/freeport"
 	"github.com/sourceraft/sourceraft/internal/testenv"
 	"github.com/sourceraft/sourceraft/raftstore"
@@ -61,6 +64,8 @@ var (
 	// replicaAddrs are every replica's artifact servers, the leader's first.
 	replicaAddrs []string
 	eventSink    *eventReceiver
+	// cloud carries cloud providers' host names to their stand-ins.
+	cloud *cloudnet.Net
 )
 
 func TestMain(m *testing.M) {
@@ -73,6 +78,21 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) (int, error) {
+	// Before anything makes an HTTP client: the process's proxy and roots
+	// are read once.
+	cloudDir, err := os.MkdirTemp("", "reconcile-cloud-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(cloudDir)
+	if cloud, err = cloudnet.Start(cloudDir); err != nil {
+		return 0, err
+	}
+	defer cloud.Close()
+	if err := cloud.UseForProcess(); err != nil {
+		return 0, err
+	}
+
 	// Failures are expected by most tests and retried with backoff, so the
 	// reconcilers' logs go to stderr only when asked for.
 	var logOut io.Writer = io.Discard
@@ -82,7 +102,6 @@ func run(m *testing.M) (int, error) {
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
 
-	var err error
 	if env, err = testenv.StartEnv(); err != nil {
 		return 0, err
 	}
@@ -130,6 +149,13 @@ func run(m *testing.M) (int, error) {
 	}
 	node, advAddr = replicas[0], replicaAddrs[0]
 
+	// As --feature-gates=ObjectLevelWorkloadIdentity=true: the cloud
+	// tests authenticate as ServiceAccounts of their namespaces.
+	auth.EnableObjectLevelWorkloadIdentity()
+	tokens, err := cache.NewTokenCache(100)
+	if err != nil {
+		return 0, err
+	}
 	runner, err = reconcilers.NewLeaderRunner(reconcilers.Options{
 		RestConfig:        env.Config,
 		Storage:           node,
@@ -140,6 +166,7 @@ func run(m *testing.M) (int, error) {
 		RequeueDependency: time.Second,
 		ArchiveMaxSize:    archiveMaxSize,
 		ArchiveMaxEntries: archiveMaxEntries,
+		TokenCache:        tokens,
 		CatchUp: func(context.Context) error {
 			return node.Barrier(time.Minute)
 		},

@@ -2,15 +2,8 @@ package reconcile
 
 import (
 	"context"
-	"encoding/base64"
-	"fmt"
-	"io"
-	"log"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +15,7 @@ import (
 
 	"github.com/sourceraft/sourceraft/internal/minioserver"
 	"github.com/sourceraft/sourceraft/internal/ociregistry"
+	"github.com/sourceraft/sourceraft/internal/testproxy"
 )
 
 // Credentials of the proxy that asks for them.
@@ -30,143 +24,12 @@ const (
 	proxyPass = "proxy-pass"
 )
 
-// testProxy is an HTTP proxy on loopback: CONNECT tunnels (HTTPS) and
-// absolute-URI forwarding (plain HTTP). It records the host:port of every
-// request it carried and of every one it refused; with a user set it
-// answers 407 to requests without that user's Proxy-Authorization.
-type testProxy struct {
-	srv        *httptest.Server
-	user, pass string
-	// forward sends plain-HTTP requests on, never through a proxy itself.
-	forward *http.Transport
-
-	mu      sync.Mutex
-	carried map[string]int
-	refused map[string]int
-}
-
-func startProxy(t *testing.T, user, pass string) *testProxy {
+// startProxy starts a loopback proxy (testproxy) for one test.
+func startProxy(t *testing.T, user, pass string) *testproxy.Proxy {
 	t.Helper()
-	p := &testProxy{user: user, pass: pass, forward: &http.Transport{}, carried: map[string]int{}, refused: map[string]int{}}
-	p.srv = httptest.NewUnstartedServer(p)
-	// Tunnels torn down by either side are expected.
-	p.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	p.srv.Start()
-	t.Cleanup(func() {
-		p.srv.CloseClientConnections()
-		p.srv.Close()
-		p.forward.CloseIdleConnections()
-	})
+	p := testproxy.Start(user, pass)
+	t.Cleanup(p.Close)
 	return p
-}
-
-// URL is the proxy's address as a proxy secret's address.
-func (p *testProxy) URL() string { return p.srv.URL }
-
-func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	target := r.Host
-	if r.Method != http.MethodConnect {
-		if !r.URL.IsAbs() {
-			http.Error(w, "not a proxy request", http.StatusBadRequest)
-			return
-		}
-		target = r.URL.Host
-	}
-	if p.user != "" && !p.authorized(r) {
-		p.count(p.refused, target)
-		w.Header().Set("Proxy-Authenticate", `Basic realm="test-proxy"`)
-		http.Error(w, "proxy authentication required", http.StatusProxyAuthRequired)
-		return
-	}
-	p.count(p.carried, target)
-	if r.Method == http.MethodConnect {
-		p.tunnel(w, target)
-		return
-	}
-	out := r.Clone(r.Context())
-	out.RequestURI = ""
-	out.Header.Del("Proxy-Authorization")
-	out.Header.Del("Proxy-Connection")
-	resp, err := p.forward.RoundTrip(out)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	defer resp.Body.Close()
-	for k, vs := range resp.Header {
-		for _, v := range vs {
-			w.Header().Add(k, v)
-		}
-	}
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
-}
-
-// tunnel connects the client to target and copies both ways until
-// either side closes.
-func (p *testProxy) tunnel(w http.ResponseWriter, target string) {
-	dst, err := net.DialTimeout("tcp", target, 5*time.Second)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	conn, buf, err := w.(http.Hijacker).Hijack()
-	if err != nil {
-		dst.Close()
-		return
-	}
-	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
-		conn.Close()
-		dst.Close()
-		return
-	}
-	go func() {
-		// What the client sent after its CONNECT may already be buffered.
-		_, _ = io.Copy(dst, buf)
-		dst.Close()
-	}()
-	_, _ = io.Copy(conn, dst)
-	conn.Close()
-}
-
-func (p *testProxy) authorized(r *http.Request) bool {
-	scheme, cred, ok := strings.Cut(r.Header.Get("Proxy-Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Basic") {
-		return false
-	}
-	raw, err := base64.StdEncoding.DecodeString(cred)
-	if err != nil {
-		return false
-	}
-	user, pass, _ := strings.Cut(string(raw), ":")
-	return user == p.user && pass == p.pass
-}
-
-func (p *testProxy) count(m map[string]int, host string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	m[host]++
-}
-
-// carriedTo and refusedTo are how many requests to host (host:port) the
-// proxy carried or refused.
-func (p *testProxy) carriedTo(host string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.carried[host]
-}
-
-func (p *testProxy) refusedTo(host string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.refused[host]
-}
-
-// hosts lists what the proxy carried, for failure messages.
-func (p *testProxy) hosts() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return fmt.Sprint(p.carried)
 }
 
 // proxyRef is a spec.proxySecretRef.
@@ -176,7 +39,7 @@ func proxyRef(name string) *meta.LocalObjectReference { return &meta.LocalObject
 // tests share: "good" for p, "wrong" (the wrong password) for refusing,
 // and the invalid ones. Two proxies keep what each carried apart.
 // bucketSecret makes any string-data Secret.
-func proxySecrets(t *testing.T, ns string, p, refusing *testProxy) {
+func proxySecrets(t *testing.T, ns string, p, refusing *testproxy.Proxy) {
 	t.Helper()
 	bucketSecret(t, ns, "good", map[string]string{"address": p.URL(), "username": proxyUser, "password": proxyPass})
 	bucketSecret(t, ns, "wrong", map[string]string{"address": refusing.URL(), "username": proxyUser, "password": "not-" + proxyPass})
@@ -198,7 +61,7 @@ func hostOf(t *testing.T, rawURL string) string {
 // checkProxyRefused checks a fetch through the proxy with the wrong
 // password: it failed with reason, the proxy refused requests to target,
 // carried none, and no artifact was stored.
-func checkProxyRefused[T sourceObject](t *testing.T, ns, name, reason string, p *testProxy, target string) {
+func checkProxyRefused[T sourceObject](t *testing.T, ns, name, reason string, p *testproxy.Proxy, target string) {
 	t.Helper()
 	o := waitFailed[T](t, ns, name, sourcev1.FetchFailedCondition, reason)
 	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !names407(msg) {
@@ -210,10 +73,10 @@ func checkProxyRefused[T sourceObject](t *testing.T, ns, name, reason string, p 
 	if arts := storedOf[T](t, ns, name); len(arts) != 0 {
 		t.Errorf("store holds %d artifacts of a source the proxy refused", len(arts))
 	}
-	if p.refusedTo(target) == 0 {
+	if p.RefusedTo(target) == 0 {
 		t.Errorf("the proxy refused nothing to %s: the fetch went around it", target)
 	}
-	if n := p.carriedTo(target); n != 0 {
+	if n := p.CarriedTo(target); n != 0 {
 		t.Errorf("the proxy carried %d requests to %s with a wrong password", n, target)
 	}
 	if evs := eventSink.await(t, ns, name, reason, 10*time.Second); !names407(evs[len(evs)-1].Message) {
@@ -271,8 +134,8 @@ func TestProxyGitRepository(t *testing.T) {
 		}
 		// The git server is on loopback, which the environment's proxy
 		// rules skip: the proxy must have carried it all the same.
-		if p.carriedTo(target) == 0 {
-			t.Fatalf("the proxy carried nothing to %s; carried %s", target, p.hosts())
+		if p.CarriedTo(target) == 0 {
+			t.Fatalf("the proxy carried nothing to %s; carried %s", target, p.Hosts())
 		}
 	})
 	t.Run("proxy refusing the credentials fails the fetch", func(t *testing.T) {
@@ -337,8 +200,8 @@ func TestProxyOCIRepository(t *testing.T) {
 			if files := untar(t, ociCheckArtifact(t, o, digest)); files["a.yaml"] != "proxied" {
 				t.Errorf("artifact files %v", fileNames(files))
 			}
-			if p.carriedTo(tt.host) == 0 {
-				t.Fatalf("the proxy carried nothing to %s; carried %s", tt.host, p.hosts())
+			if p.CarriedTo(tt.host) == 0 {
+				t.Fatalf("the proxy carried nothing to %s; carried %s", tt.host, p.Hosts())
 			}
 		})
 	}
@@ -379,8 +242,8 @@ func TestProxyBucket(t *testing.T) {
 		if files := bucketCheckArtifact(t, o); files["app.yaml"] != "proxied" {
 			t.Errorf("artifact files %v", fileNames(files))
 		}
-		if p.carriedTo(m.Endpoint) == 0 {
-			t.Fatalf("the proxy carried nothing to %s; carried %s", m.Endpoint, p.hosts())
+		if p.CarriedTo(m.Endpoint) == 0 {
+			t.Fatalf("the proxy carried nothing to %s; carried %s", m.Endpoint, p.Hosts())
 		}
 	})
 	t.Run("proxy refusing the credentials fails the fetch", func(t *testing.T) {
