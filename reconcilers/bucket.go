@@ -4,16 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/auth"
+	awsauth "github.com/fluxcd/pkg/auth/aws"
 	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
+	"github.com/fluxcd/pkg/runtime/secrets"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/opencontainers/go-digest"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -101,38 +104,31 @@ func (r *BucketReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 // ignore rules keep) and, when the index differs from the stored
 // artifact's revision, downloads the objects into the working directory.
 //
-// Sets FetchFailed (unsupported provider or field, invalid endpoint: also
-// Stalled; missing or invalid secret or proxy secret, S3 errors, a
+// Sets FetchFailed (the ObjectLevelWorkloadIdentity gate off for
+// spec.serviceAccountName, an invalid spec.sts, an unsupported provider or
+// field, an invalid endpoint: also Stalled; missing or invalid secrets,
+// TLS or proxy, the cloud provider refusing the identity, S3 errors, a
 // missing bucket, a limit exceeded, an unsafe object key); removes it on
 // success. Sets ArtifactOutdated, Reconciling and Ready=Unknown when the
 // revision differs from the stored artifact's.
 func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.Bucket, st *bucketState) (Result, error) {
+	if obj.Spec.Provider == sourcev1.BucketProviderAmazon {
+		// The check's failure is always a stalling *Error.
+		var gateOff *Error
+		if errors.As(objectLevelIdentityCheck(obj.Spec.ServiceAccountName), &gateOff) {
+			return fetchFailed(obj, gateOff)
+		}
+	}
 	if err := unsupportedBucketSpec(obj); err != nil {
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
 	if err := bucketsrc.ValidateEndpoint(obj.Spec.Endpoint); err != nil {
 		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
 	}
-
-	opts := bucketsrc.S3Options{
-		Endpoint: obj.Spec.Endpoint, Region: obj.Spec.Region, Insecure: obj.Spec.Insecure,
-		IAM: obj.Spec.Provider == sourcev1.BucketProviderAmazon,
+	opts, e := r.s3Options(ctx, obj)
+	if e != nil {
+		return fetchFailed(obj, e)
 	}
-	if ref := obj.Spec.SecretRef; ref != nil {
-		s := &corev1.Secret{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, s); err != nil {
-			return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to get secret '%s/%s': %w", obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason))
-		}
-		if len(s.Data["accesskey"]) == 0 || len(s.Data["secretkey"]) == 0 {
-			return fetchFailed(obj, NewGeneric(fmt.Errorf("invalid '%s' secret data: required fields 'accesskey' and 'secretkey'", ref.Name), sourcev1.AuthenticationFailedReason))
-		}
-		opts.AccessKey, opts.SecretKey = string(s.Data["accesskey"]), string(s.Data["secretkey"])
-	}
-	proxy, err := proxyFromSecretRef(ctx, r.Client, obj.Namespace, obj.Spec.ProxySecretRef)
-	if err != nil {
-		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to get proxy URL: %w", err), sourcev1.AuthenticationFailedReason))
-	}
-	opts.Proxy = proxy
 	c, err := bucketsrc.NewS3(opts)
 	if err != nil {
 		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), sourcev1.AuthenticationFailedReason))
@@ -221,6 +217,99 @@ func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.Seria
 	return ResultSuccess, nil
 }
 
+// s3Options are the endpoint, TLS, proxy and credentials of obj's S3
+// client, read as Flux's setupCredentials and createBucketProvider do:
+// spec.secretRef's keys, or for the aws provider without one the
+// credentials of fluxcd/pkg/auth's aws provider (the controller's AWS
+// identity, or spec.serviceAccountName's role exchanged at STS), with
+// spec.region as the STS region and spec.sts.endpoint as its endpoint.
+func (r *BucketReconciler) s3Options(ctx context.Context, obj *sourcev1.Bucket) (bucketsrc.S3Options, *Error) {
+	opts := bucketsrc.S3Options{Endpoint: obj.Spec.Endpoint, Region: obj.Spec.Region, Insecure: obj.Spec.Insecure}
+	authFailed := func(err error) (bucketsrc.S3Options, *Error) {
+		return opts, NewGeneric(err, sourcev1.AuthenticationFailedReason)
+	}
+	var keys *corev1.Secret
+	if ref := obj.Spec.SecretRef; ref != nil {
+		s, err := getSecret(ctx, r.Client, obj.Namespace, ref.Name)
+		if err != nil {
+			return authFailed(err)
+		}
+		keys = s
+	}
+	proxy, err := proxyFromSecretRef(ctx, r.Client, obj.Namespace, obj.Spec.ProxySecretRef)
+	if err != nil {
+		return authFailed(fmt.Errorf("failed to get proxy URL: %w", err))
+	}
+	opts.Proxy = proxy
+	if ref := obj.Spec.CertSecretRef; ref != nil {
+		s, err := getSecret(ctx, r.Client, obj.Namespace, ref.Name)
+		if err != nil {
+			return authFailed(fmt.Errorf("failed to get TLS config: %w", err))
+		}
+		if opts.TLS, err = secrets.TLSConfigFromSecret(ctx, s, secrets.WithSystemCertPool()); err != nil {
+			return authFailed(fmt.Errorf("failed to get TLS config: %w", err))
+		}
+	}
+
+	if keys != nil && (len(keys.Data["accesskey"]) == 0 || len(keys.Data["secretkey"]) == 0) {
+		return authFailed(fmt.Errorf("invalid '%s' secret data: required fields 'accesskey' and 'secretkey'", keys.Name))
+	}
+	if sts := obj.Spec.STS; sts != nil {
+		if err := validateBucketSTS(obj.Spec.Provider, sts); err != nil {
+			return opts, NewStalling(err, sourcev1.InvalidSTSConfigurationReason)
+		}
+		if _, err := url.Parse(sts.Endpoint); err != nil {
+			return opts, NewStalling(fmt.Errorf("failed to parse STS endpoint '%s': %w", sts.Endpoint, err), sourcev1.URLInvalidReason)
+		}
+	}
+
+	switch {
+	case keys != nil:
+		opts.AccessKey, opts.SecretKey = string(keys.Data["accesskey"]), string(keys.Data["secretkey"])
+	case obj.Spec.Provider == sourcev1.BucketProviderAmazon:
+		authOpts := cloudAuthOptions(r.Client, r.TokenCache, sourcev1.BucketKind, obj, obj.Spec.ServiceAccountName, proxy)
+		if obj.Spec.Region != "" {
+			authOpts = append(authOpts, auth.WithSTSRegion(obj.Spec.Region))
+		}
+		if sts := obj.Spec.STS; sts != nil {
+			authOpts = append(authOpts, auth.WithSTSEndpoint(sts.Endpoint))
+		}
+		creds, err := awsauth.NewCredentialsProvider(ctx, authOpts...).Retrieve(ctx)
+		if err != nil {
+			return authFailed(fmt.Errorf("AWS authentication failed: %w", err))
+		}
+		opts.AccessKey, opts.SecretKey, opts.SessionToken = creds.AccessKeyID, creds.SecretAccessKey, creds.SessionToken
+	}
+	return opts, nil
+}
+
+// validateBucketSTS checks spec.sts against the bucket provider with
+// Flux's messages (internal/bucket/minio ValidateSTSProvider): the aws
+// provider takes the aws STS without secrets, the generic provider the
+// ldap STS. The CRD refuses the same combinations; this keeps an object
+// created before those rules from fetching as another identity.
+func validateBucketSTS(provider string, sts *sourcev1.BucketSTSSpec) error {
+	switch provider {
+	case sourcev1.BucketProviderAmazon:
+		switch {
+		case sts.Provider != sourcev1.STSProviderAmazon:
+		case sts.SecretRef != nil:
+			return fmt.Errorf("spec.sts.secretRef is not required for the '%s' STS provider", sts.Provider)
+		case sts.CertSecretRef != nil:
+			return fmt.Errorf("spec.sts.certSecretRef is not required for the '%s' STS provider", sts.Provider)
+		default:
+			return nil
+		}
+	case sourcev1.BucketProviderGeneric:
+		if sts.Provider == sourcev1.STSProviderLDAP {
+			return nil
+		}
+	default:
+		return fmt.Errorf("STS configuration is not supported for '%s' bucket provider", provider)
+	}
+	return fmt.Errorf("STS provider '%s' is not supported for '%s' bucket provider", sts.Provider, provider)
+}
+
 // limits are the fetch limits of one reconcile.
 func (r *BucketReconciler) limits() bucketsrc.Limits {
 	l := bucketsrc.Limits{MaxSize: r.ArchiveMaxSize, MaxObjectSize: r.MaxObjectSize, MaxEntries: r.ArchiveMaxEntries}
@@ -232,8 +321,7 @@ func (r *BucketReconciler) limits() bucketsrc.Limits {
 
 // unsupportedBucketSpec names the providers and spec fields this build
 // cannot honour. They stall the object instead of being ignored: ignoring
-// a client certificate, STS or a service account would fetch as another
-// identity than asked for.
+// an STS would fetch as another identity than asked for.
 func unsupportedBucketSpec(obj *sourcev1.Bucket) error {
 	var fields []string
 	switch p := obj.Spec.Provider; p {
@@ -241,14 +329,9 @@ func unsupportedBucketSpec(obj *sourcev1.Bucket) error {
 	default:
 		fields = append(fields, "spec.provider '"+p+"'")
 	}
-	if obj.Spec.STS != nil {
-		fields = append(fields, "spec.sts")
-	}
-	if obj.Spec.CertSecretRef != nil {
-		fields = append(fields, "spec.certSecretRef")
-	}
-	if obj.Spec.ServiceAccountName != "" {
-		fields = append(fields, "spec.serviceAccountName")
+	// The ldap STS is the generic provider's (validateBucketSTS).
+	if sts := obj.Spec.STS; sts != nil && sts.Provider == sourcev1.STSProviderLDAP && obj.Spec.Provider == sourcev1.BucketProviderGeneric {
+		fields = append(fields, "spec.sts.provider '"+sts.Provider+"'")
 	}
 	return notSupported(fields)
 }

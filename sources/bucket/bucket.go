@@ -9,6 +9,7 @@ package bucket
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -367,16 +368,17 @@ type S3Options struct {
 	Region   string
 	// Insecure talks plain HTTP.
 	Insecure bool
-	// AccessKey and SecretKey are static credentials; without them the
-	// client is anonymous, or with IAM uses the minio-go IAM chain
-	// (environment, web identity, ECS and EC2 metadata), as Flux's aws
-	// provider does.
-	AccessKey, SecretKey string
-	IAM                  bool
-	// Proxy, when set, carries every request (IAM credential requests
-	// included) through this HTTP(S) or SOCKS5 proxy, whatever the host:
-	// loopback endpoints too, which the environment's proxy rules would
-	// skip. User info in the URL is the proxy's basic auth.
+	// AccessKey and SecretKey are the credentials, with SessionToken when
+	// they are temporary (from an STS); without them the client is
+	// anonymous.
+	AccessKey, SecretKey, SessionToken string
+	// TLS, when set and not Insecure, is the TLS configuration of the
+	// endpoint (its CA, a client certificate).
+	TLS *tls.Config
+	// Proxy, when set, carries every request through this HTTP(S) or
+	// SOCKS5 proxy, whatever the host: loopback endpoints too, which the
+	// environment's proxy rules would skip. User info in the URL is the
+	// proxy's basic auth.
 	Proxy *url.URL
 }
 
@@ -391,22 +393,25 @@ func NewS3(o S3Options) (*S3, error) {
 		return nil, err
 	}
 	opts := &minio.Options{Region: o.Region, Secure: !o.Insecure}
-	var iamClient *http.Client
-	if o.Proxy != nil {
+	tlsConf := o.TLS
+	if o.Insecure {
+		tlsConf = nil
+	}
+	if o.Proxy != nil || tlsConf != nil {
 		tr, err := minio.DefaultTransport(opts.Secure)
 		if err != nil {
 			return nil, fmt.Errorf("create the S3 transport: %w", err)
 		}
-		tr.Proxy = http.ProxyURL(o.Proxy)
+		if o.Proxy != nil {
+			tr.Proxy = http.ProxyURL(o.Proxy)
+		}
+		if tlsConf != nil {
+			tr.TLSClientConfig = tlsConf.Clone()
+		}
 		opts.Transport = tr
-		iamClient = &http.Client{Transport: tr}
 	}
-	switch {
-	case o.AccessKey != "" || o.SecretKey != "":
-		opts.Creds = credentials.NewStaticV4(o.AccessKey, o.SecretKey, "")
-	case o.IAM:
-		// A nil Client is minio-go's default, which is not proxied.
-		opts.Creds = credentials.New(&credentials.IAM{Client: iamClient})
+	if o.AccessKey != "" || o.SecretKey != "" {
+		opts.Creds = credentials.NewStaticV4(o.AccessKey, o.SecretKey, o.SessionToken)
 	}
 	c, err := minio.New(o.Endpoint, opts)
 	if err != nil {
