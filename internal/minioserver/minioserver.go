@@ -1,17 +1,23 @@
 // Package minioserver runs a real MinIO server (bin/minio, built by `make
 // minio-bin` from the Go module proxy) on loopback for tests, one per test
-// binary, started by the first test that needs it. It runs with
-// Pdeathsig, so it dies with the test binary; its data directory is named
-// after the test binary's pid and swept by a later run once that pid is
-// gone.
+// binary, started by the first test that needs it, and servers a test
+// starts for itself with other settings (an OpenID provider, TLS). They
+// run with Pdeathsig, so they die with the test binary; the shared one's
+// data directory is named after the test binary's pid and swept by a
+// later run once that pid is gone.
 package minioserver
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +30,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/signer"
 
 	"github.com/sourceraft/sourceraft/internal/freeport"
 	"github.com/sourceraft/sourceraft/internal/testenv"
@@ -37,11 +44,29 @@ const (
 
 // Server is a running MinIO server.
 type Server struct {
-	// Endpoint is host:port, as in a Bucket's spec.endpoint (plain HTTP:
-	// spec.insecure).
+	// Endpoint is host:port, as in a Bucket's spec.endpoint (plain HTTP
+	// unless Secure: spec.insecure).
 	Endpoint string
+	// Secure: the server speaks HTTPS (Options.CertsDir holds its key).
+	Secure bool
 	// Client is an admin client for setting up buckets and objects.
 	Client *minio.Client
+	// admin carries the admin API's requests (AddPolicy).
+	admin *http.Client
+}
+
+// Options configure a server of a test's own (Start); the shared one
+// has none.
+type Options struct {
+	// Env is added to the server's environment (MINIO_IDENTITY_OPENID_*,
+	// MINIO_SITE_REGION, say).
+	Env []string
+	// CertsDir is the server's --certs-dir: with public.crt and
+	// private.key in it the server speaks HTTPS, and it trusts the CAs in
+	// its CAs/ subdirectory when it calls out (to an OpenID provider).
+	CertsDir string
+	// RootCAs verify the server's certificate when it speaks HTTPS.
+	RootCAs *x509.CertPool
 }
 
 var (
@@ -54,14 +79,38 @@ var (
 // use. A missing binary fails the test with the command that builds it.
 func Shared(t testing.TB) *Server {
 	t.Helper()
-	once.Do(func() { shared, errSrv = start() })
+	once.Do(func() {
+		sweepDirs()
+		var dir string
+		if dir, errSrv = dataDir(os.Getpid()); errSrv == nil {
+			shared, errSrv = start(dir, Options{}, nil)
+		}
+	})
 	if errSrv != nil {
 		t.Fatal(errSrv)
 	}
 	return shared
 }
 
-func start() (*Server, error) {
+// Start starts a server of the test's own with o, its data in a
+// temporary directory; it is killed when the test ends.
+func Start(t testing.TB, o Options) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	var cmd *exec.Cmd
+	s, err := start(dir, o, &cmd)
+	if cmd != nil {
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// start runs bin/minio with its data and log under dir; started, when
+// set, receives the process once it runs.
+func start(dir string, o Options, started **exec.Cmd) (*Server, error) {
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		return nil, err
@@ -71,11 +120,6 @@ func start() (*Server, error) {
 		return nil, fmt.Errorf("%s is missing or not executable: run `make minio-bin` "+
 			"(builds the MinIO server from the Go module proxy into bin/)", bin)
 	}
-	sweepDirs()
-	dataDir := dataDir(os.Getpid())
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, err
-	}
 	addr, err := freeport.Addr()
 	if err != nil {
 		return nil, err
@@ -84,25 +128,47 @@ func start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	logFile, err := os.Create(filepath.Join(dataDir, "minio.log"))
+	logFile, err := os.Create(filepath.Join(dir, "minio.log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "server", filepath.Join(dataDir, "data"), "--address", addr, "--console-address", consoleAddr, "--quiet")
+	defer logFile.Close()
+	args := []string{"server", filepath.Join(dir, "data"), "--address", addr, "--console-address", consoleAddr, "--quiet"}
+	if o.CertsDir != "" {
+		args = append(args, "--certs-dir", o.CertsDir)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(),
 		"MINIO_ROOT_USER="+User, "MINIO_ROOT_PASSWORD="+Password,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
+	cmd.Env = append(cmd.Env, o.Env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
+	if started != nil {
+		*started = cmd
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
+	secure := o.CertsDir != ""
+	tr, err := minio.DefaultTransport(secure)
+	if err != nil {
+		return nil, err
+	}
+	if secure && o.RootCAs != nil {
+		tr.TLSClientConfig.RootCAs = o.RootCAs
+	}
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	scheme := "http"
+	if secure {
+		scheme = "https"
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + addr + "/minio/health/live")
+		resp, err := hc.Get(scheme + "://" + addr + "/minio/health/live")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -121,20 +187,45 @@ func start() (*Server, error) {
 			return nil, fmt.Errorf("minio not live at %s after 60s\n%s", addr, log)
 		}
 	}
-	c, err := minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(User, Password, "")})
+	c, err := minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(User, Password, ""), Secure: secure, Transport: tr})
 	if err != nil {
 		return nil, err
 	}
-	return &Server{Endpoint: addr, Client: c}, nil
+	return &Server{Endpoint: addr, Secure: secure, Client: c, admin: hc}, nil
+}
+
+// AddPolicy creates (or replaces) the IAM policy name with the policy
+// document doc, through MinIO's admin API as the root user.
+func (s *Server) AddPolicy(ctx context.Context, name, doc string) error {
+	u := *s.Client.EndpointURL()
+	u.Path = "/minio/admin/v3/add-canned-policy"
+	u.RawQuery = url.Values{"name": {name}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), strings.NewReader(doc))
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256([]byte(doc))
+	req.Header.Set("X-Amz-Content-Sha256", hex.EncodeToString(sum[:]))
+	resp, err := s.admin.Do(signer.SignV4(*req, User, Password, "", ""))
+	if err != nil {
+		return fmt.Errorf("add policy %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("add policy %s: %s: %s", name, resp.Status, body)
+	}
+	return nil
 }
 
 // dirPrefix names the MinIO data directories in os.TempDir().
 const dirPrefix = "sourceraft-minio-"
 
-// dataDir is the data directory of the MinIO server of the test binary
-// with pid.
-func dataDir(pid int) string {
-	return filepath.Join(os.TempDir(), dirPrefix+strconv.Itoa(pid))
+// dataDir creates the data directory of the shared MinIO server of the
+// test binary with pid.
+func dataDir(pid int) (string, error) {
+	d := filepath.Join(os.TempDir(), dirPrefix+strconv.Itoa(pid))
+	return d, os.MkdirAll(d, 0o700)
 }
 
 // sweepDirs removes the data directories of earlier test binaries that
