@@ -51,16 +51,23 @@ type Server struct {
 	Secure bool
 	// Client is an admin client for setting up buckets and objects.
 	Client *minio.Client
-	// admin carries the admin API's requests (AddPolicy).
-	admin *http.Client
+	// admin carries the admin API's requests (AddPolicy), signed for
+	// region.
+	admin  *http.Client
+	region string
+	// logFile holds the server's output, for failure messages.
+	logFile string
 }
 
 // Options configure a server of a test's own (Start); the shared one
 // has none.
 type Options struct {
 	// Env is added to the server's environment (MINIO_IDENTITY_OPENID_*,
-	// MINIO_SITE_REGION, say).
+	// say).
 	Env []string
+	// Region is the server's (MINIO_SITE_REGION); requests signed for
+	// another are refused. Empty is MinIO's default, us-east-1.
+	Region string
 	// CertsDir is the server's --certs-dir: with public.crt and
 	// private.key in it the server speaks HTTPS, and it trusts the CAs in
 	// its CAs/ subdirectory when it calls out (to an OpenID provider).
@@ -141,6 +148,9 @@ func start(dir string, o Options, started **exec.Cmd) (*Server, error) {
 	cmd.Env = append(os.Environ(),
 		"MINIO_ROOT_USER="+User, "MINIO_ROOT_PASSWORD="+Password,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
+	if o.Region != "" {
+		cmd.Env = append(cmd.Env, "MINIO_SITE_REGION="+o.Region)
+	}
 	cmd.Env = append(cmd.Env, o.Env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -187,35 +197,55 @@ func start(dir string, o Options, started **exec.Cmd) (*Server, error) {
 			return nil, fmt.Errorf("minio not live at %s after 60s\n%s", addr, log)
 		}
 	}
-	c, err := minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(User, Password, ""), Secure: secure, Transport: tr})
+	c, err := minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(User, Password, ""), Secure: secure, Transport: tr, Region: o.Region})
 	if err != nil {
 		return nil, err
 	}
-	return &Server{Endpoint: addr, Secure: secure, Client: c, admin: hc}, nil
+	return &Server{Endpoint: addr, Secure: secure, Client: c, admin: hc, region: o.Region, logFile: logFile.Name()}, nil
 }
 
 // AddPolicy creates (or replaces) the IAM policy name with the policy
-// document doc, through MinIO's admin API as the root user.
+// document doc, through MinIO's admin API as the root user. A server that
+// is live but has not loaded its IAM yet answers 503: that is retried for
+// up to 30 s.
 func (s *Server) AddPolicy(ctx context.Context, name, doc string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		status, body, err := s.addPolicy(ctx, name, doc)
+		switch {
+		case err != nil:
+			return fmt.Errorf("add policy %s: %w", name, err)
+		case status == http.StatusOK:
+			return nil
+		case status != http.StatusServiceUnavailable || time.Now().After(deadline):
+			log, _ := os.ReadFile(s.logFile)
+			return fmt.Errorf("add policy %s: %d: %s\nserver log:\n%s", name, status, body, log)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Server) addPolicy(ctx context.Context, name, doc string) (int, []byte, error) {
 	u := *s.Client.EndpointURL()
 	u.Path = "/minio/admin/v3/add-canned-policy"
 	u.RawQuery = url.Values{"name": {name}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u.String(), strings.NewReader(doc))
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	sum := sha256.Sum256([]byte(doc))
 	req.Header.Set("X-Amz-Content-Sha256", hex.EncodeToString(sum[:]))
-	resp, err := s.admin.Do(signer.SignV4(*req, User, Password, "", ""))
+	resp, err := s.admin.Do(signer.SignV4(*req, User, Password, "", s.region))
 	if err != nil {
-		return fmt.Errorf("add policy %s: %w", name, err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("add policy %s: %s: %s", name, resp.Status, body)
-	}
-	return nil
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, body, err
 }
 
 // dirPrefix names the MinIO data directories in os.TempDir().

@@ -89,6 +89,10 @@ func StartEnv() (*Env, error) {
 		UseExistingCluster:       &noExisting,
 		ControlPlaneStartTimeout: startTimeout,
 	}
+	// The apiserver advertises the machine's address unless told, and
+	// its OpenID discovery names that address in jwks_uri: loopback keeps
+	// a test's token verifier (MinIO's STS, say) on loopback.
+	te.ControlPlane.GetAPIServer().Configure().Set("advertise-address", "127.0.0.1")
 	cfg, err := te.Start()
 	if err != nil {
 		// Start can fail after one of the processes is up; do not leak it.
