@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sourceraft/sourceraft/internal/minioserver"
+	"github.com/sourceraft/sourceraft/internal/pki"
 	"github.com/sourceraft/sourceraft/reconcilers"
 )
 
@@ -58,22 +60,11 @@ func awsMinIO(t *testing.T) *minioserver.Server {
 	}
 
 	sts := "sts." + awsRegion + ".amazonaws.com"
-	certs := t.TempDir()
 	pair, err := cloud.CA.Issue(sts, []string{sts}, []net.IP{net.ParseIP("127.0.0.1")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, data := range map[string][]byte{
-		"public.crt": pair.CertPEM, "private.key": pair.KeyPEM, "CAs/envtest-ca.crt": env.Config.CAData,
-	} {
-		p := filepath.Join(certs, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	certs := minioCertsDir(t, pair, map[string][]byte{"CAs/envtest-ca.crt": env.Config.CAData})
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(cloud.CA.PEM)
 	m := minioserver.Start(t, minioserver.Options{
@@ -88,6 +79,25 @@ func awsMinIO(t *testing.T) *minioserver.Server {
 	})
 	cloud.Route(sts+":443", m.Endpoint)
 	return m
+}
+
+// minioCertsDir is a MinIO --certs-dir serving pair, with more files
+// (CAs/<name>, the CAs it trusts as a client) beside it.
+func minioCertsDir(t *testing.T, pair pki.Pair, more map[string][]byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string][]byte{"public.crt": pair.CertPEM, "private.key": pair.KeyPEM}
+	maps.Copy(files, more)
+	for name, data := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 // awsReadPolicy grants listing and reading bucket to whoever holds the

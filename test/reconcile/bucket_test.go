@@ -3,8 +3,10 @@ package reconcile
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strings"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/sourceraft/sourceraft/internal/filetest"
 	"github.com/sourceraft/sourceraft/internal/minioserver"
+	"github.com/sourceraft/sourceraft/internal/pki"
 	"github.com/sourceraft/sourceraft/reconcilers"
 )
 
@@ -401,4 +404,60 @@ func TestBucketSuspend(t *testing.T) {
 	o = bucketGet(t, ns, "suspended")
 	updateSpec(t, o, func(o *sourcev1.Bucket) { o.Spec.Suspend = false })
 	bucketReadyAt(t, ns, "suspended", bucketRevision(t, bucket, "", nil))
+}
+
+// TestBucketCertSecretRef: spec.certSecretRef's CA is what the client
+// trusts for an HTTPS endpoint whose CA the machine does not know, as in
+// Flux (the system roots and ca.crt); without it, or with another CA, the
+// TLS handshake fails and nothing is fetched.
+func TestBucketCertSecretRef(t *testing.T) {
+	ca, err := pki.NewCA("bucket endpoint CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.Issue("127.0.0.1", nil, []net.IP{net.ParseIP("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.PEM)
+	m := minioserver.Start(t, minioserver.Options{CertsDir: minioCertsDir(t, pair, nil), RootCAs: roots})
+	bucket := m.NewBucket(t, map[string]string{"a.yaml": "a"})
+	otherCA, err := pki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := newNamespace(t)
+	bucketSecret(t, ns, "endpoint-ca", map[string]string{"ca.crt": string(ca.PEM)})
+	bucketSecret(t, ns, "other-ca", map[string]string{"ca.crt": string(otherCA.PEM)})
+	https := func(ca string) func(*sourcev1.Bucket) {
+		return func(b *sourcev1.Bucket) {
+			b.Spec.Endpoint, b.Spec.Insecure = m.Endpoint, false
+			if ca != "" {
+				b.Spec.CertSecretRef = &meta.LocalObjectReference{Name: ca}
+			}
+		}
+	}
+
+	newBucketSource(t, ns, "tls", bucket, https("endpoint-ca"))
+	if files := bucketCheckArtifact(t, bucketReadyAt(t, ns, "tls", "")); files["a.yaml"] != "a" {
+		t.Errorf("artifact files %v, want a.yaml", fileNames(files))
+	}
+
+	for name, tt := range map[string]struct{ ca, reason, message string }{
+		"no-ca":      {"", sourcev1.BucketOperationFailedReason, "x509: certificate signed by unknown authority"},
+		"wrong-ca":   {"other-ca", sourcev1.BucketOperationFailedReason, "x509: certificate signed by unknown authority"},
+		"missing-ca": {"no-such-secret", sourcev1.AuthenticationFailedReason, "failed to get TLS config: failed to get secret '" + ns + "/no-such-secret'"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			newBucketSource(t, ns, name, bucket, https(tt.ca))
+			o := waitFailedAsFlux[*sourcev1.Bucket](t, ns, name, sourcev1.FetchFailedCondition, tt.reason, false)
+			if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, tt.message) {
+				t.Errorf("FetchFailed message %q, want it to contain %q", msg, tt.message)
+			}
+			if o.Status.Artifact != nil {
+				t.Errorf("failed Bucket has an artifact: %+v", o.Status.Artifact)
+			}
+		})
+	}
 }
