@@ -181,6 +181,26 @@ func TestBucketAWS(t *testing.T) {
 		bucketCheckArtifact(t, bucketReadyAt(t, ns, "sts", ""))
 	})
 
+	t.Run("proxy", func(t *testing.T) {
+		// spec.proxySecretRef carries the STS exchange as well as the S3
+		// requests, instead of the process's proxy.
+		sts := "sts." + awsRegion + ".amazonaws.com:443"
+		p := startProxy(t, proxyUser, proxyPass)
+		p.Route(sts, m.Endpoint)
+		bucketSecret(t, ns, "aws-proxy", map[string]string{"address": p.URL(), "username": proxyUser, "password": proxyPass})
+		awsServiceAccount(t, ns, "proxied", awsRoleARN)
+		awsReadPolicy(t, m, ns, "proxied", bucket)
+		viaCloud := cloud.Proxy.CarriedTo(sts)
+		newAWSBucket(t, m, ns, "proxied", bucket, "proxied", func(b *sourcev1.Bucket) { b.Spec.ProxySecretRef = proxyRef("aws-proxy") })
+		bucketCheckArtifact(t, bucketReadyAt(t, ns, "proxied", ""))
+		if p.CarriedTo(sts) == 0 || p.CarriedTo(m.Endpoint) == 0 {
+			t.Errorf("the Bucket's proxy carried %s, want the STS and the endpoint %s", p.Hosts(), m.Endpoint)
+		}
+		if n := cloud.Proxy.CarriedTo(sts); n != viaCloud {
+			t.Errorf("the process's proxy carried %d more STS requests: the exchange went around the Bucket's proxy", n-viaCloud)
+		}
+	})
+
 	t.Run("controller identity", func(t *testing.T) {
 		// The controller's own identity is the AWS SDK's default chain:
 		// here a web identity token file, as EKS's IRSA mounts. The
