@@ -17,6 +17,7 @@ import (
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/opencontainers/go-digest"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -242,11 +243,8 @@ func (r *BucketReconciler) s3Options(ctx context.Context, obj *sourcev1.Bucket) 
 	}
 	opts.Proxy = proxy
 	if ref := obj.Spec.CertSecretRef; ref != nil {
-		s, err := getSecret(ctx, r.Client, obj.Namespace, ref.Name)
+		opts.TLS, err = secrets.TLSConfigFromSecretRef(ctx, r.Client, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secrets.WithSystemCertPool())
 		if err != nil {
-			return authFailed(fmt.Errorf("failed to get TLS config: %w", err))
-		}
-		if opts.TLS, err = secrets.TLSConfigFromSecret(ctx, s, secrets.WithSystemCertPool()); err != nil {
 			return authFailed(fmt.Errorf("failed to get TLS config: %w", err))
 		}
 	}

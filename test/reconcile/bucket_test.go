@@ -447,7 +447,7 @@ func TestBucketCertSecretRef(t *testing.T) {
 	for name, tt := range map[string]struct{ ca, reason, message string }{
 		"no-ca":      {"", sourcev1.BucketOperationFailedReason, "x509: certificate signed by unknown authority"},
 		"wrong-ca":   {"other-ca", sourcev1.BucketOperationFailedReason, "x509: certificate signed by unknown authority"},
-		"missing-ca": {"no-such-secret", sourcev1.AuthenticationFailedReason, "failed to get TLS config: failed to get secret '" + ns + "/no-such-secret'"},
+		"missing-ca": {"no-such-secret", sourcev1.AuthenticationFailedReason, "failed to get TLS config: secret '" + ns + "/no-such-secret' not found"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			newBucketSource(t, ns, name, bucket, https(tt.ca))
