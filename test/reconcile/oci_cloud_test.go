@@ -18,6 +18,7 @@ import (
 	"github.com/sourceraft/sourceraft/internal/gcpserver"
 	"github.com/sourceraft/sourceraft/internal/helmserver"
 	"github.com/sourceraft/sourceraft/internal/ociregistry"
+	"github.com/sourceraft/sourceraft/internal/ocisign"
 )
 
 // The GKE cluster the controller runs on, as its metadata server says.
@@ -115,7 +116,8 @@ func gcpServiceAccount(t *testing.T, ns, name string, pullSecrets ...string) {
 // TestOCIRepositoryCloudGCP pulls from Artifact Registry as the
 // controller (the metadata server's token) and as a ServiceAccount of the
 // object's namespace (GKE workload identity federation: its Kubernetes
-// token exchanged at STS, then for gcpPuller's token at IAM Credentials),
+// token exchanged at STS, then for gcpPuller's token at IAM Credentials;
+// its cosign signature read with the same token),
 // and fails with Flux's reasons and messages, without an artifact, where
 // the provider refuses the registry or the identity, or the registry
 // refuses the token.
@@ -134,12 +136,24 @@ func TestOCIRepositoryCloudGCP(t *testing.T) {
 		return func(o *sourcev1.OCIRepository) { o.Spec.ServiceAccountName = name }
 	}
 
+	// The cosign signature lives in the registry too: verification reads
+	// it with the provider's credentials.
+	key := ocisign.NewCosignKey(t)
+	ocisign.CosignAttach(t, gcp.us.Registry, repo, usDigest.String(), usDigest.String(), key.Signer)
+	newHelmSecret(t, ns, "cosign", map[string]string{"cosign.pub": string(key.Public)})
+
 	ociCloudNew(t, ns, "controller", gcp.europe.URL(repo), sourcev1.GoogleOCIProvider, nil)
-	ociCloudNew(t, ns, "object", gcp.us.URL(repo), sourcev1.GoogleOCIProvider, withSA("puller"))
+	ociCloudNew(t, ns, "object", gcp.us.URL(repo), sourcev1.GoogleOCIProvider, func(o *sourcev1.OCIRepository) {
+		o.Spec.ServiceAccountName = "puller"
+		o.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "cosign", SecretRef: &meta.LocalObjectReference{Name: "cosign"}}
+	})
 	for name, digest := range map[string]gcrv1.Hash{"controller": europeDigest, "object": usDigest} {
 		o := ociReadyAt(t, ns, name, "v1@"+digest.String())
 		if got := untar(t, ociCheckArtifact(t, o, digest)); got["app.yaml"] != files["app.yaml"] {
 			t.Errorf("%s: artifact files %v", name, fileNames(got))
+		}
+		if name == "object" {
+			ociVerified(t, o, "v1@"+digest.String())
 		}
 	}
 
