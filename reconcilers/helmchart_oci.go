@@ -81,10 +81,11 @@ func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRe
 			return nil, NewGeneric(fmt.Errorf("failed to configure OCI registry authentication: %w", err), sourcev1.AuthenticationFailedReason)
 		}
 	} else if p := registryProvider(obj.Spec.Provider); p != nil {
-		login, err := cloudRegistryLogin(ctx, p, u.Host+u.Path, cloud...)
+		creds, err := cloudRegistryLogin(ctx, p, u.Host, u.Host+u.Path, cloud...)
 		if err != nil {
 			return nil, NewGeneric(fmt.Errorf("unable to get authentication data from OIDC: %w", err), sourcev1.AuthenticationFailedReason)
 		}
+		login := creds[u.Host]
 		if (login.Username == "") != (login.Password == "") {
 			return nil, NewGeneric(errors.New("invalid auth data: required fields 'username' and 'password'"), sourcev1.AuthenticationFailedReason)
 		}

@@ -457,11 +457,11 @@ func (r *OCIRepositoryReconciler) cloudCredentials(ctx context.Context, obj *sou
 		return nil, err
 	}
 	opts := cloudAuthOptions(r.Client, r.TokenCache, sourcev1.OCIRepositoryKind, obj, obj.Spec.ServiceAccountName, proxy)
-	login, err := cloudRegistryLogin(ctx, provider, strings.TrimPrefix(obj.Spec.URL, ocisrc.URLPrefix), opts...)
+	creds, err := cloudRegistryLogin(ctx, provider, host, strings.TrimPrefix(obj.Spec.URL, ocisrc.URLPrefix), opts...)
 	if err != nil {
 		return nil, NewGeneric(fmt.Errorf("failed to get credential from %s: %w", obj.Spec.Provider, err), sourcev1.AuthenticationFailedReason)
 	}
-	return ocisrc.Credentials{host: login}, nil
+	return creds, nil
 }
 
 // ociReference is spec.ref as the client's Reference; nil is the zero

@@ -2,14 +2,14 @@ package reconcilers
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/fluxcd/pkg/auth"
 	awsauth "github.com/fluxcd/pkg/auth/aws"
 	azureauth "github.com/fluxcd/pkg/auth/azure"
 	gcpauth "github.com/fluxcd/pkg/auth/gcp"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
-	"github.com/google/go-containerregistry/pkg/authn"
+
+	ocisrc "github.com/sourceraft/sourceraft/sources/oci"
 )
 
 // registryProvider is fluxcd/pkg/auth's issuer of registry credentials
@@ -27,21 +27,17 @@ func registryProvider(name string) auth.ArtifactRegistryCredentialsProvider {
 	return nil
 }
 
-// cloudRegistryLogin is what provider issues for the registry of
+// cloudRegistryLogin is what provider issues for host, the registry of
 // repository (<host>/<path>, without oci://): the provider first refuses
 // a registry that is not its own, then exchanges its access token (the
 // controller's, or a ServiceAccount's as opts say) for the registry's.
 // It is fetched once per reconcile, so that a refusal is reported as an
 // authentication failure before any registry request; the token cache
 // in opts keeps it across reconciles.
-func cloudRegistryLogin(ctx context.Context, provider auth.ArtifactRegistryCredentialsProvider, repository string, opts ...auth.Option) (authn.AuthConfig, error) {
+func cloudRegistryLogin(ctx context.Context, provider auth.ArtifactRegistryCredentialsProvider, host, repository string, opts ...auth.Option) (ocisrc.Credentials, error) {
 	creds, err := auth.GetArtifactRegistryCredentials(ctx, provider, repository, opts...)
 	if err != nil {
-		return authn.AuthConfig{}, err
+		return nil, err
 	}
-	cfg, err := creds.Authorization()
-	if err != nil {
-		return authn.AuthConfig{}, fmt.Errorf("failed to read the registry credentials: %w", err)
-	}
-	return *cfg, nil
+	return ocisrc.HostCredentials(host, creds)
 }
