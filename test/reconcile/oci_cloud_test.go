@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -85,6 +86,21 @@ func startGCP() (func(), error) {
 	return cleanup, nil
 }
 
+// gcpControllerIdentity fails the test where the controller's gcp
+// identity would not be the metadata server's: gcloud's application
+// default credentials in $HOME win over it.
+func gcpControllerIdentity(t *testing.T) {
+	t.Helper()
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return
+	}
+	f := filepath.Join(home, ".config", "gcloud", "application_default_credentials.json")
+	if _, err := os.Stat(f); err == nil {
+		t.Fatalf("%s exists: the controller would authenticate with it, not with the metadata server", f)
+	}
+}
+
 // ociCloudNew creates an OCIRepository of provider for url over TLS
 // (the cloud CA is a system root), at tag v1.
 func ociCloudNew(t *testing.T, ns, name, url, provider string, mutate func(*sourcev1.OCIRepository)) {
@@ -122,6 +138,7 @@ func gcpServiceAccount(t *testing.T, ns, name string, pullSecrets ...string) {
 // the provider refuses the registry or the identity, or the registry
 // refuses the token.
 func TestOCIRepositoryCloudGCP(t *testing.T) {
+	gcpControllerIdentity(t)
 	ns := newNamespace(t)
 	repo := gcpProject + "/flux/" + ns
 	files := map[string]string{"app.yaml": "from artifact registry"}
@@ -206,6 +223,7 @@ func TestOCIRepositoryCloudGCP(t *testing.T) {
 // the test is not parallel; the proxy gives the object a token cache key
 // of its own, so a token cached by another test cannot hide the failure.
 func TestOCIRepositoryCloudGCPMetadataFails(t *testing.T) {
+	gcpControllerIdentity(t)
 	ns := newNamespace(t)
 	repo := gcpProject + "/flux/" + ns
 	digest := gcp.europe.PushFiles(t, repo, "v1", map[string]string{"app.yaml": "metadata"})
@@ -238,6 +256,7 @@ func TestOCIRepositoryCloudGCPMetadataFails(t *testing.T) {
 // reconciler does, and fails with Flux's reason and message where the
 // provider refuses the registry or the registry the token.
 func TestHelmChartOCICloudGCP(t *testing.T) {
+	gcpControllerIdentity(t)
 	ns := helmNamespace(t)
 	repo := gcpProject + "/charts/" + ns
 	pushed := helmPushChart(t, gcp.europe.Registry, repo, "1.0.0", helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
