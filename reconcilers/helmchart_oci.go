@@ -62,7 +62,7 @@ func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, ob
 // certSecretRef as Flux does: a kubernetes.io/dockerconfigjson secret
 // must hold the credentials of the URL's host, any other secret
 // username and password; without a secretRef a cloud provider issues
-// them as the controller (cloud, fluxcd/pkg/auth's options); certSecretRef's
+// them as the controller (with cloud's fluxcd/pkg/auth options); certSecretRef's
 // ca.crt is added to the system's CAs. A URL that is not oci:// stalls; a
 // secret that cannot be read or used, or credentials the provider
 // refuses, are an authentication failure.

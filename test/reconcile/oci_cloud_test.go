@@ -253,13 +253,18 @@ func TestOCIRepositoryCloudGCPMetadataFails(t *testing.T) {
 
 // TestHelmChartOCICloudGCP pulls a chart from an oci HelmRepository in
 // Artifact Registry with the controller's identity, as Flux's HelmChart
-// reconciler does, and fails with Flux's reason and message where the
+// reconciler does (its cosign signature read with the same token), and fails with Flux's reason and message where the
 // provider refuses the registry or the registry the token.
 func TestHelmChartOCICloudGCP(t *testing.T) {
 	gcpControllerIdentity(t)
 	ns := helmNamespace(t)
 	repo := gcpProject + "/charts/" + ns
-	pushed := helmPushChart(t, gcp.europe.Registry, repo, "1.0.0", helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
+	pushed := helmserver.Package(t, helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
+	digest := gcp.europe.PushChart(t, repo+"/app", "1.0.0", pushed)
+	// Verification reads the signature with the provider's credentials.
+	key := ocisign.NewCosignKey(t)
+	ocisign.CosignAttach(t, gcp.europe.Registry, repo+"/app", digest, digest, key.Signer)
+	newHelmSecret(t, ns, "cosign", map[string]string{"cosign.pub": string(key.Public)})
 	helmPushChart(t, gcp.us.Registry, repo, "1.0.0", helmserver.ChartSpec{Name: "app", Version: "1.0.0"})
 	cloudRepo := func(name, url, provider string) {
 		helmOCIRepository(t, ns, name, url, func(o *sourcev1.HelmRepository) {
@@ -274,8 +279,12 @@ func TestHelmChartOCICloudGCP(t *testing.T) {
 
 	o := helmReady(t, newHelmChart(t, ns, "gcp", sourcev1.HelmRepositoryKind, "gcp", "app", func(o *sourcev1.HelmChart) {
 		o.Spec.Version = "1.x"
+		o.Spec.Verify = &sourcev1.HelmChartVerification{Provider: "cosign", SecretRef: &meta.LocalObjectReference{Name: "cosign"}}
 	}), "1.0.0")
 	helmCheckChartArtifact(t, o, "app", "1.0.0")
+	if c := conditions.Get(o, sourcev1.SourceVerifiedCondition); c == nil || c.Status != metav1.ConditionTrue || c.Message != "verified signature of version 1.0.0" {
+		t.Errorf("SourceVerified %+v, want True 'verified signature of version 1.0.0'", c)
+	}
 	if _, data := helmLoadArtifact(t, o); !bytes.Equal(data, pushed) {
 		t.Fatal("pulled chart is not stored as pushed")
 	}
