@@ -475,7 +475,7 @@ func (r *HelmChartReconciler) buildFromArtifact(ctx context.Context, obj *source
 	limits := helmsrc.Limits{IndexMaxSize: r.IndexMaxSize, ChartMaxSize: r.ChartMaxSize}
 	deps := helmsrc.NewHTTPFetcher(r.dependencyRepository(obj.Namespace), limits)
 	defer deps.Close()
-	ociDeps := helmsrc.NewOCIFetcher(r.dependencyRegistry(obj.Namespace), limits)
+	ociDeps := helmsrc.NewOCIFetcher(r.dependencyRegistry(obj), limits)
 	defer ociDeps.Close()
 	b, err := helmsrc.BuildFromDirectory(ctx, sourceDir, helmsrc.LocalBuildOptions{
 		BuildOptions: helmBuildOptions(obj, dir),
@@ -524,22 +524,19 @@ func (r *HelmChartReconciler) dependencyRepository(ns string) helmsrc.Repository
 
 // dependencyRegistry opens the registry of an oci:// chart dependency as
 // Flux's namespacedChartRepositoryCallback does: the oci HelmRepository
-// in namespace ns with the same URL (the first by name when several)
-// gives its secretRef, certSecretRef, insecure and timeout; without one
-// the registry is asked anonymously over HTTPS.
-func (r *HelmChartReconciler) dependencyRegistry(ns string) helmsrc.OCIOpener {
+// in obj's namespace with the same URL (the first by name when several)
+// gives its secretRef, provider, certSecretRef, insecure and timeout;
+// without one the registry is asked anonymously over HTTPS.
+func (r *HelmChartReconciler) dependencyRegistry(obj *sourcev1.HelmChart) helmsrc.OCIOpener {
 	return func(ctx context.Context, u *url.URL) (*helmsrc.OCIClient, error) {
-		repoObj, err := r.repositoryOfURL(ctx, ns, u)
+		repoObj, err := r.repositoryOfURL(ctx, obj.Namespace, u)
 		if err != nil {
 			return nil, err
 		}
 		if repoObj == nil {
 			return helmsrc.NewOCIClient(u, helmsrc.OCIOptions{Timeout: helmsrc.AnonymousTimeout}), nil
 		}
-		if err := unsupportedHelmRepoSpec(repoObj); err != nil {
-			return nil, fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err)
-		}
-		oc, err := newHelmOCIClient(ctx, r.Client, repoObj)
+		oc, err := newHelmOCIClient(ctx, r.Client, repoObj, r.registryAuthOptions(obj)...)
 		if err != nil {
 			// A dependency's repository fails the build, as a
 			// DependencyBuildError: not with the reason it has as a

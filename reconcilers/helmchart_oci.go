@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/fluxcd/pkg/auth"
+	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/secrets"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -24,10 +26,7 @@ import (
 // revision), as in Flux. spec.verify checks the chart's signatures at
 // every reconcile, before the stored chart is found up to date.
 func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, obj *sourcev1.HelmChart, repoObj *sourcev1.HelmRepository, dir string) (*helmsrc.Build, error) {
-	if err := unsupportedHelmRepoSpec(repoObj); err != nil {
-		return nil, NewStalling(fmt.Errorf("HelmRepository '%s': %w", repoObj.Name, err), UnsupportedFieldReason)
-	}
-	oc, err := newHelmOCIClient(ctx, r.Client, repoObj)
+	oc, err := newHelmOCIClient(ctx, r.Client, repoObj, r.registryAuthOptions(obj)...)
 	if err != nil {
 		return nil, err
 	}
@@ -59,13 +58,15 @@ func (r *HelmChartReconciler) buildFromOCIHelmRepository(ctx context.Context, ob
 }
 
 // newHelmOCIClient configures the registry client of an oci HelmRepository
-// from its URL, insecure (plain HTTP), timeout, secretRef and
+// from its URL, insecure (plain HTTP), timeout, secretRef, provider and
 // certSecretRef as Flux does: a kubernetes.io/dockerconfigjson secret
 // must hold the credentials of the URL's host, any other secret
-// username and password; certSecretRef's ca.crt is added to the
-// system's CAs. A URL that is not oci:// stalls; a secret that cannot be
-// read or used is an authentication failure.
-func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRepository) (*helmsrc.OCIClient, error) {
+// username and password; without a secretRef a cloud provider issues
+// them as the controller (with cloud's fluxcd/pkg/auth options); certSecretRef's
+// ca.crt is added to the system's CAs. A URL that is not oci:// stalls; a
+// secret that cannot be read or used, or credentials the provider
+// refuses, are an authentication failure.
+func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRepository, cloud ...auth.Option) (*helmsrc.OCIClient, error) {
 	u, err := helmsrc.ParseOCIURL(obj.Spec.URL)
 	if err != nil {
 		return nil, NewStalling(err, sourcev1.URLInvalidReason)
@@ -79,6 +80,16 @@ func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRe
 		if o.Username, o.Password, err = helmOCICredentials(ctx, secret, u.Host); err != nil {
 			return nil, NewGeneric(fmt.Errorf("failed to configure OCI registry authentication: %w", err), sourcev1.AuthenticationFailedReason)
 		}
+	} else if p := registryProvider(obj.Spec.Provider); p != nil {
+		creds, err := cloudRegistryLogin(ctx, p, u.Host, u.Host+u.Path, cloud...)
+		if err != nil {
+			return nil, NewGeneric(fmt.Errorf("unable to get authentication data from OIDC: %w", err), sourcev1.AuthenticationFailedReason)
+		}
+		login := creds[u.Host]
+		if (login.Username == "") != (login.Password == "") {
+			return nil, NewGeneric(errors.New("invalid auth data: required fields 'username' and 'password'"), sourcev1.AuthenticationFailedReason)
+		}
+		o.Username, o.Password = login.Username, login.Password
 	}
 	if ref := obj.Spec.CertSecretRef; ref != nil {
 		secret, err := getSecret(ctx, c, obj.Namespace, ref.Name)
@@ -90,6 +101,20 @@ func newHelmOCIClient(ctx context.Context, c client.Reader, obj *sourcev1.HelmRe
 		}
 	}
 	return helmsrc.NewOCIClient(u, o), nil
+}
+
+// registryAuthOptions are the fluxcd/pkg/auth options of the cloud
+// credentials a HelmChart's oci HelmRepository (or dependency registry)
+// asks for. As Flux's HelmChart reconciler, the controller's own
+// identity: no client, so neither a ServiceAccount nor
+// --default-service-account applies; only the token cache is added.
+func (r *HelmChartReconciler) registryAuthOptions(obj *sourcev1.HelmChart) []auth.Option {
+	if r.TokenCache == nil {
+		return nil
+	}
+	return []auth.Option{auth.WithCache(*r.TokenCache, cache.InvolvedObject{
+		Kind: sourcev1.HelmChartKind, Name: obj.Name, Namespace: obj.Namespace, Operation: cache.OperationReconcile,
+	})}
 }
 
 // helmOCICredentials are the username and password a HelmRepository's

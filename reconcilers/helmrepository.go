@@ -219,8 +219,9 @@ func (r *HelmRepositoryReconciler) reconcileArtifact(ctx context.Context, _ *pat
 
 // unsupportedHelmRepoSpec names the spec fields of a default-type
 // HelmRepository this build cannot honour. spec.provider only applies to
-// the oci type in Flux; anything but generic is refused here rather than
-// silently fetching anonymously.
+// the oci type in Flux (whose charts the HelmChart reconciler pulls with
+// the provider's credentials); for an index anything but generic is
+// refused here rather than silently fetching anonymously.
 func unsupportedHelmRepoSpec(obj *sourcev1.HelmRepository) error {
 	var fields []string
 	if p := obj.Spec.Provider; p != "" && p != sourcev1.GenericOCIProvider {

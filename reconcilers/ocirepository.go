@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/auth"
 	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
@@ -127,8 +130,10 @@ func (r *OCIRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // pulls the selected layer into the working directory (extracted, or as
 // it is for the copy operation).
 //
-// Sets FetchFailed (invalid URL, reference or unsupported field: also
-// Stalled; missing secret, registry failures, no matching layer) and
+// Sets FetchFailed (invalid URL or reference, or spec.serviceAccountName
+// for a cloud provider with the ObjectLevelWorkloadIdentity gate off:
+// also Stalled; missing secret or ServiceAccount, refused cloud
+// credentials, registry failures, no matching layer) and
 // BuildFailed (the layer is over a size limit); removes both on success.
 // Sets ArtifactOutdated, Reconciling and Ready=Unknown when the revision
 // or the content configuration differs from the stored artifact's.
@@ -137,9 +142,6 @@ func (r *OCIRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	// successful one stays until the revision or the spec changes.
 	if conditions.IsFalse(obj, sourcev1.SourceVerifiedCondition) {
 		conditions.Delete(obj, sourcev1.SourceVerifiedCondition)
-	}
-	if err := unsupportedOCISpec(obj); err != nil {
-		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
 	if op := obj.GetLayerOperation(); op != sourcev1.OCILayerExtract && op != sourcev1.OCILayerCopy {
 		return fetchFailed(obj, NewStalling(fmt.Errorf("unsupported layer operation: %s", op), sourcev1.OCILayerOperationFailedReason))
@@ -354,33 +356,29 @@ func ociArtifactMessage(obj *sourcev1.OCIRepository) string {
 }
 
 // ociClient builds the registry client of obj from spec.url,
-// spec.secretRef, spec.proxySecretRef, spec.certSecretRef and
-// spec.insecure.
+// spec.secretRef and spec.serviceAccountName's image pull secrets,
+// spec.provider, spec.proxySecretRef, spec.certSecretRef and
+// spec.insecure, in Flux's order: Secrets first; only when none is named
+// does a cloud provider issue the credentials, as the controller or, with
+// spec.serviceAccountName, as that ServiceAccount.
 func (r *OCIRepositoryReconciler) ociClient(ctx context.Context, obj *sourcev1.OCIRepository) (*ocisrc.Client, error) {
 	opts := ocisrc.Options{Insecure: obj.Spec.Insecure}
-	if ref := obj.Spec.SecretRef; ref != nil {
-		secret := &corev1.Secret{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
-			return nil, NewGeneric(fmt.Errorf("failed to get credential: failed to get secret '%s/%s': %w", obj.Namespace, ref.Name, err),
-				sourcev1.AuthenticationFailedReason)
-		}
-		if len(secret.Data[corev1.DockerConfigJsonKey]) == 0 && len(secret.Data[corev1.DockerConfigKey]) == 0 {
-			return nil, NewGeneric(fmt.Errorf("failed to get credential: secret '%s/%s' has no '%s' key: it must be of type %s",
-				secret.Namespace, secret.Name, corev1.DockerConfigJsonKey, corev1.SecretTypeDockerConfigJson), sourcev1.AuthenticationFailedReason)
-		}
-		creds, err := ocisrc.ParseDockerConfig(secret.Data[corev1.DockerConfigJsonKey], secret.Data[corev1.DockerConfigKey])
-		if err != nil {
-			return nil, NewGeneric(fmt.Errorf("failed to get credential: secret '%s/%s': %w", secret.Namespace, secret.Name, err),
-				sourcev1.AuthenticationFailedReason)
-		}
-		opts.Credentials = creds
+	creds, err := r.pullSecretCredentials(ctx, obj)
+	if err != nil {
+		return nil, NewGeneric(fmt.Errorf("failed to get credential: %w", err), sourcev1.AuthenticationFailedReason)
 	}
+	opts.Credentials = creds
 	// After the credentials, before the TLS configuration, as in Flux.
 	proxy, err := proxyFromSecretRef(ctx, r.Client, obj.Namespace, obj.Spec.ProxySecretRef)
 	if err != nil {
 		return nil, NewGeneric(fmt.Errorf("failed to get proxy address: %w", err), sourcev1.AuthenticationFailedReason)
 	}
 	opts.Proxy = proxy
+	if p := registryProvider(obj.Spec.Provider); p != nil && creds == nil {
+		if opts.Credentials, err = r.cloudCredentials(ctx, obj, p, proxy); err != nil {
+			return nil, err
+		}
+	}
 	if ref := obj.Spec.CertSecretRef; ref != nil && ref.Name != "" {
 		secret := &corev1.Secret{}
 		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
@@ -396,6 +394,76 @@ func (r *OCIRepositoryReconciler) ociClient(ctx context.Context, obj *sourcev1.O
 	return ocisrc.NewClient(ctx, obj.Spec.URL, opts)
 }
 
+// pullSecretCredentials are the registry credentials of spec.secretRef
+// and of the image pull secrets of spec.serviceAccountName (whatever the
+// provider), as Flux's keychain: spec.secretRef's win for a host both
+// name. Nil when no Secret is named, the case in which a cloud provider
+// authenticates.
+func (r *OCIRepositoryReconciler) pullSecretCredentials(ctx context.Context, obj *sourcev1.OCIRepository) (ocisrc.Credentials, error) {
+	var pullSecrets []corev1.Secret
+	if ref := obj.Spec.SecretRef; ref != nil {
+		secret, err := getSecret(ctx, r.Client, obj.Namespace, ref.Name)
+		if err != nil {
+			return nil, err
+		}
+		if len(secret.Data[corev1.DockerConfigJsonKey]) == 0 && len(secret.Data[corev1.DockerConfigKey]) == 0 {
+			return nil, fmt.Errorf("secret '%s/%s' has no '%s' key: it must be of type %s",
+				secret.Namespace, secret.Name, corev1.DockerConfigJsonKey, corev1.SecretTypeDockerConfigJson)
+		}
+		pullSecrets = append(pullSecrets, *secret)
+	}
+	if sa := obj.Spec.ServiceAccountName; sa != "" {
+		saSecrets, err := secrets.PullSecretsFromServiceAccountRef(ctx, r.Client, types.NamespacedName{Namespace: obj.Namespace, Name: sa})
+		if err != nil {
+			return nil, err
+		}
+		pullSecrets = append(pullSecrets, saSecrets...)
+	}
+	if len(pullSecrets) == 0 {
+		return nil, nil
+	}
+	creds := ocisrc.Credentials{}
+	for _, secret := range pullSecrets {
+		dockerJSON, dockerCfg := secret.Data[corev1.DockerConfigJsonKey], secret.Data[corev1.DockerConfigKey]
+		if len(dockerJSON) == 0 && len(dockerCfg) == 0 {
+			// An image pull secret of another type holds no registry
+			// credentials, as for the kubelet.
+			continue
+		}
+		parsed, err := ocisrc.ParseDockerConfig(dockerJSON, dockerCfg)
+		if err != nil {
+			return nil, fmt.Errorf("secret '%s/%s': %w", secret.Namespace, secret.Name, err)
+		}
+		for host, c := range parsed {
+			if _, ok := creds[host]; !ok {
+				creds[host] = c
+			}
+		}
+	}
+	return creds, nil
+}
+
+// cloudCredentials are the credentials provider issues for the registry
+// of spec.url, with Flux's message and reason when it refuses: the
+// registry is not the provider's, or the identity cannot be had. The
+// exchange goes through the object's proxy, as the pull does.
+func (r *OCIRepositoryReconciler) cloudCredentials(ctx context.Context, obj *sourcev1.OCIRepository, provider auth.ArtifactRegistryCredentialsProvider, proxy *url.URL) (ocisrc.Credentials, error) {
+	if err := objectLevelIdentityCheck(obj.Spec.ServiceAccountName); err != nil {
+		return nil, err
+	}
+	// An invalid URL stalls as such, not as a provider's refusal.
+	host, err := ocisrc.RegistryHost(obj.Spec.URL)
+	if err != nil {
+		return nil, err
+	}
+	opts := cloudAuthOptions(r.Client, r.TokenCache, sourcev1.OCIRepositoryKind, obj, obj.Spec.ServiceAccountName, proxy)
+	creds, err := cloudRegistryLogin(ctx, provider, host, strings.TrimPrefix(obj.Spec.URL, ocisrc.URLPrefix), opts...)
+	if err != nil {
+		return nil, NewGeneric(fmt.Errorf("failed to get credential from %s: %w", obj.Spec.Provider, err), sourcev1.AuthenticationFailedReason)
+	}
+	return creds, nil
+}
+
 // ociReference is spec.ref as the client's Reference; nil is the zero
 // Reference, the 'latest' tag.
 func ociReference(ref *sourcev1.OCIRepositoryRef) ocisrc.Reference {
@@ -403,18 +471,4 @@ func ociReference(ref *sourcev1.OCIRepositoryRef) ocisrc.Reference {
 		return ocisrc.Reference{}
 	}
 	return ocisrc.Reference{Tag: ref.Tag, SemVer: ref.SemVer, SemverFilter: ref.SemverFilter, Digest: ref.Digest}
-}
-
-// unsupportedOCISpec names the spec fields this build cannot honour. They
-// stall the object instead of being ignored: ignoring a cloud provider or
-// a service account would pull as another identity than asked for.
-func unsupportedOCISpec(obj *sourcev1.OCIRepository) error {
-	var fields []string
-	if p := obj.Spec.Provider; p != "" && p != sourcev1.GenericOCIProvider {
-		fields = append(fields, "spec.provider '"+p+"'")
-	}
-	if obj.Spec.ServiceAccountName != "" {
-		fields = append(fields, "spec.serviceAccountName")
-	}
-	return notSupported(fields)
 }

@@ -1,7 +1,12 @@
 package reconcilers
 
 import (
+	"errors"
+	"strings"
 	"testing"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/auth"
 
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 )
@@ -28,17 +33,29 @@ func TestOCIContentConfigChanged(t *testing.T) {
 	}
 }
 
-func TestUnsupportedOCISpec(t *testing.T) {
-	obj := &sourcev1.OCIRepository{}
-	obj.Spec.Provider = sourcev1.GenericOCIProvider
-	obj.Spec.CertSecretRef = nil
-	if err := unsupportedOCISpec(obj); err != nil {
-		t.Errorf("generic provider: %v", err)
+// TestObjectLevelIdentityGate stalls a ServiceAccount identity while
+// the gate is off, with Flux's reason, and lets the controller's own
+// identity through. Not parallel: the gate is process-global.
+func TestObjectLevelIdentityGate(t *testing.T) {
+	was := auth.IsObjectLevelWorkloadIdentityEnabled()
+	t.Cleanup(func() {
+		if was {
+			auth.EnableObjectLevelWorkloadIdentity()
+		} else {
+			auth.DisableObjectLevelWorkloadIdentity()
+		}
+	})
+	auth.DisableObjectLevelWorkloadIdentity()
+	if err := objectLevelIdentityCheck(""); err != nil {
+		t.Errorf("controller identity with the gate off: %v", err)
 	}
-	obj.Spec.Provider = sourcev1.AzureOCIProvider
-	obj.Spec.Verify = &sourcev1.OCIRepositoryVerification{Provider: "notation"}
-	err := unsupportedOCISpec(obj)
-	if err == nil || err.Error() != "not supported by sourceraft yet: spec.provider 'azure'" {
-		t.Errorf("unsupported: %v", err)
+	var e *Error
+	if err := objectLevelIdentityCheck("puller"); !errors.As(err, &e) || !e.Stall || e.Reason != meta.FeatureGateDisabledReason ||
+		!strings.Contains(e.Error(), "enable the ObjectLevelWorkloadIdentity feature gate") {
+		t.Errorf("ServiceAccount identity with the gate off: %v", err)
+	}
+	auth.EnableObjectLevelWorkloadIdentity()
+	if err := objectLevelIdentityCheck("puller"); err != nil {
+		t.Errorf("ServiceAccount identity with the gate on: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/tls"
 	"encoding/pem"
 	"io"
 	"log"
@@ -61,6 +62,8 @@ type Registry struct {
 	Host string
 	// Auth is what pushes authenticate with.
 	Auth authn.Authenticator
+	// plainHTTP: pushes speak HTTP, not HTTPS.
+	plainHTTP bool
 }
 
 // Registries are the registries the tests of one binary share: an open
@@ -95,35 +98,19 @@ func Shared(t testing.TB) *Registries {
 }
 
 func start() (*Registries, error) {
-	if os.Getenv("RECONCILE_TEST_LOG") == "" {
-		logrus.SetOutput(io.Discard)
-	}
+	quiet()
 	dir, err := os.MkdirTemp("", "oci-registry-")
 	if err != nil {
 		return nil, err
 	}
-	hash, err := bcrypt.GenerateFromPassword([]byte(Password), bcrypt.MinCost)
+	private, err := htpasswdAuth(dir, User, Password)
 	if err != nil {
 		return nil, err
 	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(User+":"+string(hash)+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-	newApp := func(auth configuration.Auth) http.Handler {
-		cfg := &configuration.Configuration{}
-		cfg.Storage = configuration.Storage{"inmemory": configuration.Parameters{}}
-		cfg.Auth = auth
-		cfg.HTTP.Secret = "sourceraft-test-secret"
-		cfg.Log.AccessLog.Disabled = true
-		return handlers.NewApp(context.Background(), cfg)
-	}
 	open := newApp(nil)
 	r := &Registries{
-		Open: newRegistry(httptest.NewServer(open), nil),
-		Private: newRegistry(httptest.NewServer(newApp(configuration.Auth{
-			"htpasswd": configuration.Parameters{"realm": "sourceraft-test", "path": htpasswd},
-		})), &authn.Basic{Username: User, Password: Password}),
+		Open:    newRegistry(httptest.NewServer(open), nil),
+		Private: newRegistry(httptest.NewServer(newApp(private)), &authn.Basic{Username: User, Password: Password}),
 	}
 	tlsSrv := httptest.NewUnstartedServer(open)
 	// Clients without the CA are expected: keep their handshake errors quiet.
@@ -136,6 +123,82 @@ func start() (*Registries, error) {
 	}
 	return r, nil
 }
+
+// quiet discards the registries' logs unless RECONCILE_TEST_LOG is set.
+func quiet() {
+	if os.Getenv("RECONCILE_TEST_LOG") == "" {
+		logrus.SetOutput(io.Discard)
+	}
+}
+
+// htpasswdAuth is the access controller of a registry that lets only
+// user with password in, its htpasswd file written into dir.
+func htpasswdAuth(dir, user, password string) (configuration.Auth, error) {
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(dir, "htpasswd-")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.WriteString(user + ":" + string(hash) + "\n"); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	return configuration.Auth{"htpasswd": configuration.Parameters{"realm": "sourceraft-test", "path": f.Name()}}, nil
+}
+
+// newApp is a registry with its own in-memory storage behind auth (nil:
+// open).
+func newApp(auth configuration.Auth) http.Handler {
+	cfg := &configuration.Configuration{}
+	cfg.Storage = configuration.Storage{"inmemory": configuration.Parameters{}}
+	cfg.Auth = auth
+	cfg.HTTP.Secret = "sourceraft-test-secret"
+	cfg.Log.AccessLog.Disabled = true
+	return handlers.NewApp(context.Background(), cfg)
+}
+
+// Named is a registry of its own storage, reached under a host name
+// (a cloud registry's, say) that the caller routes to Addr, serving
+// HTTPS with a certificate for that name to user with password only.
+type Named struct {
+	*Registry
+	// Addr is the loopback address it listens on.
+	Addr string
+	srv  *httptest.Server
+}
+
+// StartNamed starts a Named registry for host with pair's certificate
+// (the caller's CA must be a system root of the process for pushes).
+func StartNamed(host string, pair pki.Pair, user, password string) (*Named, error) {
+	quiet()
+	dir, err := os.MkdirTemp("", "oci-registry-")
+	if err != nil {
+		return nil, err
+	}
+	auth, err := htpasswdAuth(dir, user, password)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	srv := httptest.NewUnstartedServer(newApp(auth))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	return &Named{Registry: &Registry{Host: host, Auth: &authn.Basic{Username: user, Password: password}},
+		Addr: srv.Listener.Addr().String(), srv: srv}, nil
+}
+
+// Close stops the registry.
+func (n *Named) Close() { n.srv.Close() }
 
 // startMTLS serves h over TLS to clients with a certificate of a new CA.
 func startMTLS(h http.Handler) (*Registry, []byte, pki.Pair, error) {
@@ -166,7 +229,8 @@ func newRegistry(srv *httptest.Server, auth authn.Authenticator) *Registry {
 	if auth == nil {
 		auth = authn.Anonymous
 	}
-	return &Registry{Host: strings.TrimPrefix(strings.TrimPrefix(srv.URL, "http://"), "https://"), Auth: auth}
+	return &Registry{Host: strings.TrimPrefix(strings.TrimPrefix(srv.URL, "http://"), "https://"), Auth: auth,
+		plainHTTP: strings.HasPrefix(srv.URL, "http://")}
 }
 
 // URL is the oci:// URL of a repository in this registry.
@@ -212,11 +276,15 @@ func (r *Registry) Push(t testing.TB, repo, tag string, layers ...Layer) gcrv1.H
 
 // PushChart pushes a packaged chart under <repo>:<tag> with Helm's
 // registry client, as `helm push` does (tag as given, a '+' pushed as
-// '_'), and returns its manifest digest.
+// '_'), and returns its manifest digest. A TLS registry's certificate
+// must be trusted by the system's roots.
 func (r *Registry) PushChart(t testing.TB, repo, tag string, chart []byte) string {
 	t.Helper()
-	opts := []registry.ClientOption{registry.ClientOptPlainHTTP(), registry.ClientOptWriter(io.Discard),
+	opts := []registry.ClientOption{registry.ClientOptWriter(io.Discard),
 		registry.ClientOptCredentialsFile(filepath.Join(t.TempDir(), "config.json"))}
+	if r.plainHTTP {
+		opts = append(opts, registry.ClientOptPlainHTTP())
+	}
 	cfg, err := r.Auth.Authorization()
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,16 @@ func (k Credentials) Resolve(res authn.Resource) (authn.Authenticator, error) {
 	return authn.Anonymous, nil
 }
 
+// HostCredentials are what a gives for the registry host alone: a
+// cloud provider's login, read once.
+func HostCredentials(host string, a authn.Authenticator) (Credentials, error) {
+	cfg, err := a.Authorization()
+	if err != nil {
+		return nil, fmt.Errorf("failed to read the registry credentials: %w", err)
+	}
+	return Credentials{host: *cfg}, nil
+}
+
 // dockerAuth is one entry of a Docker config's auths.
 type dockerAuth struct {
 	Username      string `json:"username"`

@@ -64,6 +64,16 @@ func parseURL(raw string, insecure bool) (name.Repository, error) {
 	return repo, nil
 }
 
+// RegistryHost is the registry (host[:port]) of a repository URL, as
+// Credentials are keyed; an invalid URL fails with ErrInvalidURL.
+func RegistryHost(url string) (string, error) {
+	repo, err := parseURL(url, false)
+	if err != nil {
+		return "", err
+	}
+	return repo.RegistryStr(), nil
+}
+
 func parseRepository(raw string, insecure bool) (name.Repository, error) {
 	if !strings.HasPrefix(raw, URLPrefix) {
 		return name.Repository{}, errors.New("URL must be in format 'oci://<domain>/<org>/<repo>'")

@@ -16,7 +16,6 @@ import (
 
 	"github.com/sourceraft/sourceraft/internal/helmserver"
 	"github.com/sourceraft/sourceraft/internal/ociregistry"
-	"github.com/sourceraft/sourceraft/reconcilers"
 	helmsrc "github.com/sourceraft/sourceraft/sources/helm"
 )
 
@@ -301,14 +300,16 @@ func TestHelmChartOCIBadInputKeepsArtifact(t *testing.T) {
 	repoSpec(func(o *sourcev1.HelmRepository) { o.Spec.URL = "https://registry.example.com/charts" })()
 	kept(t, waitFailedAsFlux[*sourcev1.HelmChart](t, ns, "app", sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, true))
 
-	// A provider other than generic stalls, as before.
+	// A cloud provider refuses a registry not its own, as Flux reports
+	// it: retried, the credentials may be fixed.
 	updateSpec(t, repoObj, func(o *sourcev1.HelmRepository) {
 		o.Spec.URL, o.Spec.Provider = regs.Open.URL(repo), "aws"
 	})
 	helmRequestReconcile(t, hc)
-	kept(t, helmFailedWithMessage(t, hc, sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, "spec.provider 'aws'"))
-	if o := getObject[*sourcev1.HelmChart](t, ns, "app"); !conditions.IsTrue(o, meta.StalledCondition) {
-		t.Errorf("unsupported provider does not stall: %v", o.Status.Conditions)
+	kept(t, helmFailedWithMessage(t, hc, sourcev1.FetchFailedCondition, sourcev1.AuthenticationFailedReason,
+		"unable to get authentication data from OIDC: invalid AWS registry: '"+regs.Open.Host+"'"))
+	if o := getObject[*sourcev1.HelmChart](t, ns, "app"); conditions.IsTrue(o, meta.StalledCondition) {
+		t.Errorf("a provider's refusal stalls: %v", o.Status.Conditions)
 	}
 
 	// Fixed: the chart recovers.

@@ -107,6 +107,12 @@ func run(m *testing.M) (int, error) {
 	}
 	defer env.Stop()
 
+	stopGCP, err := startGCP()
+	defer stopGCP()
+	if err != nil {
+		return 0, err
+	}
+
 	if gitSrv, err = startGitServer(); err != nil {
 		return 0, err
 	}

@@ -315,10 +315,6 @@ func TestOCIRepositoryInvalid(t *testing.T) {
 			o.Spec.URL = "oci://" + strings.TrimPrefix(slow.URL, "http://") + "/app"
 			o.Spec.Timeout = &metav1.Duration{Duration: time.Second}
 		}, sourcev1.FetchFailedCondition, sourcev1.OCIPullFailedReason, false, "context deadline exceeded"},
-		{"unsupported fields", func(o *sourcev1.OCIRepository) {
-			o.Spec.Provider = sourcev1.AmazonOCIProvider
-			o.Spec.ServiceAccountName = "puller"
-		}, sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, true, "not supported by sourceraft yet: spec.provider 'aws', spec.serviceAccountName"},
 	}
 	for _, tt := range tests {
 		ociNew(t, ns, strings.ReplaceAll(tt.name, " ", "-"), url, tt.mutate)
