@@ -99,4 +99,6 @@ func (n *Net) Close() {
 }
 
 // String names the proxy, for failure messages.
-func (n *Net) String() string { return fmt.Sprintf("cloudnet proxy %s carried %s", n.Proxy.URL(), n.Proxy.Hosts()) }
+func (n *Net) String() string {
+	return fmt.Sprintf("cloudnet proxy %s carried %s", n.Proxy.URL(), n.Proxy.Hosts())
+}
