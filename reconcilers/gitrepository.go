@@ -104,8 +104,10 @@ func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // reconcileSource resolves the includes and the credentials, then checks
 // out spec.ref into the checkout directory.
 //
-// Sets FetchFailed (invalid URL or reference: also Stalled; missing
-// secret or proxy secret, a GitHub App token refused, Git failure) and
+// Sets FetchFailed (invalid URL or reference, or spec.serviceAccountName
+// with the ObjectLevelWorkloadIdentity gate off: also Stalled; missing
+// secret, proxy secret or ServiceAccount, a GitHub App or Entra ID token
+// refused, Git failure) and
 // IncludeUnavailable (an include without an artifact, retried after
 // --requeue-dependency); removes both on success.
 // Sets or removes SourceVerified (verifySignature, git_verify.go) and
