@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/auth"
+	azureauth "github.com/fluxcd/pkg/auth/azure"
 	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
@@ -102,8 +104,10 @@ func (r *GitRepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 // reconcileSource resolves the includes and the credentials, then checks
 // out spec.ref into the checkout directory.
 //
-// Sets FetchFailed (invalid URL or reference: also Stalled; missing
-// secret or proxy secret, a GitHub App token refused, Git failure) and
+// Sets FetchFailed (invalid URL or reference, or spec.serviceAccountName
+// with the ObjectLevelWorkloadIdentity gate off: also Stalled; missing
+// secret, proxy secret or ServiceAccount, a GitHub App or Entra ID token
+// refused, Git failure) and
 // IncludeUnavailable (an include without an artifact, retried after
 // --requeue-dependency); removes both on success.
 // Sets or removes SourceVerified (verifySignature, git_verify.go) and
@@ -139,7 +143,7 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 			data = map[string][]byte{}
 		}
 	}
-	auth, e := r.gitAuth(ctx, obj, u, data, proxy)
+	checkoutAuth, e := r.gitAuth(ctx, obj, u, data, proxy)
 	if e != nil {
 		return fetchFailed(obj, e)
 	}
@@ -161,7 +165,7 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	gitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	commit, err := gitsrc.Checkout(gitCtx, st.dir, gitsrc.CheckoutOptions{
-		URL: obj.Spec.URL, Auth: auth, Ref: gitReference(obj.Spec.Reference),
+		URL: obj.Spec.URL, Auth: checkoutAuth, Ref: gitReference(obj.Spec.Reference),
 		RecurseSubmodules: obj.Spec.RecurseSubmodules, SparseCheckout: obj.Spec.SparseCheckout,
 		Proxy: proxy,
 	})
@@ -194,43 +198,66 @@ func (r *GitRepositoryReconciler) reconcileSource(ctx context.Context, sp *patch
 	return ResultSuccess, nil
 }
 
-// gitAuth is the auth of obj's checkout: the secret's credentials, or
-// for provider github an installation token of the GitHub App the secret
-// describes (through proxy, as the checkout). The failures are Flux's:
-// InvalidProviderConfiguration when the secret and the provider disagree,
-// AuthenticationFailed otherwise.
+// gitAuth is the auth of obj's checkout: the secret's credentials; for
+// provider azure an Entra ID access token for Azure DevOps in their place
+// (the secret's CA kept), of the controller's identity or of
+// spec.serviceAccountName's; for provider github an installation token of
+// the GitHub App the secret describes. Token exchanges go through proxy,
+// as the checkout. The failures are Flux's: InvalidProviderConfiguration
+// when the secret and the provider disagree, FeatureGateDisabled for a
+// ServiceAccount without ObjectLevelWorkloadIdentity, AuthenticationFailed
+// otherwise.
 func (r *GitRepositoryReconciler) gitAuth(ctx context.Context, obj *sourcev1.GitRepository, u *url.URL, data map[string][]byte, proxy *url.URL) (*gitsrc.Auth, *Error) {
 	authFailed := func(err error) *Error {
 		return NewGeneric(fmt.Errorf("failed to configure authentication options: %w", err), sourcev1.AuthenticationFailedReason)
 	}
-	if obj.GetProvider() != sourcev1.GitProviderGitHub {
+	switch obj.GetProvider() {
+	case sourcev1.GitProviderAzure:
+		secretAuth, err := gitsrc.AuthFromSecret(u, data)
+		if err != nil {
+			return nil, authFailed(err)
+		}
+		if err := objectLevelIdentityCheck(obj.Spec.ServiceAccountName); err != nil {
+			var e *Error
+			errors.As(err, &e)
+			return nil, e
+		}
+		opts := append(cloudAuthOptions(r.Client, r.TokenCache, sourcev1.GitRepositoryKind, obj, obj.Spec.ServiceAccountName, proxy),
+			auth.WithGitURL(*u))
+		creds, err := auth.GetGitCredentials(ctx, azureauth.Provider{}, opts...)
+		if err != nil {
+			return nil, authFailed(err)
+		}
+		return secretAuth.WithBearerToken(creds.BearerToken), nil
+	case sourcev1.GitProviderGitHub:
+		noAppData := errors.New("secretRef with github app data must be specified when provider is set to github")
+		if obj.Spec.SecretRef == nil {
+			return nil, NewStalling(noAppData, sourcev1.InvalidProviderConfigurationReason)
+		}
+		// Flux reads a secret without an app ID or a key as no app data.
+		if len(data[gitsrc.KeyGitHubAppID]) == 0 || len(data[gitsrc.KeyGitHubAppPrivateKey]) == 0 {
+			return nil, NewGeneric(noAppData, sourcev1.InvalidProviderConfigurationReason)
+		}
+		app, err := gitsrc.GitHubAppFromSecret(data)
+		if err != nil {
+			return nil, authFailed(err)
+		}
+		a, err := gitsrc.GitHubAppTokens{Cache: r.TokenCache}.Auth(ctx, app, proxy)
+		if err != nil {
+			return nil, authFailed(err)
+		}
+		return a, nil
+	default:
 		if len(data[gitsrc.KeyGitHubAppID]) > 0 {
 			return nil, NewGeneric(fmt.Errorf("secretRef '%s/%s' has github app data but provider is not set to github",
 				obj.Namespace, obj.Spec.SecretRef.Name), sourcev1.InvalidProviderConfigurationReason)
 		}
-		auth, err := gitsrc.AuthFromSecret(u, data)
+		a, err := gitsrc.AuthFromSecret(u, data)
 		if err != nil {
 			return nil, authFailed(err)
 		}
-		return auth, nil
+		return a, nil
 	}
-	noAppData := errors.New("secretRef with github app data must be specified when provider is set to github")
-	if obj.Spec.SecretRef == nil {
-		return nil, NewStalling(noAppData, sourcev1.InvalidProviderConfigurationReason)
-	}
-	// Flux reads a secret without an app ID or a key as no app data.
-	if len(data[gitsrc.KeyGitHubAppID]) == 0 || len(data[gitsrc.KeyGitHubAppPrivateKey]) == 0 {
-		return nil, NewGeneric(noAppData, sourcev1.InvalidProviderConfigurationReason)
-	}
-	app, err := gitsrc.GitHubAppFromSecret(data)
-	if err != nil {
-		return nil, authFailed(err)
-	}
-	auth, err := gitsrc.GitHubAppTokens{Cache: r.TokenCache}.Auth(ctx, app, proxy)
-	if err != nil {
-		return nil, authFailed(err)
-	}
-	return auth, nil
 }
 
 // reconcileInclude copies the included artifacts into the checkout.
@@ -331,20 +358,19 @@ func equalIncludes(a, b []sourcev1.GitRepositoryInclude) bool {
 }
 
 // unsupportedGitSpec names the spec fields this build cannot honour. They
-// stall the object instead of being ignored: ignoring a cloud provider or
-// a service account would fetch as another identity than asked for, and
-// submodules fetched beside the proxy would take another route.
+// stall the object instead of being ignored: ignoring a cloud provider
+// would fetch as another identity than asked for, and submodules fetched
+// beside the proxy would take another route.
 func unsupportedGitSpec(obj *sourcev1.GitRepository) error {
 	var fields []string
-	if p := obj.GetProvider(); p != sourcev1.GitProviderGeneric && p != sourcev1.GitProviderGitHub {
+	switch p := obj.GetProvider(); p {
+	case sourcev1.GitProviderGeneric, sourcev1.GitProviderGitHub, sourcev1.GitProviderAzure:
+	default:
 		fields = append(fields, "spec.provider '"+p+"'")
 	}
 	// go-git fetches submodules without the proxy options.
 	if obj.Spec.ProxySecretRef != nil && obj.Spec.RecurseSubmodules {
 		fields = append(fields, "spec.recurseSubmodules with spec.proxySecretRef")
-	}
-	if obj.Spec.ServiceAccountName != "" {
-		fields = append(fields, "spec.serviceAccountName")
 	}
 	return notSupported(fields)
 }

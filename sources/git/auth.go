@@ -90,6 +90,17 @@ func AuthFromSecret(u *url.URL, data map[string][]byte) (*Auth, error) {
 	return nil, fmt.Errorf("%w: unsupported URL scheme '%s'", ErrInvalidURL, u.Scheme)
 }
 
+// WithBearerToken is a with its HTTP(S) credentials replaced by token, a
+// cloud provider's access token (Azure DevOps takes Entra ID tokens as
+// bearer tokens), and its CA certificates kept. An SSH auth is returned
+// as is: provider credentials are for Git over HTTPS.
+func (a *Auth) WithBearerToken(token string) *Auth {
+	if _, ssh := a.method.(*gitssh.PublicKeys); ssh {
+		return a
+	}
+	return &Auth{method: &githttp.TokenAuth{Token: token}, caBundle: a.caBundle}
+}
+
 // ParseURL accepts the URLs a checkout can use: http, https and ssh, with
 // a host; anything else fails with ErrInvalidURL.
 func ParseURL(raw string) (*url.URL, error) {

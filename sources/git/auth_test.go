@@ -154,6 +154,35 @@ func TestGitAuthFromSecret(t *testing.T) {
 	}
 }
 
+// A provider's token replaces the secret's (and the URL's) HTTP
+// credentials but not its CA; SSH keeps its keys.
+func TestGitAuthWithBearerToken(t *testing.T) {
+	withUser, _ := url.Parse("https://urluser:urlpass@example.com/repo.git")
+	basic, err := AuthFromSecret(withUser, map[string][]byte{"username": []byte("u"), "password": []byte("p"), "ca.crt": []byte("CA")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := basic.WithBearerToken("entra-token")
+	if tok, ok := a.method.(*githttp.TokenAuth); !ok || tok.Token != "entra-token" || string(a.caBundle) != "CA" {
+		t.Errorf("auth %#v, ca %q", a.method, a.caBundle)
+	}
+	if _, ok := basic.method.(*githttp.BasicAuth); !ok {
+		t.Errorf("the secret's auth changed to %#v", basic.method)
+	}
+	anonymous, _ := url.Parse("https://example.com/repo.git")
+	none, err := AuthFromSecret(anonymous, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok, ok := none.WithBearerToken("entra-token").method.(*githttp.TokenAuth); !ok || tok.Token != "entra-token" {
+		t.Errorf("auth without a secret: %#v", none.WithBearerToken("entra-token").method)
+	}
+	ssh := &Auth{method: &gitssh.PublicKeys{User: "git"}}
+	if got := ssh.WithBearerToken("entra-token"); got != ssh {
+		t.Errorf("ssh auth replaced by %#v", got.method)
+	}
+}
+
 type netAddr struct{}
 
 func (netAddr) Network() string { return "tcp" }

@@ -672,10 +672,10 @@ func TestGitRepositoryUnsupportedFieldsStall(t *testing.T) {
 	repo := gitSrv.newRepo(t, "public", "unsupported")
 	repo.commit("c", map[string]string{"a": "a"})
 	newGitRepository(t, ns, "verify", repo.URL, func(o *sourcev1.GitRepository) {
-		o.Spec.Provider = sourcev1.GitProviderAzure
+		o.Spec.Provider = sourcev1.GitProviderAWS
 	})
 	o := failedWith(t, ns, "verify", sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason)
-	if msg := conditionMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "spec.provider 'azure'") {
+	if msg := conditionMessage(o, sourcev1.FetchFailedCondition); msg != "not supported by sourceraft yet: spec.provider 'aws'" {
 		t.Errorf("FetchFailed message %q", msg)
 	}
 	if !conditions.IsTrue(o, meta.StalledCondition) || o.Status.Artifact != nil {

@@ -117,6 +117,9 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer gitSrv.Close()
+	if err := startAzure(); err != nil {
+		return 0, err
+	}
 	eventSink = newEventReceiver()
 	defer eventSink.srv.Close()
 
