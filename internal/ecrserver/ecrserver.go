@@ -12,6 +12,7 @@
 package ecrserver
 
 import (
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -93,6 +94,10 @@ func (s *Server) Issued(identity string) int {
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every AWS answer names its request; the SDK's errors quote it.
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	w.Header().Set("X-Amzn-Requestid", hex.EncodeToString(id))
 	if r.Method != http.MethodPost || r.URL.Path != "/" {
 		refuse(w, http.StatusNotFound, "UnknownOperationException", "")
 		return
