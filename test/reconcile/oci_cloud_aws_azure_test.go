@@ -234,6 +234,12 @@ func TestOCIRepositoryCloudAzure(t *testing.T) {
 			"failed to get credential from azure: failed to get access token for artifact registry: failed to create provider access token for service account '" + ns + "/untrusted'",
 			"AADSTS70021: No matching federated identity record found for presented assertion."}},
 	})
+	// The registry lets in only the exchange's refresh token.
+	ociCloudNew(t, ns, "anonymous", acr.reg.URL(repo), sourcev1.GenericOCIProvider, nil)
+	o := waitFailedAsFlux[*sourcev1.OCIRepository](t, ns, "anonymous", sourcev1.FetchFailedCondition, sourcev1.OCIPullFailedReason, false)
+	if msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition); !strings.Contains(msg, "UNAUTHORIZED") || o.Status.Artifact != nil {
+		t.Errorf("anonymous pull: FetchFailed message %q, artifact %v", msg, o.Status.Artifact)
+	}
 	if n := acr.exchange.Exchanged(tenant, outsider); n != 0 {
 		t.Errorf("the registry exchanged %d access tokens of the outsider app", n)
 	}
