@@ -9,7 +9,8 @@
 // it), is meant for Entra (audience api://AzureADTokenExchange) and its
 // subject is one the app trusts. The access tokens are JWTs the stand-in
 // signs; Verify is how the stand-ins of the resources they are for (Azure
-// DevOps, a registry's token exchange) accept them.
+// DevOps, a registry's token exchange) accept them. ACR is such an
+// exchange: Azure Container Registry's, for a registry's refresh token.
 //
 // Serve it over HTTPS under the authority host (cloudnet's Serve); it
 // builds its endpoints from the host it was asked on.

@@ -4,7 +4,8 @@
 // starts for itself with other settings (an OpenID provider, TLS). They
 // run with Pdeathsig, so they die with the test binary; the shared one's
 // data directory is named after the test binary's pid and swept by a
-// later run once that pid is gone.
+// later run once that pid is gone. VerifySessionToken tells who the
+// temporary credentials of a server's STS were issued to.
 package minioserver
 
 import (

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"encoding/pem"
 	"io"
@@ -173,23 +174,44 @@ type Named struct {
 	srv  *httptest.Server
 }
 
+// Route is a handler served beside a Named registry on its host, under a
+// ServeMux pattern: a cloud registry's own endpoints, such as a token
+// exchange.
+type Route struct {
+	Pattern string
+	Handler http.Handler
+}
+
 // StartNamed starts a Named registry for host with pair's certificate
-// (the caller's CA must be a system root of the process for pushes).
-func StartNamed(host string, pair pki.Pair, user, password string) (*Named, error) {
+// (the caller's CA must be a system root of the process for pushes),
+// serving routes beside the registry's API.
+func StartNamed(host string, pair pki.Pair, user, password string, routes ...Route) (*Named, error) {
 	quiet()
-	dir, err := os.MkdirTemp("", "oci-registry-")
-	if err != nil {
-		return nil, err
-	}
-	auth, err := htpasswdAuth(dir, user, password)
-	if err != nil {
-		return nil, err
+	var app http.Handler
+	if len(password) > bcryptMaxPassword {
+		// A token too long for htpasswd (an ACR refresh token, say).
+		app = basicAuth(newApp(nil), user, password)
+	} else {
+		dir, err := os.MkdirTemp("", "oci-registry-")
+		if err != nil {
+			return nil, err
+		}
+		auth, err := htpasswdAuth(dir, user, password)
+		if err != nil {
+			return nil, err
+		}
+		app = newApp(auth)
 	}
 	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
 	if err != nil {
 		return nil, err
 	}
-	srv := httptest.NewUnstartedServer(newApp(auth))
+	mux := http.NewServeMux()
+	mux.Handle("/", app)
+	for _, r := range routes {
+		mux.Handle(r.Pattern, r.Handler)
+	}
+	srv := httptest.NewUnstartedServer(mux)
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
@@ -199,6 +221,26 @@ func StartNamed(host string, pair pki.Pair, user, password string) (*Named, erro
 
 // Close stops the registry.
 func (n *Named) Close() { n.srv.Close() }
+
+// bcryptMaxPassword is the longest password bcrypt, htpasswd's only hash
+// in distribution, takes.
+const bcryptMaxPassword = 72
+
+// basicAuth lets only user with password through to h, refusing others
+// as distribution's htpasswd access controller does.
+func basicAuth(h http.Handler, user, password string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(user)) != 1 || subtle.ConstantTimeCompare([]byte(p), []byte(password)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="sourceraft-test"`)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}`+"\n")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
 
 // startMTLS serves h over TLS to clients with a certificate of a new CA.
 func startMTLS(h http.Handler) (*Registry, []byte, pki.Pair, error) {

@@ -343,16 +343,14 @@ func deleteGitRepositories(t *testing.T, ns string) {
 	}
 }
 
-// Controller-level workload identity: without serviceAccountName the
-// controller authenticates as itself, from the environment Azure's
+// azureControllerIdentity gives the controller the identity of the app
+// clientID of tenantID, presenting sa's token, in the environment Azure's
 // workload identity webhook gives its pod (AZURE_CLIENT_ID,
 // AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE with its ServiceAccount's
 // token, AZURE_AUTHORITY_HOST). The variables are the process's, so they
-// are set only while this test, which runs alone, does.
-func TestGitRepositoryAzureController(t *testing.T) {
-	ns := namespaceFor(t, "azure-ctl")
-	tenant, client := azureIdentity(ns, "source-controller")
-	sa := azureServiceAccount(t, ns, "source-controller", "", "")
+// are set only while the test, which must run alone, does.
+func azureControllerIdentity(t *testing.T, sa *corev1.ServiceAccount, tenant, client string) {
+	t.Helper()
 	expiry := int64(time.Hour.Seconds())
 	tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
 		Audiences: []string{azureserver.Audience}, ExpirationSeconds: &expiry,
@@ -370,6 +368,14 @@ func TestGitRepositoryAzureController(t *testing.T) {
 	} {
 		t.Setenv(k, v)
 	}
+}
+
+// Controller-level workload identity: without serviceAccountName the
+// controller authenticates as itself (azureControllerIdentity).
+func TestGitRepositoryAzureController(t *testing.T) {
+	ns := namespaceFor(t, "azure-ctl")
+	tenant, client := azureIdentity(ns, "source-controller")
+	azureControllerIdentity(t, azureServiceAccount(t, ns, "source-controller", "", ""), tenant, client)
 	_, url, sha := devOpsRepo(t, "azure-"+ns, map[string]string{"azure.yaml": "controller"})
 	devOps.admit(tenant, client)
 

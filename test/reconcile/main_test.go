@@ -120,6 +120,11 @@ func run(m *testing.M) (int, error) {
 	if err := startAzure(); err != nil {
 		return 0, err
 	}
+	stopECRAndACR, err := startECRAndACR()
+	defer stopECRAndACR()
+	if err != nil {
+		return 0, err
+	}
 	eventSink = newEventReceiver()
 	defer eventSink.srv.Close()
 
