@@ -1,6 +1,7 @@
 // Package bucket lists and downloads the objects of a bucket, in an
-// S3-compatible store (through minio-go) or Google Cloud Storage (through
-// cloud.google.com/go/storage), the way Flux's Bucket does: ignore rules from
+// S3-compatible store (through minio-go), Google Cloud Storage (through
+// cloud.google.com/go/storage) or Azure Blob Storage (through azblob),
+// the way Flux's Bucket does: ignore rules from
 // the bucket's .sourceignore and the caller's, an index of keys and ETags
 // whose digest is the revision, and downloads bounded by size and entry
 // limits that write only inside the target directory. It knows the stores
@@ -60,7 +61,7 @@ type Object struct {
 }
 
 // Client is what fetching needs of an object store. S3 implements it for
-// the generic and aws providers, GCS for gcp.
+// the generic and aws providers, GCS for gcp, Azure for azure.
 type Client interface {
 	// BucketExists reports whether the bucket exists (false, nil if not).
 	BucketExists(ctx context.Context, bucket string) (bool, error)

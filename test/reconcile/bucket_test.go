@@ -295,8 +295,6 @@ func TestBucketFetchFailures(t *testing.T) {
 			sourcev1.FetchFailedCondition, sourcev1.BucketOperationFailedReason, "bucket 'no-such-bucket' not found", false},
 		{"endpoint with scheme", func(b *sourcev1.Bucket) { b.Spec.Endpoint = "http://" + m.Endpoint },
 			sourcev1.FetchFailedCondition, sourcev1.URLInvalidReason, "without a scheme", true},
-		{"azure provider", func(b *sourcev1.Bucket) { b.Spec.Provider = sourcev1.BucketProviderAzure },
-			sourcev1.FetchFailedCondition, reconcilers.UnsupportedFieldReason, "not supported by sourceraft yet: spec.provider 'azure'", true},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
