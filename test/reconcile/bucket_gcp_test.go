@@ -34,7 +34,9 @@ type gcsStandIn struct {
 	*fakestorage.Server
 	// grants are the buckets each known access token may read.
 	grants map[string][]string
-	mu     sync.Mutex
+	// addr is where it listens, for the routes of the tests' own proxies.
+	addr string
+	mu   sync.Mutex
 	// seen counts the requests each token made that were let in.
 	seen map[string]int
 }
@@ -60,6 +62,7 @@ func startGCS(t *testing.T, grants map[string][]string) *gcsStandIn {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
+	g.addr = srv.Listener.Addr().String()
 	return g
 }
 
@@ -208,6 +211,33 @@ func TestBucketGCP(t *testing.T) {
 		bucketSecret(t, ns, "reader-key", map[string]string{"serviceaccount": string(key)})
 		newGCPBucket(t, ns, "key", readerBucket, "", func(b *sourcev1.Bucket) { b.Spec.SecretRef = &meta.LocalObjectReference{Name: "reader-key"} })
 		ready(t, "key", readerRev, readerToken)
+	})
+
+	t.Run("proxy", func(t *testing.T) {
+		// spec.proxySecretRef carries the key's token exchange as well as
+		// the storage requests, instead of the process's proxy.
+		const tokenHost, storage = "oauth2.googleapis.com:443", gcsHost + ":443"
+		p := startProxy(t, proxyUser, proxyPass)
+		p.Route(tokenHost, gcp.addr)
+		p.Route(storage, gcs.addr)
+		bucketSecret(t, ns, "gcp-proxy", map[string]string{"address": p.URL(), "username": proxyUser, "password": proxyPass})
+		key, err := gcp.srv.NewKey(gcsReader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bucketSecret(t, ns, "proxied-key", map[string]string{"serviceaccount": string(key)})
+		viaCloud := cloud.Proxy.CarriedTo(tokenHost) + cloud.Proxy.CarriedTo(storage)
+		newGCPBucket(t, ns, "proxied", readerBucket, "", func(b *sourcev1.Bucket) {
+			b.Spec.SecretRef = &meta.LocalObjectReference{Name: "proxied-key"}
+			b.Spec.ProxySecretRef = proxyRef("gcp-proxy")
+		})
+		ready(t, "proxied", readerRev, readerToken)
+		if p.CarriedTo(tokenHost) == 0 || p.CarriedTo(storage) == 0 {
+			t.Errorf("the Bucket's proxy carried %s, want the token endpoint and storage", p.Hosts())
+		}
+		if n := cloud.Proxy.CarriedTo(tokenHost) + cloud.Proxy.CarriedTo(storage) - viaCloud; n != 0 {
+			t.Errorf("the process's proxy carried %d more requests: they went around the Bucket's proxy", n)
+		}
 	})
 
 	t.Run("refusals", func(t *testing.T) {
