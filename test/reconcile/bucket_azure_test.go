@@ -46,8 +46,8 @@ type blob struct {
 
 // startBlobService serves an account's Blob service at
 // <account>.blob.core.windows.net behind cloud's proxy and returns its
-// endpoint.
-func startBlobService(t *testing.T, account string) (*blobService, string) {
+// endpoint and the address it listens on.
+func startBlobService(t *testing.T, account string) (*blobService, string, string) {
 	t.Helper()
 	b := &blobService{containers: map[string]map[string]blob{}, readers: map[string][]string{}, served: map[string]int{}}
 	host := account + ".blob.core.windows.net"
@@ -56,7 +56,7 @@ func startBlobService(t *testing.T, account string) (*blobService, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	return b, "https://" + host
+	return b, "https://" + host, srv.Listener.Addr().String()
 }
 
 // fill creates container with blobs (name → content), readable by the
@@ -213,12 +213,14 @@ func TestBucketAzure(t *testing.T) {
 	tenant, reader := azureIdentity(ns, "reader")
 	_, outsider := azureIdentity(ns, "outsider")
 	entra.Federate(tenant, reader, ns, "reader")
+	entra.Federate(tenant, reader, ns, "proxied")
 	entra.Federate(tenant, outsider, ns, "outsider")
 	azureServiceAccount(t, ns, "reader", tenant, reader)
+	azureServiceAccount(t, ns, "proxied", tenant, reader)
 	azureServiceAccount(t, ns, "outsider", tenant, outsider)
 	azureServiceAccount(t, ns, "untrusted", tenant, reader)
 	account := "acct" + strings.ReplaceAll(ns, "-", "")
-	svc, endpoint := startBlobService(t, account)
+	svc, endpoint, addr := startBlobService(t, account)
 	objects := map[string]string{"deploy/app.yaml": "kind: ConfigMap\n", "README.md": "# azure\n"}
 	rev := svc.fill("flux", objects, tenant+"/"+reader)
 
@@ -239,6 +241,26 @@ func TestBucketAzure(t *testing.T) {
 		// An unchanged container keeps its revision and its artifact.
 		if o := bucketRequestReconcile(t, ns, "sa"); o.Status.Artifact.Revision != rev {
 			t.Errorf("revision after a reconcile %q, want %q", o.Status.Artifact.Revision, rev)
+		}
+	})
+
+	t.Run("proxy", func(t *testing.T) {
+		// spec.proxySecretRef carries the Entra exchange (of its own
+		// ServiceAccount, so no cached token stands in) and the Blob
+		// requests, instead of the process's proxy.
+		blobHost := strings.TrimPrefix(endpoint, "https://") + ":443"
+		p := startProxy(t, proxyUser, proxyPass)
+		p.Route(entraHost+":443", entraAddr)
+		p.Route(blobHost, addr)
+		bucketSecret(t, ns, "azure-proxy", map[string]string{"address": p.URL(), "username": proxyUser, "password": proxyPass})
+		viaCloud := cloud.Proxy.CarriedTo(entraHost+":443") + cloud.Proxy.CarriedTo(blobHost)
+		newAzureBucket(t, ns, "proxied", endpoint, "flux", "proxied", func(b *sourcev1.Bucket) { b.Spec.ProxySecretRef = proxyRef("azure-proxy") })
+		bucketCheckArtifact(t, bucketReadyAt(t, ns, "proxied", rev))
+		if p.CarriedTo(entraHost+":443") == 0 || p.CarriedTo(blobHost) == 0 {
+			t.Errorf("the Bucket's proxy carried %s, want Entra ID and the Blob service", p.Hosts())
+		}
+		if n := cloud.Proxy.CarriedTo(entraHost+":443") + cloud.Proxy.CarriedTo(blobHost) - viaCloud; n != 0 {
+			t.Errorf("the process's proxy carried %d more requests: they went around the Bucket's proxy", n)
 		}
 	})
 
