@@ -2,14 +2,18 @@ package reconcilers
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/auth"
 	awsauth "github.com/fluxcd/pkg/auth/aws"
+	azureauth "github.com/fluxcd/pkg/auth/azure"
+	gcpauth "github.com/fluxcd/pkg/auth/gcp"
 	"github.com/fluxcd/pkg/cache"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/patch"
@@ -34,8 +38,9 @@ const InvalidObjectKeyReason = "InvalidObjectKey"
 const defaultBucketTimeout = 60 * time.Second
 
 // BucketReconciler reconciles source.toolkit.fluxcd.io/v1 Bucket objects
-// of the generic and aws providers (the S3 API, through minio-go) into
-// tar.gz artifacts in the replicated store.
+// of the generic and aws providers (the S3 API, through minio-go), the
+// gcp provider (Google Cloud Storage) and the azure provider (Azure Blob
+// Storage) into tar.gz artifacts in the replicated store.
 type BucketReconciler struct {
 	// Client writes only while this replica leads (see leaderclient.go).
 	client.Client
@@ -108,31 +113,25 @@ func (r *BucketReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 // Sets FetchFailed (the ObjectLevelWorkloadIdentity gate off for
 // spec.serviceAccountName, an invalid spec.sts, an unsupported provider or
 // field, an invalid endpoint: also Stalled; missing or invalid secrets,
-// TLS or proxy, the cloud provider refusing the identity, S3 errors, a
+// TLS or proxy, the cloud provider refusing the identity, store errors, a
 // missing bucket, a limit exceeded, an unsafe object key); removes it on
 // success. Sets ArtifactOutdated, Reconciling and Ready=Unknown when the
 // revision differs from the stored artifact's.
 func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.Bucket, st *bucketState) (Result, error) {
-	if obj.Spec.Provider == sourcev1.BucketProviderAmazon {
-		// The check's failure is always a stalling *Error.
-		var gateOff *Error
-		if errors.As(objectLevelIdentityCheck(obj.Spec.ServiceAccountName), &gateOff) {
-			return fetchFailed(obj, gateOff)
-		}
+	// The check's failure is always a stalling *Error.
+	var gateOff *Error
+	if usesCloudIdentity(obj) && errors.As(objectLevelIdentityCheck(obj.Spec.ServiceAccountName), &gateOff) {
+		return fetchFailed(obj, gateOff)
 	}
 	if err := unsupportedBucketSpec(obj); err != nil {
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))
 	}
-	if err := bucketsrc.ValidateEndpoint(obj.Spec.Endpoint); err != nil {
-		return fetchFailed(obj, NewStalling(err, sourcev1.URLInvalidReason))
-	}
-	opts, e := r.s3Options(ctx, obj)
+	c, e := r.bucketClient(ctx, obj)
 	if e != nil {
 		return fetchFailed(obj, e)
 	}
-	c, err := bucketsrc.NewS3(opts)
-	if err != nil {
-		return fetchFailed(obj, NewGeneric(fmt.Errorf("failed to create the S3 client: %w", err), sourcev1.AuthenticationFailedReason))
+	if closer, ok := c.(io.Closer); ok {
+		defer closer.Close()
 	}
 
 	timeout := defaultBucketTimeout
@@ -218,37 +217,123 @@ func (r *BucketReconciler) reconcileArtifact(ctx context.Context, _ *patch.Seria
 	return ResultSuccess, nil
 }
 
-// s3Options are the endpoint, TLS, proxy and credentials of obj's S3
-// client, read as Flux's setupCredentials and createBucketProvider do:
-// spec.secretRef's keys, or for the aws provider without one the
-// credentials of fluxcd/pkg/auth's aws provider (the controller's AWS
-// identity, or spec.serviceAccountName's role exchanged at STS), with
-// spec.region as the STS region and spec.sts.endpoint as its endpoint.
-func (r *BucketReconciler) s3Options(ctx context.Context, obj *sourcev1.Bucket) (bucketsrc.S3Options, *Error) {
-	opts := bucketsrc.S3Options{Endpoint: obj.Spec.Endpoint, Region: obj.Spec.Region, Insecure: obj.Spec.Insecure}
-	authFailed := func(err error) (bucketsrc.S3Options, *Error) {
-		return opts, NewGeneric(err, sourcev1.AuthenticationFailedReason)
+// usesCloudIdentity: obj authenticates to a cloud provider with
+// spec.serviceAccountName, Flux's condition for the
+// ObjectLevelWorkloadIdentity gate (every provider but generic).
+func usesCloudIdentity(obj *sourcev1.Bucket) bool {
+	p := obj.Spec.Provider
+	return p != "" && p != sourcev1.BucketProviderGeneric && obj.Spec.ServiceAccountName != ""
+}
+
+// bucketCredentials are what Flux's setupCredentials reads for every
+// provider: spec.secretRef, the proxy and the TLS configuration (which
+// only the S3 providers use, but a broken one fails them all, as in Flux).
+type bucketCredentials struct {
+	secret *corev1.Secret
+	proxy  *url.URL
+	tls    *tls.Config
+}
+
+// bucketClient is obj's provider's client, its credentials read as
+// Flux's setupCredentials and createBucketProvider do.
+func (r *BucketReconciler) bucketClient(ctx context.Context, obj *sourcev1.Bucket) (bucketsrc.Client, *Error) {
+	authFailed := func(err error) (bucketsrc.Client, *Error) {
+		return nil, NewGeneric(err, sourcev1.AuthenticationFailedReason)
 	}
-	var keys *corev1.Secret
+	var creds bucketCredentials
 	if ref := obj.Spec.SecretRef; ref != nil {
 		s, err := getSecret(ctx, r.Client, obj.Namespace, ref.Name)
 		if err != nil {
 			return authFailed(err)
 		}
-		keys = s
+		creds.secret = s
 	}
 	proxy, err := proxyFromSecretRef(ctx, r.Client, obj.Namespace, obj.Spec.ProxySecretRef)
 	if err != nil {
 		return authFailed(fmt.Errorf("failed to get proxy URL: %w", err))
 	}
-	opts.Proxy = proxy
+	creds.proxy = proxy
 	if ref := obj.Spec.CertSecretRef; ref != nil {
-		opts.TLS, err = secrets.TLSConfigFromSecretRef(ctx, r.Client, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secrets.WithSystemCertPool())
+		creds.tls, err = secrets.TLSConfigFromSecretRef(ctx, r.Client, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secrets.WithSystemCertPool())
 		if err != nil {
 			return authFailed(fmt.Errorf("failed to get TLS config: %w", err))
 		}
 	}
 
+	switch obj.Spec.Provider {
+	case sourcev1.BucketProviderGoogle:
+		opts, e := r.gcsOptions(ctx, obj, creds)
+		if e != nil {
+			return nil, e
+		}
+		c, err := bucketsrc.NewGCS(ctx, opts)
+		if err != nil {
+			return authFailed(err)
+		}
+		return c, nil
+	case sourcev1.BucketProviderAzure:
+		// Without a secret (unsupportedBucketSpec), Flux's credential
+		// chain ends in fluxcd/pkg/auth's azure provider: the controller's
+		// identity, or spec.serviceAccountName's through workload identity.
+		// Like the gcp token source, it keeps the reconcile's ctx.
+		c, err := bucketsrc.NewAzure(bucketsrc.AzureOptions{
+			Endpoint: obj.Spec.Endpoint,
+			Credential: azureauth.NewTokenCredential(ctx,
+				cloudAuthOptions(r.Client, r.TokenCache, sourcev1.BucketKind, obj, obj.Spec.ServiceAccountName, creds.proxy)...),
+			Proxy: creds.proxy,
+		})
+		if err != nil {
+			return authFailed(err)
+		}
+		return c, nil
+	}
+	if err := bucketsrc.ValidateEndpoint(obj.Spec.Endpoint); err != nil {
+		return nil, NewStalling(err, sourcev1.URLInvalidReason)
+	}
+	opts, e := r.s3Options(ctx, obj, creds)
+	if e != nil {
+		return nil, e
+	}
+	c, err := bucketsrc.NewS3(opts)
+	if err != nil {
+		return authFailed(fmt.Errorf("failed to create the S3 client: %w", err))
+	}
+	return c, nil
+}
+
+// gcsOptions are the gcp provider's, as Flux's gcp.NewClient takes them:
+// the service account key in spec.secretRef's 'serviceaccount' field,
+// or without a secret the tokens of fluxcd/pkg/auth's gcp provider (the
+// controller's identity, or spec.serviceAccountName's through workload
+// identity federation). spec.endpoint is not used, as in Flux.
+func (r *BucketReconciler) gcsOptions(ctx context.Context, obj *sourcev1.Bucket, creds bucketCredentials) (bucketsrc.GCSOptions, *Error) {
+	opts := bucketsrc.GCSOptions{Proxy: creds.proxy}
+	if s := creds.secret; s != nil {
+		if _, ok := s.Data["serviceaccount"]; !ok {
+			return opts, NewGeneric(fmt.Errorf("invalid '%s' secret data: required fields 'serviceaccount'", s.Name), sourcev1.AuthenticationFailedReason)
+		}
+		opts.ServiceAccountKey = s.Data["serviceaccount"]
+		return opts, nil
+	}
+	// The token source keeps ctx, the reconcile's: the client lives
+	// only within it.
+	opts.Tokens = gcpauth.NewTokenSource(ctx,
+		cloudAuthOptions(r.Client, r.TokenCache, sourcev1.BucketKind, obj, obj.Spec.ServiceAccountName, creds.proxy)...)
+	return opts, nil
+}
+
+// s3Options are the endpoint, TLS, proxy and credentials of obj's S3
+// client, read as Flux's createBucketProvider does: spec.secretRef's
+// keys, or for the aws provider without one the credentials of
+// fluxcd/pkg/auth's aws provider (the controller's AWS identity, or
+// spec.serviceAccountName's role exchanged at STS), with spec.region as
+// the STS region and spec.sts.endpoint as its endpoint.
+func (r *BucketReconciler) s3Options(ctx context.Context, obj *sourcev1.Bucket, creds bucketCredentials) (bucketsrc.S3Options, *Error) {
+	opts := bucketsrc.S3Options{Endpoint: obj.Spec.Endpoint, Region: obj.Spec.Region, Insecure: obj.Spec.Insecure, Proxy: creds.proxy, TLS: creds.tls}
+	authFailed := func(err error) (bucketsrc.S3Options, *Error) {
+		return opts, NewGeneric(err, sourcev1.AuthenticationFailedReason)
+	}
+	keys, proxy := creds.secret, creds.proxy
 	if keys != nil && (len(keys.Data["accesskey"]) == 0 || len(keys.Data["secretkey"]) == 0) {
 		return authFailed(fmt.Errorf("invalid '%s' secret data: required fields 'accesskey' and 'secretkey'", keys.Name))
 	}
@@ -272,11 +357,11 @@ func (r *BucketReconciler) s3Options(ctx context.Context, obj *sourcev1.Bucket) 
 		if sts := obj.Spec.STS; sts != nil {
 			authOpts = append(authOpts, auth.WithSTSEndpoint(sts.Endpoint))
 		}
-		creds, err := awsauth.NewCredentialsProvider(ctx, authOpts...).Retrieve(ctx)
+		aws, err := awsauth.NewCredentialsProvider(ctx, authOpts...).Retrieve(ctx)
 		if err != nil {
 			return authFailed(fmt.Errorf("AWS authentication failed: %w", err))
 		}
-		opts.AccessKey, opts.SecretKey, opts.SessionToken = creds.AccessKeyID, creds.SecretAccessKey, creds.SessionToken
+		opts.AccessKey, opts.SecretKey, opts.SessionToken = aws.AccessKeyID, aws.SecretAccessKey, aws.SessionToken
 	}
 	return opts, nil
 }
@@ -323,7 +408,13 @@ func (r *BucketReconciler) limits() bucketsrc.Limits {
 func unsupportedBucketSpec(obj *sourcev1.Bucket) error {
 	var fields []string
 	switch p := obj.Spec.Provider; p {
-	case "", sourcev1.BucketProviderGeneric, sourcev1.BucketProviderAmazon:
+	case "", sourcev1.BucketProviderGeneric, sourcev1.BucketProviderAmazon, sourcev1.BucketProviderGoogle:
+	case sourcev1.BucketProviderAzure:
+		// Flux's secret forms (account key, SAS, client secret or
+		// certificate, managed identity) are not implemented.
+		if obj.Spec.SecretRef != nil {
+			fields = append(fields, "spec.secretRef for spec.provider 'azure'")
+		}
 	default:
 		fields = append(fields, "spec.provider '"+p+"'")
 	}

@@ -1,17 +1,21 @@
-// Package gcpserver stands in for the Google Cloud endpoints fluxcd/pkg/auth's
-// gcp provider reaches, for tests: the GCE/GKE metadata server (plain HTTP
+// Package gcpserver stands in for the Google Cloud endpoints that
+// fluxcd/pkg/auth's gcp provider and Google's client libraries reach for
+// credentials, for tests: the GCE/GKE metadata server (plain HTTP
 // on loopback, as GCE_METADATA_HOST names it) that issues the controller's
 // access token and describes the GKE cluster, and for GKE workload
 // identity federation the Security Token Service (sts.googleapis.com),
 // which exchanges a Kubernetes ServiceAccount token it validates with a
 // TokenReview against the cluster's API server, and IAM Credentials
 // (iamcredentials.googleapis.com), which issues a Google service
-// account's access token to the federated identities bound to it. Each
-// checks what the real one checks of a request and answers in its format.
+// account's access token to the federated identities bound to it, and
+// the OAuth 2.0 token endpoint (oauth2.googleapis.com), which issues it
+// to the holders of the account's keys. Each checks what the real one
+// checks of a request and answers in its format.
 package gcpserver
 
 import (
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -27,7 +31,7 @@ import (
 )
 
 // Hosts are the host names of the HTTPS endpoints Handler serves.
-var Hosts = []string{"sts.googleapis.com", "iamcredentials.googleapis.com"}
+var Hosts = []string{"sts.googleapis.com", "iamcredentials.googleapis.com", "oauth2.googleapis.com"}
 
 // cloudPlatformScope is what a token must be asked for to reach Artifact
 // Registry.
@@ -57,6 +61,8 @@ type Server struct {
 type account struct {
 	token   string
 	members []string
+	// keys are the account's key IDs and public keys (NewKey).
+	keys map[string]*rsa.PublicKey
 }
 
 // Start starts the metadata server of project's cluster on loopback; kube
@@ -163,11 +169,13 @@ func (s *Server) serveMetadata(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"access_token": s.ControllerToken, "expires_in": 3599, "token_type": "Bearer"})
 }
 
-// Handler serves STS and IAM Credentials (see Hosts).
+// Handler serves STS, IAM Credentials and the OAuth 2.0 token endpoint
+// (see Hosts).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST sts.googleapis.com/v1/token", s.serveSTS)
 	mux.HandleFunc("POST iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{action}", s.serveGenerateAccessToken)
+	mux.HandleFunc("POST oauth2.googleapis.com/token", s.serveToken)
 	return mux
 }
 

@@ -1,9 +1,11 @@
-// Package bucket lists and downloads the objects of an S3-compatible
-// bucket (through minio-go) the way Flux's Bucket does: ignore rules from
+// Package bucket lists and downloads the objects of a bucket, in an
+// S3-compatible store (through minio-go), Google Cloud Storage (through
+// cloud.google.com/go/storage) or Azure Blob Storage (through azblob),
+// the way Flux's Bucket does: ignore rules from
 // the bucket's .sourceignore and the caller's, an index of keys and ETags
 // whose digest is the revision, and downloads bounded by size and entry
-// limits that write only inside the target directory. It knows S3 and
-// nothing of Kubernetes: credentials come in as strings, and the errors
+// limits that write only inside the target directory. It knows the stores
+// and nothing of Kubernetes: credentials come in as values, and the errors
 // below tell the caller which condition to set.
 package bucket
 
@@ -59,7 +61,7 @@ type Object struct {
 }
 
 // Client is what fetching needs of an object store. S3 implements it for
-// the generic and aws providers.
+// the generic and aws providers, GCS for gcp, Azure for azure.
 type Client interface {
 	// BucketExists reports whether the bucket exists (false, nil if not).
 	BucketExists(ctx context.Context, bucket string) (bool, error)

@@ -35,6 +35,9 @@ const (
 // gcp is Google Cloud as the tests see it (startGCP).
 var gcp struct {
 	srv *gcpserver.Server
+	// addr is where STS, IAM Credentials and the OAuth token endpoint
+	// listen, for the routes of the tests' own proxies.
+	addr string
 	// europe (Artifact Registry's europe-docker.pkg.dev) lets only the
 	// controller's token in, us (us-docker.pkg.dev) only gcpPuller's.
 	europe, us *ociregistry.Named
@@ -60,9 +63,11 @@ func startGCP() (func(), error) {
 	if err := os.Setenv("GCE_METADATA_HOST", gcp.srv.MetadataHost()); err != nil {
 		return cleanup, err
 	}
-	if _, err := cloud.Serve(gcp.srv.Handler(), gcpserver.Hosts...); err != nil {
+	srv, err := cloud.Serve(gcp.srv.Handler(), gcpserver.Hosts...)
+	if err != nil {
 		return cleanup, err
 	}
+	gcp.addr = srv.Listener.Addr().String()
 	pullerToken := gcpserver.NewToken("ya29.puller")
 	gcp.srv.AddServiceAccount(gcpPuller, pullerToken)
 	for _, r := range []struct {
