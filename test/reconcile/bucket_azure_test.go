@@ -284,16 +284,7 @@ func TestBucketAzure(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				newAzureBucket(t, ns, tt.name, endpoint, tt.container, tt.sa, tt.mutate)
-				o := waitFailedAsFlux[*sourcev1.Bucket](t, ns, tt.name, sourcev1.FetchFailedCondition, tt.reason, tt.stalled)
-				msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition)
-				for _, want := range tt.message {
-					if !strings.Contains(msg, want) {
-						t.Errorf("FetchFailed message %q, want it to contain %q", msg, want)
-					}
-				}
-				if o.Status.Artifact != nil || len(bucketStored(t, ns, tt.name)) != 0 {
-					t.Errorf("refused Bucket has an artifact: %+v", o.Status.Artifact)
-				}
+				checkBucketRefused(t, ns, tt.name, tt.reason, tt.stalled, tt.message)
 			})
 		}
 	})

@@ -281,16 +281,7 @@ func TestBucketGCP(t *testing.T) {
 			t.Run(tt.name, func(t *testing.T) {
 				name := fmt.Sprintf("refused-%d", i)
 				newGCPBucket(t, ns, name, tt.bucket, tt.sa, tt.mutate)
-				o := waitFailedAsFlux[*sourcev1.Bucket](t, ns, name, sourcev1.FetchFailedCondition, tt.reason, false)
-				msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition)
-				for _, want := range tt.message {
-					if !strings.Contains(msg, want) {
-						t.Errorf("FetchFailed message %q, want it to contain %q", msg, want)
-					}
-				}
-				if o.Status.Artifact != nil || len(bucketStored(t, ns, name)) != 0 {
-					t.Errorf("refused Bucket has an artifact: %+v", o.Status.Artifact)
-				}
+				checkBucketRefused(t, ns, name, tt.reason, false, tt.message)
 			})
 		}
 	})

@@ -466,3 +466,20 @@ func TestBucketCertSecretRef(t *testing.T) {
 		})
 	}
 }
+
+// checkBucketRefused waits for Bucket ns/name to fail to fetch with reason
+// (stalled or retried), a FetchFailed message holding every one of
+// message, and no artifact in its status or the store.
+func checkBucketRefused(t *testing.T, ns, name, reason string, stalled bool, message []string) {
+	t.Helper()
+	o := waitFailedAsFlux[*sourcev1.Bucket](t, ns, name, sourcev1.FetchFailedCondition, reason, stalled)
+	msg := conditions.GetMessage(o, sourcev1.FetchFailedCondition)
+	for _, want := range message {
+		if !strings.Contains(msg, want) {
+			t.Errorf("FetchFailed message %q, want it to contain %q", msg, want)
+		}
+	}
+	if o.Status.Artifact != nil || len(bucketStored(t, ns, name)) != 0 {
+		t.Errorf("refused Bucket has an artifact: %+v", o.Status.Artifact)
+	}
+}
