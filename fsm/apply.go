@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 
+	"github.com/sourceraft/sourceraft/internal/durable"
 	"github.com/sourceraft/sourceraft/storage"
 	bolt "go.etcd.io/bbolt"
 )
@@ -118,7 +119,7 @@ func (a *applyCtx) publish(id, digest string, size int64) error {
 		return ioErr("link blob file: %w", err)
 	}
 	if !a.f.opts.NoSync {
-		if err := syncDir(a.f.dirs.sha256); err != nil {
+		if err := durable.SyncDir(a.f.dirs.sha256); err != nil {
 			return ioErr("sync blob directory: %w", err)
 		}
 	}

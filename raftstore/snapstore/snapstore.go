@@ -38,6 +38,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/sourceraft/sourceraft/internal/durable"
 )
 
 // Linker is implemented by the sinks of this store: an FSM's Persist
@@ -292,15 +294,6 @@ func (s *Store) reap() error {
 	return errors.Join(errs...)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // Sink is a snapshot being written: bytes written go to inline segments,
 // files given to LinkFile become segments of their own, in call order.
 type Sink struct {
@@ -454,7 +447,7 @@ func (s *Sink) finish() error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(s.dir)
+		err = durable.SyncDir(s.dir)
 	}
 	if err != nil {
 		return fmt.Errorf("snapshot %s: write meta: %w", s.meta.ID, err)
@@ -464,7 +457,7 @@ func (s *Sink) finish() error {
 		return fmt.Errorf("snapshot %s: %w", s.meta.ID, err)
 	}
 	s.dir = final
-	if err := syncDir(s.store.dir); err != nil {
+	if err := durable.SyncDir(s.store.dir); err != nil {
 		return fmt.Errorf("snapshot %s: %w", s.meta.ID, err)
 	}
 	return nil
