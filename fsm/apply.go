@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 
-	"github.com/sourceraft/sourceraft/internal/durable"
 	"github.com/sourceraft/sourceraft/storage"
 	bolt "go.etcd.io/bbolt"
 )
@@ -119,7 +118,7 @@ func (a *applyCtx) publish(id, digest string, size int64) error {
 		return ioErr("link blob file: %w", err)
 	}
 	if !a.f.opts.NoSync {
-		if err := durable.SyncDir(a.f.dirs.sha256); err != nil {
+		if err := syncDir(a.f.dirs.sha256); err != nil {
 			return ioErr("sync blob directory: %w", err)
 		}
 	}

@@ -12,8 +12,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-
-	"github.com/sourceraft/sourceraft/internal/durable"
 )
 
 // blobDirs is where blob bytes rest, beside the database:
@@ -141,6 +139,15 @@ func sumDigest(h hash.Hash) string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // writeTemp streams r into a temporary file and checks it hashes to
 // digest with size bytes, and syncs it: the first half of writing a blob
 // file (restores, migrations and repairs), done without any lock. The
@@ -174,7 +181,7 @@ func (d blobDirs) writeTemp(digest string, size int64, r io.Reader, noSync bool)
 func (d blobDirs) publishTemp(tmp, digest string, noSync bool) error {
 	err := os.Rename(tmp, d.blob(digest))
 	if err == nil && !noSync {
-		err = durable.SyncDir(d.sha256)
+		err = syncDir(d.sha256)
 	}
 	if err != nil {
 		_ = os.Remove(tmp)

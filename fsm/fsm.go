@@ -13,8 +13,6 @@ import (
 
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/sourceraft/sourceraft/internal/durable"
 )
 
 // ErrClosed is returned by every method of a closed FSM, and by an FSM whose
@@ -205,7 +203,7 @@ func compact(db *bolt.DB, path string, opts Options) (*bolt.DB, error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return nil, err
 	}
-	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
+	if err := syncDir(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
 	return bolt.Open(path, 0o600, boltOptions(opts))

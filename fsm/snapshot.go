@@ -16,8 +16,6 @@ import (
 
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/sourceraft/sourceraft/internal/durable"
 )
 
 // FileLinker is what a raft.SnapshotSink may implement to keep a file's
@@ -607,7 +605,7 @@ func (f *FSM) swap(tmp string) error {
 	f.arts.Store(newArtifactCache())
 	renameErr := os.Rename(tmp, f.path)
 	if renameErr == nil {
-		if err := durable.SyncDir(filepath.Dir(f.path)); err != nil {
+		if err := syncDir(filepath.Dir(f.path)); err != nil {
 			// The rename is done; a crash may undo it, and Raft restores
 			// its latest snapshot on start anyway.
 			slog.Warn("fsm: restore: sync directory", "err", err)

@@ -14,8 +14,6 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/migrate"
-
-	"github.com/sourceraft/sourceraft/internal/durable"
 )
 
 // Log store kinds, the values of Config.LogStore and --raft-log-store.
@@ -140,7 +138,7 @@ func copyBoltIntoWAL(raftDir string, stable *raftboltdb.BoltStore, openWAL func(
 	if err := os.Rename(tmp, filepath.Join(raftDir, walDir)); err != nil {
 		return fmt.Errorf("install migrated raft wal: %w", err)
 	}
-	return durable.SyncDir(raftDir)
+	return syncDir(raftDir)
 }
 
 // copyWALIntoBolt moves the WAL's entries into raft.db and removes the WAL.
@@ -169,7 +167,7 @@ func copyWALIntoBolt(raftDir string, stable *raftboltdb.BoltStore, openWAL func(
 	if err := os.Rename(dir, old); err != nil {
 		return fmt.Errorf("retire raft wal: %w", err)
 	}
-	if err := durable.SyncDir(raftDir); err != nil {
+	if err := syncDir(raftDir); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(old); err != nil {
@@ -192,6 +190,18 @@ func deleteAll(s raft.LogStore) error {
 }
 
 // syncDir makes renames in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s to sync: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
 // walLog is raft-wal as the node's log, reopened after a failed append: raft-wal cannot recover while open from a segment rotation that
 // failed (a full disk), and every later append fails with "segment is
 // sealed"; opening it again recovers the tail from its files, as after a

@@ -38,8 +38,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-
-	"github.com/sourceraft/sourceraft/internal/durable"
 )
 
 // Linker is implemented by the sinks of this store: an FSM's Persist
@@ -294,6 +292,15 @@ func (s *Store) reap() error {
 	return errors.Join(errs...)
 }
 
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // Sink is a snapshot being written: bytes written go to inline segments,
 // files given to LinkFile become segments of their own, in call order.
 type Sink struct {
@@ -447,7 +454,7 @@ func (s *Sink) finish() error {
 		err = cerr
 	}
 	if err == nil {
-		err = durable.SyncDir(s.dir)
+		err = syncDir(s.dir)
 	}
 	if err != nil {
 		return fmt.Errorf("snapshot %s: write meta: %w", s.meta.ID, err)
@@ -457,7 +464,7 @@ func (s *Sink) finish() error {
 		return fmt.Errorf("snapshot %s: %w", s.meta.ID, err)
 	}
 	s.dir = final
-	if err := durable.SyncDir(s.store.dir); err != nil {
+	if err := syncDir(s.store.dir); err != nil {
 		return fmt.Errorf("snapshot %s: %w", s.meta.ID, err)
 	}
 	return nil
