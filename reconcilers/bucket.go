@@ -118,10 +118,10 @@ func (r *BucketReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 // success. Sets ArtifactOutdated, Reconciling and Ready=Unknown when the
 // revision differs from the stored artifact's.
 func (r *BucketReconciler) reconcileSource(ctx context.Context, sp *patch.SerialPatcher, obj *sourcev1.Bucket, st *bucketState) (Result, error) {
-	// The check's failure is always a stalling *Error.
-	var gateOff *Error
-	if usesCloudIdentity(obj) && errors.As(objectLevelIdentityCheck(obj.Spec.ServiceAccountName), &gateOff) {
-		return fetchFailed(obj, gateOff)
+	if usesCloudIdentity(obj) {
+		if e := objectLevelIdentityCheck(obj.Spec.ServiceAccountName); e != nil {
+			return fetchFailed(obj, e)
+		}
 	}
 	if err := unsupportedBucketSpec(obj); err != nil {
 		return fetchFailed(obj, NewStalling(err, UnsupportedFieldReason))

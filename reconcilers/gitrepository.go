@@ -217,9 +217,7 @@ func (r *GitRepositoryReconciler) gitAuth(ctx context.Context, obj *sourcev1.Git
 		if err != nil {
 			return nil, authFailed(err)
 		}
-		if err := objectLevelIdentityCheck(obj.Spec.ServiceAccountName); err != nil {
-			var e *Error
-			errors.As(err, &e)
+		if e := objectLevelIdentityCheck(obj.Spec.ServiceAccountName); e != nil {
 			return nil, e
 		}
 		opts := append(cloudAuthOptions(r.Client, r.TokenCache, sourcev1.GitRepositoryKind, obj, obj.Spec.ServiceAccountName, proxy),

@@ -380,10 +380,9 @@ func (r *OCIRepositoryReconciler) ociClient(ctx context.Context, obj *sourcev1.O
 		}
 	}
 	if ref := obj.Spec.CertSecretRef; ref != nil && ref.Name != "" {
-		secret := &corev1.Secret{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, secret); err != nil {
-			return nil, NewGeneric(fmt.Errorf("failed to generate transport for '%s': failed to get secret '%s/%s': %w",
-				obj.Spec.URL, obj.Namespace, ref.Name, err), sourcev1.AuthenticationFailedReason)
+		secret, err := getSecret(ctx, r.Client, obj.Namespace, ref.Name)
+		if err != nil {
+			return nil, NewGeneric(fmt.Errorf("failed to generate transport for '%s': %w", obj.Spec.URL, err), sourcev1.AuthenticationFailedReason)
 		}
 		tlsConfig, err := secrets.TLSConfigFromSecret(ctx, secret, secrets.WithSystemCertPool())
 		if err != nil {

@@ -35,7 +35,7 @@ func cloudAuthOptions(c client.Client, tokens *cache.TokenCache, kind string, ob
 // provider as a ServiceAccount of its own while the
 // ObjectLevelWorkloadIdentity feature gate is off, with Flux's reason and
 // message: the controller must not silently use its own identity instead.
-func objectLevelIdentityCheck(serviceAccount string) error {
+func objectLevelIdentityCheck(serviceAccount string) *Error {
 	if serviceAccount == "" || auth.IsObjectLevelWorkloadIdentityEnabled() {
 		return nil
 	}
