@@ -13,7 +13,6 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sourceraft/sourceraft/internal/gcpserver"
@@ -197,7 +196,7 @@ func TestBucketGCP(t *testing.T) {
 	})
 
 	t.Run("service account", func(t *testing.T) {
-		gcsServiceAccount(t, ns, "reader")
+		gcpServiceAccount(t, ns, "reader", gcsReader)
 		gcp.srv.Bind(gcsReader, ns, "reader")
 		newGCPBucket(t, ns, "sa", readerBucket, "reader", nil)
 		ready(t, "sa", readerRev, readerToken)
@@ -241,7 +240,7 @@ func TestBucketGCP(t *testing.T) {
 	})
 
 	t.Run("refusals", func(t *testing.T) {
-		gcsServiceAccount(t, ns, "unbound")
+		gcpServiceAccount(t, ns, "unbound", gcsReader)
 		// A key of an account the token endpoint does not know.
 		stranger := "stranger@" + gcpProject + ".iam.gserviceaccount.com"
 		gcp.srv.AddServiceAccount(stranger, gcpserver.NewToken("ya29.stranger"))
@@ -285,12 +284,4 @@ func TestBucketGCP(t *testing.T) {
 			})
 		}
 	})
-}
-
-// gcsServiceAccount creates the ServiceAccount ns/name, annotated to
-// impersonate gcsReader.
-func gcsServiceAccount(t *testing.T, ns, name string) {
-	t.Helper()
-	createObject(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
-		Annotations: map[string]string{"iam.gke.io/gcp-service-account": gcsReader}}}, nil)
 }

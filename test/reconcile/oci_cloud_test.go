@@ -121,17 +121,16 @@ func ociCloudNew(t *testing.T, ns, name, url, provider string, mutate func(*sour
 }
 
 // gcpServiceAccount creates the ServiceAccount ns/name, annotated to
-// impersonate gcpPuller.
-func gcpServiceAccount(t *testing.T, ns, name string, pullSecrets ...string) {
+// impersonate the Google service account googleAccount, with
+// pullSecrets as its image pull secrets.
+func gcpServiceAccount(t *testing.T, ns, name, googleAccount string, pullSecrets ...string) {
 	t.Helper()
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
-		Annotations: map[string]string{"iam.gke.io/gcp-service-account": gcpPuller}}}
+		Annotations: map[string]string{"iam.gke.io/gcp-service-account": googleAccount}}}
 	for _, s := range pullSecrets {
 		sa.ImagePullSecrets = append(sa.ImagePullSecrets, corev1.LocalObjectReference{Name: s})
 	}
-	if err := env.Client.Create(context.Background(), sa); err != nil {
-		t.Fatal(err)
-	}
+	createObject(t, sa, nil)
 }
 
 // TestOCIRepositoryCloudGCP pulls from Artifact Registry as the
@@ -150,10 +149,10 @@ func TestOCIRepositoryCloudGCP(t *testing.T) {
 	europeDigest := gcp.europe.PushFiles(t, repo, "v1", files)
 	usDigest := gcp.us.PushFiles(t, repo, "v1", files)
 
-	gcpServiceAccount(t, ns, "puller")
+	gcpServiceAccount(t, ns, "puller", gcpPuller)
 	gcp.srv.Bind(gcpPuller, ns, "puller")
-	gcpServiceAccount(t, ns, "unbound")
-	gcpServiceAccount(t, ns, "secrets-missing", "absent")
+	gcpServiceAccount(t, ns, "unbound", gcpPuller)
+	gcpServiceAccount(t, ns, "secrets-missing", gcpPuller, "absent")
 	withSA := func(name string) func(*sourcev1.OCIRepository) {
 		return func(o *sourcev1.OCIRepository) { o.Spec.ServiceAccountName = name }
 	}
