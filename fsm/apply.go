@@ -143,22 +143,40 @@ func (a *applyCtx) dropUpload(id []byte) {
 }
 
 // release drops one reference to a blob; with the last one the record goes
-// now and the file once the transaction is durable.
+// now, and the file once the transaction is durable (a blob in the bucket
+// is recorded as garbage for the leader to delete).
 func (a *applyCtx) release(digest string) {
-	blobs := a.tx.Bucket(bucketBlobs)
-	blob, ok := getBlob(blobs, []byte(digest))
+	ref, ok := a.storedBlob([]byte(digest))
 	if !ok {
 		return
 	}
-	if blob.Refs > 1 {
-		blob.Refs--
-		must(blobs.Put([]byte(digest), blob.encode()))
+	if ref.rec.Refs > 1 {
+		ref.rec.Refs--
+		must(ref.bucket.Put([]byte(digest), ref.rec.encode()))
 		return
 	}
-	must(blobs.Delete([]byte(digest)))
+	must(ref.bucket.Delete([]byte(digest)))
 	a.cnt.Blobs--
-	a.cnt.BlobBytes -= blob.Size
+	a.cnt.BlobBytes -= ref.rec.Size
+	a.cntChanged = true
+	if ref.remote {
+		a.addGarbage([]byte(digest))
+		return
+	}
 	a.unlinkBlobs = append(a.unlinkBlobs, digest)
+}
+
+// reference adds one reference to the blob digest found at ref (a new
+// local blob of size when ref has no record yet).
+func (a *applyCtx) reference(digest []byte, ref storedBlob, size int64) {
+	if ref.rec.Refs == 0 {
+		ref.rec = blobRecord{Size: size}
+		a.cnt.Blobs++
+		a.cnt.BlobBytes += size
+		a.cntChanged = true
+	}
+	ref.rec.Refs++
+	must(ref.bucket.Put(digest, ref.rec.encode()))
 }
 
 // finish runs last in the transaction: it syncs the upload files written

@@ -106,13 +106,34 @@ func (f *FSM) OnCorrupt(fn func(digest string)) {
 }
 
 // Content is an artifact and its bytes, opened for one download: Data for
-// a small blob held in memory (always verified), File otherwise. Close it.
+// a small blob held in memory (always verified), File otherwise. A Remote
+// blob has neither until the caller fetches it from the object store and
+// attaches it. Close it.
 type Content struct {
 	Artifact storage.Artifact
 	Data     []byte
 	File     *os.File
+	Remote   bool
 	f        *FSM
 	verified bool
+}
+
+// Attach gives remote content its bytes: fh, a file the object store's
+// cache verified against the blob digest. A small blob is read into memory
+// and held like a local one, so the next download needs no fetch.
+func (c *Content) Attach(fh *os.File) error {
+	c.File, c.verified = fh, true
+	if c.Artifact.Size > SmallBlobSize {
+		return nil
+	}
+	defer c.Close()
+	data := make([]byte, c.Artifact.Size)
+	if _, err := io.ReadFull(fh, data); err != nil {
+		return fmt.Errorf("read %s: %w", c.Artifact.Blob(), err)
+	}
+	c.f.blobs.cache.Add(c.Artifact.Blob(), data)
+	c.Data = data
+	return nil
 }
 
 // Size is the length of the content.
@@ -199,6 +220,9 @@ func (f *FSM) open(k storage.Key) (*Content, error) {
 			}
 		}
 		fh, err := os.Open(f.dirs.blob(a.Blob()))
+		if errors.Is(err, fs.ErrNotExist) && f.BlobPlace(a.Blob()) == Remote {
+			return &Content{Artifact: a, Remote: true, f: f}, nil
+		}
 		if errors.Is(err, fs.ErrNotExist) && attempt == 0 {
 			continue // deleted since the lookup, or replaced: look again
 		}

@@ -22,6 +22,9 @@ const (
 	cmdExpireUploads   cmdType = 5
 	cmdSetNode         cmdType = 6
 	cmdRemoveNode      cmdType = 7
+	cmdCommitRemote    cmdType = 8
+	cmdMoveBlobs       cmdType = 9
+	cmdForgetGarbage   cmdType = 10
 )
 
 // skipUnknown on a type byte lets a replica that does not know the type

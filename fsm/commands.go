@@ -42,6 +42,9 @@ func registerAll(t map[cmdType]handler) map[cmdType]handler {
 	register(t, cmdExpireUploads, "expire-uploads", decodeExpireUploads, applyExpireUploads)
 	register(t, cmdSetNode, "set-node", decodeSetNode, applySetNode)
 	register(t, cmdRemoveNode, "remove-node", decodeRemoveNode, applyRemoveNode)
+	register(t, cmdCommitRemote, "commit-remote", decodeCommitRemote, applyCommitRemote)
+	register(t, cmdMoveBlobs, "move-blobs", decodeStrings, applyMoveBlobs)
+	register(t, cmdForgetGarbage, "forget-garbage", decodeStrings, applyForgetGarbage)
 	return t
 }
 
@@ -139,23 +142,10 @@ func applyChunk(a *applyCtx, c chunkCmd) error {
 
 func applyCommit(a *applyCtx, c commitCmd) error {
 	art := c.Artifact
-	path := art.Path()
-	// Only what any release accepted: a replica replaying an old log must
-	// apply what its peers applied. The write paths check Flux's kinds and
-	// Kubernetes names (storage.ParseWritePath) before proposing.
-	if _, err := storage.ParsePath(path); err != nil {
+	if err := validArtifact(art); err != nil {
 		return fmt.Errorf("commit of upload %q: %w", c.UploadID, err)
 	}
-	// The blob is always addressed by sha256; an artifact digest of
-	// another algorithm rides beside it. A commit without BlobDigest (all
-	// of them before --artifact-digest-algo) applies exactly as before.
 	blobDigest := art.Blob()
-	if !validDigest(blobDigest) {
-		return fmt.Errorf("commit of upload %q: blob digest %q is not sha256 in hex: %w", c.UploadID, blobDigest, ErrInvalidCommand)
-	}
-	if art.BlobDigest != "" && !validOtherDigest(art.Digest) {
-		return fmt.Errorf("commit of upload %q: digest %q is not <algorithm>:<hex> of an algorithm other than sha256: %w", c.UploadID, art.Digest, ErrInvalidCommand)
-	}
 	id := []byte(c.UploadID)
 	uploads, blobs := a.tx.Bucket(bucketUploads), a.tx.Bucket(bucketBlobs)
 	up, ok := getUpload(uploads, id)
@@ -167,29 +157,52 @@ func applyCommit(a *applyCtx, c commitCmd) error {
 			c.UploadID, up.Chunks, up.Bytes, c.Chunks, art.Size, ErrIncompleteUpload)
 	}
 	digest := []byte(blobDigest)
-	blob, stored := getBlob(blobs, digest)
-	if stored && blob.Size != art.Size {
+	// Content already in the bucket (committed through --storage-backend=s3)
+	// is referenced there; the upload's bytes are dropped.
+	ref, stored := a.storedBlob(digest)
+	if stored && ref.rec.Size != art.Size {
 		return fmt.Errorf("commit of upload %q: %s is stored with %d bytes, not %d: %w",
-			c.UploadID, blobDigest, blob.Size, art.Size, storage.ErrDigestMismatch)
+			c.UploadID, blobDigest, ref.rec.Size, art.Size, storage.ErrDigestMismatch)
 	}
 	if !stored {
 		if err := a.publish(c.UploadID, blobDigest, art.Size); err != nil {
 			return fmt.Errorf("commit of upload %q: %w", c.UploadID, err)
 		}
+		ref = storedBlob{bucket: blobs}
 	}
 
 	// Reference the new blob before dereferencing the path's old one, so
 	// recommitting the same content never drops it on the way.
 	must(uploads.Delete(id))
 	a.dropUploadFile(c.UploadID)
-	if stored {
-		blob.Refs++
-	} else {
-		blob = blobRecord{Size: art.Size, Refs: 1}
-		a.cnt.Blobs++
-		a.cnt.BlobBytes += art.Size
+	a.reference(digest, ref, art.Size)
+	a.putArtifact(art.Path(), c.raw, art.Size)
+	return nil
+}
+
+// validArtifact checks what a commit names: only what any release
+// accepted, since a replica replaying an old log must apply what its
+// peers applied. The write paths check Flux's kinds and Kubernetes names
+// (storage.ParseWritePath) before proposing.
+func validArtifact(art storage.Artifact) error {
+	if _, err := storage.ParsePath(art.Path()); err != nil {
+		return err
 	}
-	must(blobs.Put(digest, blob.encode()))
+	// The blob is always addressed by sha256; an artifact digest of
+	// another algorithm rides beside it. A commit without BlobDigest (all
+	// of them before --artifact-digest-algo) applies exactly as before.
+	if d := art.Blob(); !validDigest(d) {
+		return fmt.Errorf("blob digest %q is not sha256 in hex: %w", d, ErrInvalidCommand)
+	}
+	if art.BlobDigest != "" && !validOtherDigest(art.Digest) {
+		return fmt.Errorf("digest %q is not <algorithm>:<hex> of an algorithm other than sha256: %w", art.Digest, ErrInvalidCommand)
+	}
+	return nil
+}
+
+// putArtifact records the artifact at path, whose blob the caller has
+// referenced already, releasing the blob of the artifact it replaces.
+func (a *applyCtx) putArtifact(path string, raw []byte, size int64) {
 	artifacts := a.tx.Bucket(bucketArtifacts)
 	if old := artifacts.Get([]byte(path)); old != nil {
 		ref := storedRef(path, old)
@@ -198,11 +211,10 @@ func applyCommit(a *applyCtx, c commitCmd) error {
 	} else {
 		a.cnt.Artifacts++
 	}
-	a.cnt.ArtifactBytes += art.Size
+	a.cnt.ArtifactBytes += size
 	a.cntChanged = true
-	must(artifacts.Put([]byte(path), c.raw))
+	must(artifacts.Put([]byte(path), raw))
 	setCurrent(a.tx, []byte(path))
-	return nil
 }
 
 func applyDeleteArtifacts(a *applyCtx, paths []string) error {

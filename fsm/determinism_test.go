@@ -92,6 +92,13 @@ func randomLogs(t testing.TB, seed uint64, n int) []*raft.Log {
 			add(raft.LogConfiguration, []byte("configuration"))
 		case r < 96:
 			add(raft.LogNoop, nil)
+		case r < 98:
+			content := contents[rng.IntN(len(contents))]
+			add(raft.LogCommand, EncodeCommitRemote(RemoteCommit{Artifact: artifactAt(t, paths[rng.IntN(len(paths))], content)}))
+		case r < 99:
+			add(raft.LogCommand, EncodeMoveBlobs([]string{digestOf(contents[rng.IntN(len(contents))])}))
+		default:
+			add(raft.LogCommand, EncodeForgetGarbage([]string{digestOf(contents[rng.IntN(len(contents))])}))
 		}
 		// Uploads expired, aborted or broken by the bad chunks above stay
 		// open a while: their later chunks and commits are rejected.

@@ -27,10 +27,14 @@ type Upload struct {
 
 // Stats summarises the applied state.
 type Stats struct {
-	Artifacts    int
-	Bytes        int64 // sum of artifact sizes, shared blobs counted per artifact
-	Blobs        int
-	BlobBytes    int64
+	Artifacts int
+	Bytes     int64 // sum of artifact sizes, shared blobs counted per artifact
+	Blobs     int
+	BlobBytes int64
+	// RemoteBlobs of Blobs rest in the object store; GarbageBlobs are
+	// objects there the leader has yet to delete.
+	RemoteBlobs  int
+	GarbageBlobs int
 	Uploads      int
 	AppliedIndex uint64
 }
@@ -135,6 +139,7 @@ func (f *FSM) Stats() (Stats, error) {
 		}
 		s.Artifacts, s.Bytes, s.Blobs, s.BlobBytes = int(c.Artifacts), c.ArtifactBytes, int(c.Blobs), c.BlobBytes
 		s.Uploads = tx.Bucket(bucketUploads).Stats().KeyN
+		s.RemoteBlobs, s.GarbageBlobs = keyCount(tx, bucketRemote), keyCount(tx, bucketGarbage)
 		return nil
 	})
 	if err != nil {
@@ -307,4 +312,12 @@ func (f *FSM) ArtifactWithDigest(digest string) (storage.Artifact, error) {
 		return storage.Artifact{}, fmt.Errorf("artifact with digest %s: %w", digest, err)
 	}
 	return found, nil
+}
+
+// keyCount is the number of keys in a bucket that may not exist yet.
+func keyCount(tx *bolt.Tx, name []byte) int {
+	if b := tx.Bucket(name); b != nil {
+		return b.Stats().KeyN
+	}
+	return 0
 }
