@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 
 	"github.com/sourceraft/sourceraft/storage"
 	bolt "go.etcd.io/bbolt"
@@ -226,4 +227,18 @@ func (f *FSM) GarbageBlobs(limit int) ([]string, error) {
 		return nil, fmt.Errorf("list garbage blobs: %w", err)
 	}
 	return out, nil
+}
+
+// OpenBlobFile opens the file of a local blob, for the leader to copy it
+// to the object store. The file may be unlinked meanwhile by a release or
+// a move; the descriptor keeps it readable.
+func (f *FSM) OpenBlobFile(digest string) (*os.File, error) {
+	if !validDigest(digest) {
+		return nil, fmt.Errorf("open blob file %q: not a sha256 digest", digest)
+	}
+	fh, err := os.Open(f.dirs.blob(digest))
+	if err != nil {
+		return nil, fmt.Errorf("open blob file: %w", err)
+	}
+	return fh, nil
 }

@@ -134,6 +134,19 @@ func (s *artifactServer) serveLocal(c echo.Context, k storage.Key, content *fsm.
 		vals[1] = a.LastUpdateTime.UTC().Format(http.TimeFormat)
 		h["Last-Modified"] = vals[1:2:2]
 	}
+	if content.Remote && (r.Method != http.MethodHead || isConditional(r.Header)) {
+		redirect, err := s.cfg.Backend.OpenRemote(r.Context(), content)
+		switch {
+		case err != nil:
+			s.remoteFailed(c, k, err)
+			return
+		case redirect != "":
+			// The object store checks the signature; the consumer checks
+			// the digest it expects, as after any download.
+			http.Redirect(w, r, redirect, http.StatusTemporaryRedirect)
+			return
+		}
+	}
 	if isConditional(r.Header) {
 		// A range cannot stream through the hash: a blob this process
 		// has not verified yet is checked whole first.
@@ -296,6 +309,35 @@ func (s *artifactServer) repair(digest string) {
 	s.cfg.Logger.Warn("blob corrupt and no peer could repair it", "digest", digest, "path", k)
 }
 
+// remoteFailed answers a download whose blob the object store could not
+// give: a peer whose cache holds it serves it instead, else 503, which
+// consumers retry (the bucket may be back by then). A corrupt object goes
+// the way of a corrupt file.
+func (s *artifactServer) remoteFailed(c echo.Context, k storage.Key, err error) {
+	if errors.Is(err, storage.ErrCorrupt) {
+		s.bodyFailed(c, k, 0, err)
+		return
+	}
+	s.cfg.Logger.Error("artifact unreadable from the object store", "path", k, "error", err)
+	countError("artifacts", c.Request().Method)
+	if !s.peerInstead(c, k) {
+		writePlain(c, http.StatusServiceUnavailable, err.Error())
+	}
+}
+
+// peerInstead serves a peer's copy in place of the local one that failed,
+// unless a peer asked: it reports whether one was served.
+func (s *artifactServer) peerInstead(c echo.Context, k storage.Key) bool {
+	if c.Request().Header.Get(forwardedHeader) != "" {
+		return false
+	}
+	h := c.Response().Header()
+	for _, name := range peerResponseHeaders {
+		h.Del(name)
+	}
+	return s.relayFromPeers(c, k) == peersServed
+}
+
 // bodyFailed ends a download whose content could not be read. Before any
 // byte went out a peer's intact copy is served instead (a 500 if none
 // has one); after, the connection is cut so a consumer sees a failed
@@ -305,14 +347,8 @@ func (s *artifactServer) bodyFailed(c echo.Context, k storage.Key, sent int64, e
 	if !c.Response().Committed {
 		s.cfg.Logger.Error("artifact unreadable", "path", k, "error", err)
 		countError("artifacts", c.Request().Method)
-		if corrupt && c.Request().Header.Get(forwardedHeader) == "" {
-			h := c.Response().Header()
-			for _, name := range peerResponseHeaders {
-				h.Del(name)
-			}
-			if s.relayFromPeers(c, k) == peersServed {
-				return
-			}
+		if corrupt && s.peerInstead(c, k) {
+			return
 		}
 		writePlain(c, http.StatusInternalServerError, err.Error())
 		return

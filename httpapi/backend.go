@@ -18,6 +18,10 @@ type Backend interface {
 	// its content, or fails with storage.ErrNotFound (storage.ErrCorrupt
 	// for a blob found bad before anything was sent).
 	OpenArtifact(k storage.Key) (*fsm.Content, error)
+	// OpenRemote gives content whose blob rests in the object store
+	// (Content.Remote) its bytes, or returns the URL to redirect the
+	// download to.
+	OpenRemote(ctx context.Context, c *fsm.Content) (redirect string, err error)
 	// WaitFor blocks until the artifact at k is applied locally and opens
 	// it, or this replica has applied everything it knows to be committed
 	// and still lacks it (storage.ErrNotFound), or ctx ends.

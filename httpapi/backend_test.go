@@ -43,6 +43,14 @@ type memBackend struct {
 	// asked records every path the HTTP layer handed to the backend.
 	asked []string
 
+	// objects stands in for the object store remote blobs rest in: their
+	// bytes by digest. remoteErr fails OpenRemote; presignBase, when set,
+	// answers it with a redirect under that URL.
+	objects     map[string][]byte
+	remoteErr   error
+	presignBase string
+	remoteOpens atomic.Int64
+
 	lookups atomic.Int64
 	stores  atomic.Int64
 	// algo, when set, is the --artifact-digest-algo commits are made with.
@@ -68,6 +76,7 @@ func newMemBackend(t testing.TB, id string) *memBackend {
 		f:       f,
 		dir:     dir,
 		arts:    map[string]memArtifact{},
+		objects: map[string][]byte{},
 		pending: map[string]bool{},
 		changed: make(chan struct{}),
 		status:  clusterapi.Status{NodeID: id, State: "Leader", LeaderID: id},
@@ -113,6 +122,55 @@ func (b *memBackend) commitLocked(p string, data []byte, rev string) storage.Art
 	close(b.changed)
 	b.changed = make(chan struct{})
 	return a
+}
+
+// putRemote commits an artifact whose blob rests in the object store.
+func (b *memBackend) putRemote(p string, data []byte) storage.Artifact {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	a, err := storage.ParsePath(p)
+	if err != nil {
+		panic(err)
+	}
+	a.Revision, a.Digest, a.Size = "main@sha1:0123", digestOf(data), int64(len(data))
+	a.LastUpdateTime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	b.objects[a.Blob()] = data
+	b.applyLocked(fsm.EncodeCommitRemote(fsm.RemoteCommit{Artifact: a}))
+	b.arts[p] = memArtifact{a: a, data: data}
+	return a
+}
+
+func (b *memBackend) setRemote(err error, presignBase string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.remoteErr, b.presignBase = err, presignBase
+}
+
+func (b *memBackend) OpenRemote(_ context.Context, c *fsm.Content) (string, error) {
+	b.remoteOpens.Add(1)
+	b.mu.Lock()
+	data, ok := b.objects[c.Artifact.Blob()]
+	err, base := b.remoteErr, b.presignBase
+	b.mu.Unlock()
+	switch {
+	case err != nil:
+		return "", err
+	case !ok:
+		return "", storage.ErrNotFound
+	case base != "":
+		return base + "/" + c.Artifact.Blob(), nil
+	}
+	fh, err := os.CreateTemp(b.dir, "object")
+	if err != nil {
+		return "", err
+	}
+	if _, err := fh.Write(data); err != nil {
+		return "", err
+	}
+	if _, err := fh.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	return "", c.Attach(fh)
 }
 
 func (b *memBackend) put(p string, data []byte) storage.Artifact {

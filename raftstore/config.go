@@ -84,6 +84,14 @@ type Config struct {
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
 
+	// Blobs, when set, is the object store blob bytes rest in
+	// (--storage-backend=s3); nil keeps them in files on every replica.
+	Blobs BlobStore
+	// Presign, when positive and Blobs is set, answers downloads with a
+	// redirect to a URL pre-signed for that long instead of streaming the
+	// bytes through the local cache.
+	Presign time.Duration
+
 	// NoSync skips fsyncs of the FSM database; tests and benchmarks only.
 	NoSync bool
 	Logger *slog.Logger

@@ -64,6 +64,7 @@ func (n *Node) leaderDuties(ctx context.Context) {
 	}
 	n.registerSelf(ctx)
 	n.sweepUploads(ctx, true)
+	n.sweepBlobStore(ctx, true)
 	apDone := make(chan struct{})
 	go func() {
 		defer close(apDone)
@@ -84,10 +85,12 @@ func (n *Node) leaderDuties(ctx context.Context) {
 			return
 		case <-sweep.C:
 			n.sweepUploads(ctx, false)
+			n.sweepBlobStore(ctx, false)
 		case <-gc:
 			if err := n.GarbageCollect(ctx, n.cfg.Retention); err != nil {
 				n.log.Warn("garbage collection", "error", err)
 			}
+			n.sweepBlobStore(ctx, false)
 		}
 	}
 }
@@ -119,6 +122,14 @@ func (n *Node) sweepUploads(ctx context.Context, orphans bool) {
 		return
 	}
 	n.log.Info("aborted uploads without commit", "count", len(dead))
+}
+
+// sweepBlobStore runs SweepBlobStore, logging what fails: the next sweep
+// tries again.
+func (n *Node) sweepBlobStore(ctx context.Context, orphans bool) {
+	if err := n.SweepBlobStore(ctx, orphans); err != nil && ctx.Err() == nil {
+		n.log.Warn("object store sweep", "error", err)
+	}
 }
 
 // maybeSnapshot snapshots once the log has grown by SnapshotBytes since

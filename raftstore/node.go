@@ -65,6 +65,9 @@ type Node struct {
 	fresh atomic.Bool
 
 	uploads   *uploadSet
+	guard     blobGuard
+	// blobStoreErr is the object store's last health check.
+	blobStoreErr atomic.Pointer[error]
 	notify    chan bool
 	observers []func(isLeader bool)
 	onCorrupt func(digest string)
@@ -101,6 +104,10 @@ func (n *Node) Open() (err error) {
 	raftDir := filepath.Join(n.cfg.Dir, "raft")
 	if err := os.MkdirAll(raftDir, 0o750); err != nil {
 		return fmt.Errorf("create raft dir: %w", err)
+	}
+	// A crash leaves spooled uploads nobody will commit.
+	if err := os.RemoveAll(filepath.Join(n.cfg.Dir, spoolDir)); err != nil {
+		return fmt.Errorf("clear spool: %w", err)
 	}
 	var closers []io.Closer
 	defer func() {
@@ -185,6 +192,10 @@ func (n *Node) Open() (err error) {
 	go n.leadershipLoop()
 	go n.every(time.Second, n.maybeSnapshot)
 	go n.every(registerInterval, n.registerIfNeeded)
+	if n.cfg.Blobs != nil {
+		n.wg.Add(1)
+		go n.checkBlobStore()
+	}
 	return nil
 }
 

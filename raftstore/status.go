@@ -74,6 +74,9 @@ func (n *Node) Ready() error {
 	if err := n.logBytes.Err(); err != nil {
 		return fmt.Errorf("writing the raft log fails: %w", err)
 	}
+	if err := n.blobStoreHealth(); err != nil {
+		return err
+	}
 	applied := n.appliedIndex(r)
 	if _, id := r.LeaderWithID(); id == "" {
 		if st, err := n.fsm.Stats(); err == nil && st.Artifacts > 0 {

@@ -47,6 +47,9 @@ func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader
 	if err != nil {
 		return err
 	}
+	if n.cfg.Blobs != nil {
+		return n.storeRemote(ctx, r, a, content, sums)
+	}
 	id, err := newUploadID()
 	if err != nil {
 		return err
@@ -55,30 +58,45 @@ func (n *Node) Store(ctx context.Context, a *storage.Artifact, content io.Reader
 	defer n.uploads.remove(id)
 
 	chunks, size, err := n.proposeChunks(ctx, r, id, content, sums)
-	if err == nil && a.ExpectedSize > 0 && size != a.ExpectedSize {
-		err = fmt.Errorf("%w: %d bytes of the %d declared", storage.ErrIncomplete, size, a.ExpectedSize)
-	}
 	if err == nil {
-		stored := *a
-		if err = sums.artifact(&stored, n.cfg.DigestAlgorithm, a.Digest); err == nil {
-			stored.Size = size
-			if stored.LastUpdateTime.IsZero() {
-				stored.LastUpdateTime = time.Now().UTC().Truncate(time.Second)
-			}
+		var stored storage.Artifact
+		if stored, err = n.described(*a, size, sums); err == nil {
 			if err = n.propose(ctx, r, fsm.EncodeCommit(fsm.Commit{UploadID: id, Chunks: chunks, Artifact: stored})); err == nil {
 				*a = stored
 				return nil
 			}
 		}
 	}
-	reason := abortReason(err)
-	metrics.UploadsAborted.WithLabelValues(reason).Inc()
-	n.log.Warn("upload aborted, nothing committed", "path", a.Path(), "upload", id, "reason", reason, "error", err)
+	n.aborted(a, id, err)
 	// Best effort: a later leader expires the upload anyway.
 	if abortErr := n.propose(context.WithoutCancel(ctx), r, fsm.EncodeAbortUploads([]string{id})); abortErr != nil {
 		n.log.Warn("abort upload", "upload", id, "error", abortErr)
 	}
 	return fmt.Errorf("store %s: %w", a.Path(), err)
+}
+
+// described is a with the digests and size of the size bytes sums hashed,
+// checked against what the caller declared.
+func (n *Node) described(a storage.Artifact, size int64, sums contentDigests) (storage.Artifact, error) {
+	if a.ExpectedSize > 0 && size != a.ExpectedSize {
+		return a, fmt.Errorf("%w: %d bytes of the %d declared", storage.ErrIncomplete, size, a.ExpectedSize)
+	}
+	stored := a
+	if err := sums.artifact(&stored, n.cfg.DigestAlgorithm, a.Digest); err != nil {
+		return a, err
+	}
+	stored.Size = size
+	if stored.LastUpdateTime.IsZero() {
+		stored.LastUpdateTime = time.Now().UTC().Truncate(time.Second)
+	}
+	return stored, nil
+}
+
+// aborted counts and logs an upload that committed nothing.
+func (n *Node) aborted(a *storage.Artifact, id string, err error) {
+	reason := abortReason(err)
+	metrics.UploadsAborted.WithLabelValues(reason).Inc()
+	n.log.Warn("upload aborted, nothing committed", "path", a.Path(), "upload", id, "reason", reason, "error", err)
 }
 
 // abortReason is the label an aborted upload is counted under.
@@ -179,7 +197,7 @@ func readChunk(content io.Reader, buf []byte) (int, bool, error) {
 }
 
 // Retrieve opens the artifact's content in the local store.
-func (n *Node) Retrieve(_ context.Context, a storage.Artifact) (io.ReadCloser, error) {
+func (n *Node) Retrieve(ctx context.Context, a storage.Artifact) (io.ReadCloser, error) {
 	k, err := storage.KeyOf(a)
 	if err != nil {
 		return nil, err
@@ -187,6 +205,11 @@ func (n *Node) Retrieve(_ context.Context, a storage.Artifact) (io.ReadCloser, e
 	c, err := n.fsm.Open(k)
 	if err != nil {
 		return nil, err
+	}
+	if c.Remote {
+		if err := n.attachRemote(ctx, c); err != nil {
+			return nil, err
+		}
 	}
 	return contentReader{c.Reader(), c}, nil
 }
