@@ -64,15 +64,15 @@ type Node struct {
 	// bootstrapping, has not yet registered with the leader.
 	fresh atomic.Bool
 
-	uploads   *uploadSet
-	guard     blobGuard
+	uploads *uploadSet
+	guard   blobGuard
 	// blobStoreErr is the object store's last health check.
 	blobStoreErr atomic.Pointer[error]
-	notify    chan bool
-	observers []func(isLeader bool)
-	onCorrupt func(digest string)
-	done      chan struct{}
-	wg        sync.WaitGroup
+	notify       chan bool
+	observers    []func(isLeader bool)
+	onCorrupt    func(digest string)
+	done         chan struct{}
+	wg           sync.WaitGroup
 }
 
 // New only allocates; Open brings the node up.
