@@ -20,11 +20,11 @@ func TestArtifactRemoteBlob(t *testing.T) {
 	n.b.putRemote("helmchart/ns/c/1.tgz", small)
 	url := "http://" + n.artifact + "/" + artPath
 
-	resp, body := do(t, http.MethodHead, url, nil, nil)
+	resp, _ := do(t, http.MethodHead, url, nil, nil)
 	if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(len(data)) || n.b.remoteOpens.Load() != 0 {
 		t.Fatalf("HEAD: %d, length %d, %d object store reads", resp.StatusCode, resp.ContentLength, n.b.remoteOpens.Load())
 	}
-	resp, body = do(t, http.MethodGet, url, nil, nil)
+	resp, body := do(t, http.MethodGet, url, nil, nil)
 	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) || resp.Header.Get("ETag") != `"`+a.Digest+`"` {
 		t.Fatalf("GET: %d, %d bytes, etag %q", resp.StatusCode, len(body), resp.Header.Get("ETag"))
 	}

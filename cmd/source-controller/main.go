@@ -70,6 +70,8 @@ type options struct {
 	tokenCacheMaxSize  int
 	featureGates       string
 	defaultSA          string
+
+	blobs blobFlags
 }
 
 func main() {
@@ -132,6 +134,7 @@ func main() {
 	flag.IntVar(&o.tokenCacheMaxSize, "token-cache-max-size", 100, "The maximum number of tokens (GitHub App installation tokens, cloud provider credentials) kept until 80% of their lifetime; 0 disables the cache.")
 	flag.StringVar(&o.featureGates, "feature-gates", "", "Comma-separated Name=true|false pairs. Supported: "+auth.FeatureGateObjectLevelWorkloadIdentity+" (default false): spec.serviceAccountName authenticates to cloud providers as that ServiceAccount.")
 	flag.StringVar(&o.defaultSA, "default-service-account", "", "ServiceAccount of an object's namespace that cloud provider authentication uses when the object names none (multi-tenancy lockdown); needs "+auth.FeatureGateObjectLevelWorkloadIdentity+".")
+	o.blobs.register(flag.CommandLine)
 	flag.Parse()
 
 	log := newLogger(o.logLevel)
@@ -178,6 +181,13 @@ func run(o options, log *slog.Logger) error {
 	if o.tlsCert != "" || o.tlsKey != "" || o.tlsCA != "" {
 		cfg.TLS = &raftstore.TLSFiles{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, ServerName: o.tlsServerName}
 	}
+	startCtx, cancelStart := context.WithTimeout(context.Background(), time.Minute)
+	cfg.Blobs, err = o.blobs.open(startCtx, o.storagePath)
+	cancelStart()
+	if err != nil {
+		return err
+	}
+	cfg.Presign = o.blobs.presign
 	node := raftstore.New(cfg)
 	if o.reconcile {
 		runner, err := newRunner(o, node, orDefault(o.storageAdvAddr, cfg.StorageAddr), cfg, log)
@@ -193,7 +203,7 @@ func run(o options, log *slog.Logger) error {
 		return err
 	}
 	defer node.Close()
-	metrics.StorageBackend.WithLabelValues("raft-bbolt").Set(1)
+	metrics.StorageBackend.WithLabelValues(o.blobs.backend).Set(1)
 	if err := metrics.RegisterRaft(func() metrics.RaftState {
 		st := node.Status()
 		return metrics.RaftState{Term: st.Term, AppliedIndex: st.AppliedIndex, CommitIndex: st.CommitIndex,

@@ -58,6 +58,12 @@ type Server struct {
 	region string
 	// logFile holds the server's output, for failure messages.
 	logFile string
+	// dir and opts started the server of Start, and proc runs it, so
+	// Stop and Restart can bring it down and back on the same address.
+	dir    string
+	opts   Options
+	proc   *exec.Cmd
+	exited chan struct{}
 }
 
 // Options configure a server of a test's own (Start); the shared one
@@ -91,7 +97,7 @@ func Shared(t testing.TB) *Server {
 		sweepDirs()
 		var dir string
 		if dir, errSrv = dataDir(os.Getpid()); errSrv == nil {
-			shared, errSrv = start(dir, Options{}, nil)
+			shared, errSrv = start(dir, "", Options{}, nil)
 		}
 	})
 	if errSrv != nil {
@@ -106,19 +112,54 @@ func Start(t testing.TB, o Options) *Server {
 	t.Helper()
 	dir := t.TempDir()
 	var cmd *exec.Cmd
-	s, err := start(dir, o, &cmd)
-	if cmd != nil {
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	}
+	s, err := start(dir, "", o, &cmd)
 	if err != nil {
+		if cmd != nil {
+			_ = cmd.Process.Kill()
+		}
 		t.Fatal(err)
 	}
+	s.dir, s.opts, s.proc = dir, o, cmd
+	t.Cleanup(s.kill)
 	return s
 }
 
-// start runs bin/minio with its data and log under dir; started, when
-// set, receives the process once it runs.
-func start(dir string, o Options, started **exec.Cmd) (*Server, error) {
+func (s *Server) kill() {
+	if s.proc != nil {
+		_ = s.proc.Process.Kill()
+		<-s.exited
+		s.proc = nil
+	}
+}
+
+// Stop kills a server of Start, as a bucket that goes away; Restart
+// brings it back.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if s.dir == "" {
+		t.Fatal("minioserver: only a server of Start can stop")
+	}
+	s.kill()
+}
+
+// Restart starts a stopped server of Start again, on the same address
+// with the same data.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	var cmd *exec.Cmd
+	again, err := start(s.dir, s.Endpoint, s.opts, &cmd)
+	if err != nil {
+		if cmd != nil {
+			_ = cmd.Process.Kill()
+		}
+		t.Fatal(err)
+	}
+	s.proc, s.exited = cmd, again.exited
+}
+
+// start runs bin/minio with its data and log under dir, on addr (a free
+// port when empty); started, when set, receives the process once it runs.
+func start(dir, addr string, o Options, started **exec.Cmd) (*Server, error) {
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		return nil, err
@@ -128,15 +169,16 @@ func start(dir string, o Options, started **exec.Cmd) (*Server, error) {
 		return nil, fmt.Errorf("%s is missing or not executable: run `make minio-bin` "+
 			"(builds the MinIO server from the Go module proxy into bin/)", bin)
 	}
-	addr, err := freeport.Addr()
-	if err != nil {
-		return nil, err
+	if addr == "" {
+		if addr, err = freeport.Addr(); err != nil {
+			return nil, err
+		}
 	}
 	consoleAddr, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}
-	logFile, err := os.Create(filepath.Join(dir, "minio.log"))
+	logFile, err := os.OpenFile(filepath.Join(dir, "minio.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +204,8 @@ func start(dir string, o Options, started **exec.Cmd) (*Server, error) {
 		*started = cmd
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	waited := make(chan struct{})
+	go func() { exited <- cmd.Wait(); close(waited) }()
 
 	secure := o.CertsDir != ""
 	tr, err := minio.DefaultTransport(secure)
@@ -202,7 +245,7 @@ func start(dir string, o Options, started **exec.Cmd) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{Endpoint: addr, Secure: secure, Client: c, admin: hc, region: o.Region, logFile: logFile.Name()}, nil
+	return &Server{Endpoint: addr, Secure: secure, Client: c, admin: hc, region: o.Region, logFile: logFile.Name(), exited: waited}, nil
 }
 
 // AddPolicy creates (or replaces) the IAM policy name with the policy

@@ -24,6 +24,7 @@ import (
 	"github.com/sourceraft/sourceraft/clusterapi"
 	"github.com/sourceraft/sourceraft/internal/cluster"
 	"github.com/sourceraft/sourceraft/internal/gitserver"
+	"github.com/sourceraft/sourceraft/internal/minioserver"
 )
 
 // Retention the replicas run with; the tracker applies the same policy.
@@ -140,6 +141,27 @@ func seedFor(t *testing.T) uint64 {
 	return h.Sum64()
 }
 
+// useBucket runs the replicas with --storage-backend=s3 against a MinIO
+// server of the run's own, reached from their namespaces through a
+// forwarder like the Git server.
+func (s *suite) useBucket(args []string) {
+	t := s.t
+	srv := minioserver.Start(t, minioserver.Options{})
+	bucket := srv.NewBucket(t, nil)
+	endpoint, err := s.c.Forward(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := filepath.Join(t.TempDir(), "credentials")
+	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", minioserver.User, minioserver.Password)
+	if err := os.WriteFile(creds, []byte(ini), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.c.SetArgs(append(args, "--storage-backend=s3", "--s3-endpoint="+endpoint, "--s3-bucket="+bucket,
+		"--s3-insecure", "--s3-path-style", "--s3-credentials-file="+creds, "--s3-cache-size=256Mi"))
+	s.event("blob backend s3: bucket %s at %s", bucket, srv.Endpoint)
+}
+
 // rng returns an independent random stream of the run's seed.
 func (s *suite) rng(stream uint64) *rand.Rand { return rand.New(rand.NewPCG(s.seed, stream)) }
 
@@ -228,7 +250,7 @@ func (s *suite) setup(ctx context.Context) {
 	// Each replica in a network namespace of its own; the API server and
 	// the Git server reach them through forwarders on the bridge.
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	s.c, err = cluster.New(cluster.Options{Binary: binary, Dir: t.TempDir(), Replicas: s.cfg.replicas, Netns: true, Args: []string{
+	args := []string{
 		"--reconcile", "--kubeconfig=" + kubeconfig,
 		"--artifact-retention-records=" + strconv.Itoa(retentionRecords),
 		"--artifact-retention-ttl=" + retentionTTL.String(),
@@ -237,9 +259,17 @@ func (s *suite) setup(ctx context.Context) {
 		"--raft-server-stabilization-time=2s",
 		// Goroutine dumps of a replica that stops answering.
 		"--pprof",
-	}})
+	}
+	s.c, err = cluster.New(cluster.Options{Binary: binary, Dir: t.TempDir(), Replicas: s.cfg.replicas, Netns: true, Args: args})
 	if err != nil {
 		t.Fatal(err)
+	}
+	switch backend := os.Getenv("CHAOS_BACKEND"); backend {
+	case "", "raft":
+	case "s3":
+		s.useBucket(args)
+	default:
+		t.Fatalf("CHAOS_BACKEND=%q: want raft or s3", backend)
 	}
 	// Mounted before any replica starts, unmounted after Close.
 	s.smallDisk = 1
