@@ -58,15 +58,17 @@ type config struct {
 // suite is one chaos run: the cluster, the load, the faults and what they
 // observed.
 type suite struct {
-	t     *testing.T
-	cfg   config
-	seed  uint64
-	start time.Time
-	c     *cluster.Cluster
-	git   *gitserver.Server
-	ns    string
-	tr    *tracker
-	probe *gitRepo
+	t *testing.T
+	// bucket holds the blobs under CHAOS_BACKEND=s3.
+	bucket *bucketRef
+	cfg    config
+	seed   uint64
+	start  time.Time
+	c      *cluster.Cluster
+	git    *gitserver.Server
+	ns     string
+	tr     *tracker
+	probe  *gitRepo
 	// probeRng draws the probe commits' content, so that whether a kill
 	// hit the leader (a matter of timing) does not shift the fault loop's
 	// own random stream.
@@ -157,6 +159,7 @@ func (s *suite) useBucket(args []string) {
 	if err := os.WriteFile(creds, []byte(ini), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	s.bucket = &bucketRef{srv: srv, name: bucket}
 	s.c.SetArgs(append(args, "--storage-backend=s3", "--s3-endpoint="+endpoint, "--s3-bucket="+bucket,
 		"--s3-insecure", "--s3-path-style", "--s3-credentials-file="+creds, "--s3-cache-size=256Mi"))
 	s.event("blob backend s3: bucket %s at %s", bucket, srv.Endpoint)
@@ -211,6 +214,7 @@ func (s *suite) run() {
 	stopMonitor()
 	<-monDone
 	s.verifyStores(ctx)
+	s.verifyBucket(ctx)
 	s.verifyTerms()
 	s.report()
 }

@@ -2,14 +2,21 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	sourcev1 "github.com/fluxcd/source-controller/api/v1"
+	"github.com/minio/minio-go/v7"
+
 	"github.com/sourceraft/sourceraft/clusterapi"
+	"github.com/sourceraft/sourceraft/internal/minioserver"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -282,4 +289,44 @@ func (s *suite) verifyTerms() {
 			s.problems = append(s.problems, fmt.Sprintf("term %d had %d leaders: %v", term, len(l), l))
 		}
 	}
+}
+
+// bucketRef is the MinIO bucket of a CHAOS_BACKEND=s3 run.
+type bucketRef struct {
+	srv  *minioserver.Server
+	name string
+}
+
+// verifyBucket checks, under CHAOS_BACKEND=s3, that the blob of every
+// artifact retention protects is an object of the bucket with its size,
+// and that no replica keeps blob files: the bytes live in the bucket only.
+func (s *suite) verifyBucket(ctx context.Context) {
+	if s.bucket == nil {
+		return
+	}
+	now := time.Now()
+	checked := 0
+	for _, a := range s.tr.snapshot() {
+		if !s.tr.protected(a.path, now) {
+			continue
+		}
+		key := "sha256/" + strings.TrimPrefix(a.digest, "sha256:")
+		if _, err := s.bucket.srv.Client.StatObject(ctx, s.bucket.name, key, minio.StatObjectOptions{}); err != nil {
+			s.n.lost.Add(1)
+			s.problem("bucket: %s of %s: %v", key, a.path, err)
+			continue
+		}
+		checked++
+	}
+	for _, i := range s.memberList() {
+		r := s.c.Replicas[i]
+		entries, err := os.ReadDir(filepath.Join(r.Dir, "data", "blobs", "sha256"))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.problem("bucket: %s: %v", r.ID, err)
+		}
+		if len(entries) > 0 {
+			s.problem("bucket: %s holds %d blob files with the s3 backend", r.ID, len(entries))
+		}
+	}
+	s.event("bucket: %d protected artifacts' blobs are objects of %s; no replica holds blob files", checked, s.bucket.name)
 }

@@ -188,15 +188,22 @@ func TestStatefulSetBase(t *testing.T) {
 // applyAll creates flux-system (enforcing the restricted Pod Security
 // level), applies the CRDs for real, then every other object with a
 // server-side dry run and strict field validation.
-func applyAll(ctx context.Context, t *testing.T, objs []*unstructured.Unstructured) {
-	c := env.Client
+// ensureNamespace creates the namespace the bases deploy into, enforcing
+// the restricted Pod Security level.
+func ensureNamespace(ctx context.Context, t *testing.T) {
+	t.Helper()
 	nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
 		"pod-security.kubernetes.io/enforce":         "restricted",
 		"pod-security.kubernetes.io/enforce-version": "latest",
 	}}}
-	if err := c.Create(ctx, nsObj); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := env.Client.Create(ctx, nsObj); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
+}
+
+func applyAll(ctx context.Context, t *testing.T, objs []*unstructured.Unstructured) {
+	c := env.Client
+	ensureNamespace(ctx, t)
 	strict := client.WithFieldValidation(c, metav1.FieldValidationStrict)
 	// The CRDs first, for real: server-side apply over the ones testenv
 	// installed from api/crds, so they must be valid and compatible.
@@ -748,4 +755,81 @@ func TestCertManagerOverlay(t *testing.T) {
 	if !ca {
 		t.Errorf("Certificate %s is not issued by a CA Issuer of the overlay (issuerRef %q)", cert.GetName(), issuer)
 	}
+}
+
+// The S3 overlay: the base's objects with the backend's flags and the
+// credentials Secret mounted where the flags point, dry-run created like
+// the base.
+func TestS3Overlay(t *testing.T) {
+	objs := build(t, repoPath(t, "deploy", "s3"))
+	base := build(t, repoPath(t, "deploy", "statefulset"))
+	var got, want []string
+	for _, u := range objs {
+		got = append(got, key(u))
+	}
+	for _, u := range base {
+		want = append(want, key(u))
+	}
+	sort.Strings(got)
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("overlay objects:\n%s\nwant the base's:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	var sts, baseSts appsv1.StatefulSet
+	find(t, objs, "StatefulSet", stsName, &sts)
+	find(t, base, "StatefulSet", stsName, &baseSts)
+	c := container(t, &sts)
+	flags := flagValues(c.Args)
+	if flags["storage-backend"] != "s3" {
+		t.Errorf("--storage-backend=%q, want s3", flags["storage-backend"])
+	}
+	for _, name := range []string{"s3-endpoint", "s3-bucket", "s3-region", "s3-credentials-file", "s3-cache-size"} {
+		if flags[name] == "" {
+			t.Errorf("--%s is not set", name)
+		}
+	}
+	for name, v := range flagValues(container(t, &baseSts).Args) {
+		if flags[name] != v {
+			t.Errorf("base flag --%s=%s became %q", name, v, flags[name])
+		}
+	}
+	var secretVolume string
+	for _, v := range sts.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "source-controller-s3" {
+			secretVolume = v.Name
+		}
+	}
+	if secretVolume == "" {
+		t.Fatal("no volume of the Secret source-controller-s3")
+	}
+	var mounted bool
+	for _, m := range c.VolumeMounts {
+		if m.Name == secretVolume && m.ReadOnly && strings.HasPrefix(flags["s3-credentials-file"], strings.TrimSuffix(m.MountPath, "/")+"/") {
+			mounted = true
+		}
+	}
+	if !mounted {
+		t.Errorf("--s3-credentials-file=%s is not inside a read-only mount of the Secret", flags["s3-credentials-file"])
+	}
+	if len(c.VolumeMounts) != len(container(t, &baseSts).VolumeMounts)+1 {
+		t.Errorf("%d volume mounts, want the base's and the Secret's", len(c.VolumeMounts))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Only the StatefulSet differs from the base, whose test creates the
+	// rest (some for real).
+	ensureNamespace(ctx, t)
+	t.Run("dry-run statefulset", func(t *testing.T) {
+		dry := client.NewDryRunClient(client.WithFieldValidation(env.Client, metav1.FieldValidationStrict))
+		for _, u := range objs {
+			if u.GetKind() == "StatefulSet" {
+				if err := dry.Create(ctx, u.DeepCopy()); err != nil {
+					t.Fatalf("dry-run create %s: %v", key(u), err)
+				}
+			}
+		}
+	})
+	t.Run("pod passes restricted pod security", func(t *testing.T) { dryRunPod(ctx, t, objs) })
 }
