@@ -88,7 +88,7 @@ soak: build envtest-bins
 
 # The helmindex phase reconciles HelmRepositories against envtest and
 # measures Flux's own source-controller beside sourceraft.
-bench: build envtest-bins $(UPSTREAM_BIN)
+bench: build envtest-bins $(UPSTREAM_BIN) $(MINIO_BIN)
 	SOURCERAFT_BIN=$(BIN)/source-controller UPSTREAM_SOURCE_CONTROLLER=$(UPSTREAM_BIN) BENCH_OUT=$${BENCH_OUT:-bench-results.json} $(GO) run ./test/bench
 
 lint:

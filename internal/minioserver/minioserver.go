@@ -110,19 +110,31 @@ func Shared(t testing.TB) *Server {
 // temporary directory; it is killed when the test ends.
 func Start(t testing.TB, o Options) *Server {
 	t.Helper()
-	dir := t.TempDir()
+	s, err := StartIn(t.TempDir(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.kill)
+	return s
+}
+
+// StartIn starts a server with its data and log under dir, for programs
+// that are not tests (the benchmarks); Kill stops it.
+func StartIn(dir string, o Options) (*Server, error) {
 	var cmd *exec.Cmd
 	s, err := start(dir, "", o, &cmd)
 	if err != nil {
 		if cmd != nil {
 			_ = cmd.Process.Kill()
 		}
-		t.Fatal(err)
+		return nil, err
 	}
 	s.dir, s.opts, s.proc = dir, o, cmd
-	t.Cleanup(s.kill)
-	return s
+	return s, nil
 }
+
+// Kill stops a server of StartIn.
+func (s *Server) Kill() { s.kill() }
 
 func (s *Server) kill() {
 	if s.proc != nil {

@@ -58,7 +58,7 @@ type config struct {
 	upstream string
 }
 
-var allPhases = []string{"serve", "replicate", "rss", "failover", "disk", "helmindex"}
+var allPhases = []string{"serve", "replicate", "rss", "failover", "disk", "s3", "helmindex"}
 
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == fileServerCommand {
@@ -261,6 +261,8 @@ func (b *bench) runPhases(ctx context.Context) (failed bool) {
 			fmt.Fprintln(os.Stderr, "cluster-c:", err)
 		}
 	}
+	// The S3 backend's cluster runs against a MinIO process of its own.
+	phase("s3", func() error { return b.s3(ctx) })
 	// The cluster of the helmindex phase reconciles against an API server
 	// of its own (envtest).
 	phase("helmindex", func() error { return b.helmIndex(ctx) })
