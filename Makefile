@@ -42,7 +42,7 @@ test-unit: host-tools $(MINIO_BIN)
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /fsm -e /raftstore -e /httpapi -e /test/e2e -e /test/bench -e /test/fluxcli -e /test/soak)
 
-test-e2e: build envtest-bins host-tools
+test-e2e: build envtest-bins host-tools $(MINIO_BIN)
 	SOURCERAFT_BIN=$(BIN)/source-controller $(GO) test -count=1 -timeout 20m -v ./test/e2e/... 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
 
 # The chaos suite (test/chaos): kills, pauses, partitions, disk full, rolling
