@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +20,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/sourceraft/sourceraft/internal/cluster"
 	"github.com/sourceraft/sourceraft/internal/minioserver"
 )
 
@@ -88,9 +93,7 @@ func TestS3LeaderKilledMidUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range c.Replicas {
-		if err := c.Ready(ctx, i); err != nil {
-			t.Fatal(err)
-		}
+		waitReady(ctx, t, c, i)
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			status, d, err := get(ctx, c.ArtifactURL(i, path))
@@ -167,5 +170,96 @@ func TestBinaryRefusesUnusableBucket(t *testing.T) {
 		if !strings.Contains(string(out), tc.want) {
 			t.Fatalf("%s: the refusal does not say %q:\n%s", tc.name, tc.want, out)
 		}
+	}
+}
+
+// tarball is a .tar.gz holding deploy/config.yaml, what fluxFetch expects.
+func tarball(t *testing.T) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	body := []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: s3\n")
+	if err := tw.WriteHeader(&tar.Header{Name: "deploy/config.yaml", Mode: 0o644, Size: int64(len(body))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(body); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// Flux's fetcher gets an artifact of the S3 backend from every replica:
+// streamed through each replica's cache, then with --storage-presign by
+// following the redirect to the pre-signed URL, checking the digest.
+func TestS3ServedToFluxInBothModes(t *testing.T) {
+	srv := minioserver.Start(t, minioserver.Options{})
+	bucket := srv.NewBucket(t, nil)
+	args := s3Args(t, srv, bucket, minioserver.Password)
+	c, leader := startCluster(t, 3, args, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	content := tarball(t)
+	const path = "gitrepository/default/app/artifact.tar.gz"
+	res, err := c.Put(ctx, leader, path, bytes.NewReader(content), int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range c.Replicas {
+		fluxFetch(ctx, t, c, i, path, res.Digest)
+	}
+
+	c.SetArgs(append(args, "--storage-presign=2m"))
+	for i := range c.Replicas {
+		c.Stop(i)
+		if err := c.StartReplica(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noFollow := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for i := range c.Replicas {
+		waitReady(ctx, t, c, i)
+		var resp *http.Response
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err = noFollow.Get(c.ArtifactURL(i, path))
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusTemporaryRedirect {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: GET %s: %v %v, want a redirect", c.Replicas[i].ID, path, resp, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		loc, err := url.Parse(resp.Header.Get("Location"))
+		if err != nil || loc.Host != srv.Endpoint || loc.Query().Get("X-Amz-Signature") == "" {
+			t.Fatalf("%s: redirect to %q: want a pre-signed URL of %s", c.Replicas[i].ID, resp.Header.Get("Location"), srv.Endpoint)
+		}
+		fluxFetch(ctx, t, c, i, path, res.Digest)
+	}
+}
+
+// waitReady waits up to a minute for replica i's /readyz to answer 200.
+func waitReady(ctx context.Context, t *testing.T, c *cluster.Cluster, i int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := c.Ready(ctx, i)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
