@@ -12,7 +12,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -330,9 +329,8 @@ func TestClearErrors(t *testing.T) {
 	if _, err := New(ctx, wrong); err == nil || !strings.Contains(err.Error(), "refused the credentials") {
 		t.Fatalf("wrong secret: %v", err)
 	}
-	creds := filepath.Join(t.TempDir(), "credentials")
-	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", minioserver.User, minioserver.Password)
-	if err := os.WriteFile(creds, []byte(ini), 0o600); err != nil {
+	creds, err := minioserver.WriteCredentials(t.TempDir(), minioserver.Password)
+	if err != nil {
 		t.Fatal(err)
 	}
 	fromFile := config(t, srv, bucket)

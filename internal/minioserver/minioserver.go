@@ -366,3 +366,15 @@ func (s *Server) PutErr(bucket, key, content string) error {
 	_, err := s.Client.PutObject(context.Background(), bucket, key, bytes.NewReader([]byte(content)), int64(len(content)), minio.PutObjectOptions{})
 	return err
 }
+
+// WriteCredentials writes an AWS shared credentials file for the root
+// user with secret (Password, or a wrong one) into dir, as a mounted
+// Secret would hold it, and returns its path.
+func WriteCredentials(dir, secret string) (string, error) {
+	path := filepath.Join(dir, "credentials")
+	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", User, secret)
+	if err := os.WriteFile(path, []byte(ini), 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
+}

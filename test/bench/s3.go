@@ -45,9 +45,8 @@ func (b *bench) s3(ctx context.Context) error {
 	if err := srv.Client.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
 		return err
 	}
-	creds := filepath.Join(dir, "credentials")
-	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", minioserver.User, minioserver.Password)
-	if err := os.WriteFile(creds, []byte(ini), 0o600); err != nil {
+	creds, err := minioserver.WriteCredentials(dir, minioserver.Password)
+	if err != nil {
 		return err
 	}
 	args := []string{"--storage-backend=s3", "--s3-endpoint=" + srv.Endpoint, "--s3-bucket=" + bucket, "--s3-insecure",

@@ -154,9 +154,8 @@ func (s *suite) useBucket(args []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds := filepath.Join(t.TempDir(), "credentials")
-	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", minioserver.User, minioserver.Password)
-	if err := os.WriteFile(creds, []byte(ini), 0o600); err != nil {
+	creds, err := minioserver.WriteCredentials(t.TempDir(), minioserver.Password)
+	if err != nil {
 		t.Fatal(err)
 	}
 	s.bucket = &bucketRef{srv: srv, name: bucket}

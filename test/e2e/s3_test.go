@@ -6,14 +6,11 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,9 +25,8 @@ import (
 // credentials from a file as from a mounted Secret.
 func s3Args(t *testing.T, srv *minioserver.Server, bucket, secret string) []string {
 	t.Helper()
-	creds := filepath.Join(t.TempDir(), "credentials")
-	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", minioserver.User, secret)
-	if err := os.WriteFile(creds, []byte(ini), 0o600); err != nil {
+	creds, err := minioserver.WriteCredentials(t.TempDir(), secret)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return []string{"--storage-backend=s3", "--s3-endpoint=" + srv.Endpoint, "--s3-bucket=" + bucket,
